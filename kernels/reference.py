@@ -1,0 +1,132 @@
+"""Plain-PyTorch references of every fused op: the oracle for the Triton kernels and the math of the
+reference model. Dtype behaviour follows the published TRM code: activations stay in the forward dtype
+(bf16 on GPU), matmuls cast fp32 master weights to that dtype, norms and RoPE compute in fp32 and cast
+back, the token loss computes in float64.
+
+Nothing here imports Triton, so this module runs everywhere.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+RMS_EPS = 1e-5
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T with the fp32 master weight cast to the activation dtype (the published CastedLinear)."""
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def rms_norm(x: torch.Tensor, dim: int = -1, eps: float = RMS_EPS) -> torch.Tensor:
+    """RMSNorm without gain, statistics in fp32, result cast back to the input dtype."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.square().mean(dim, keepdim=True) + eps)).to(x.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
+    """rms_norm(residual + x) over the last (channel) axis; the sum is taken in the activation dtype."""
+    return rms_norm(residual + x, -1, eps)
+
+
+def add_rms_norm_seq(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
+    """rms_norm(residual + x) over the sequence axis (dim 1 of (B, L, D)): the MLP-mixer's post-norm."""
+    return rms_norm(residual + x, 1, eps)
+
+
+def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """Channel SwiGLU: down(silu(gate) * up) with gate, up = chunk(x @ w_gate_up.T, 2) (gate first)."""
+    gate, up = linear(x, w_gate_up).chunk(2, dim=-1)
+    return linear(F.silu(gate) * up, w_down)
+
+
+def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """Token-mixing SwiGLU of the MLP-mixer: the SwiGLU applied along the sequence axis of (B, L, D).
+
+    w_gate_up is (2I, L) and w_down (L, I). Written with an explicit transpose, as the published code does;
+    the fused kernel works on (B, L, D) directly.
+    """
+    return swiglu(x.transpose(1, 2), w_gate_up, w_down).transpose(1, 2)
+
+
+def rope_cos_sin(seq_len: int, head_dim: int, theta: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 (seq_len, head_dim) cos and sin tables, rotate-half convention (frequencies repeated twice)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(seq_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on (B, L, H, hd) in fp32, cast back to x's dtype. cos/sin are (L, hd)."""
+    x32 = x.float()
+    cos = cos[:, None, :]
+    sin = sin[:, None, :]
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Non-causal softmax attention on (B, L, H, hd), scale 1/sqrt(hd), fp32 softmax (explicit form)."""
+    scale = q.shape[-1] ** -0.5
+    s = torch.einsum("blhd,bmhd->bhlm", q.float(), k.float()) * scale
+    p = torch.softmax(s, dim=-1)
+    return torch.einsum("bhlm,bmhd->blhd", p, v.float()).to(q.dtype)
+
+
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The same attention through PyTorch's SDPA, as the published code runs it."""
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=False)
+    return o.transpose(1, 2)
+
+
+def attention(
+    x: torch.Tensor,
+    w_qkv: torch.Tensor,
+    w_o: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    num_heads: int,
+    use_sdpa: bool = True,
+) -> torch.Tensor:
+    """Self-attention mixer: fused qkv projection (layout [q heads | k heads | v heads]), RoPE on q and k
+    (skipped when cos is None), non-causal attention, output projection."""
+    B, L, D = x.shape
+    head_dim = w_qkv.shape[0] // (3 * num_heads)
+    qkv = linear(x, w_qkv).view(B, L, 3 * num_heads, head_dim)
+    q, k, v = qkv.split(num_heads, dim=2)
+    if cos is not None:
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+    o = attention_sdpa(q, k, v) if use_sdpa else attention_core(q, k, v)
+    return linear(o.reshape(B, L, num_heads * head_dim), w_o)
+
+
+def stablemax_s(x: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """s(x) = 1/(1-x) for x < 0, else x + 1."""
+    return torch.where(x < 0, 1.0 / (1.0 - x + eps), x + 1.0)
+
+
+def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    s = stablemax_s(x)
+    return torch.log(s / s.sum(dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-token stablemax cross-entropy in float64; 0 where not valid. Returns float64 of labels' shape."""
+    logp = log_stablemax(logits.double(), dim=-1)
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    picked = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return -torch.where(valid, picked, torch.zeros_like(picked))
+
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-token softmax cross-entropy in fp32; 0 where not valid."""
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    ce = F.cross_entropy(logits.float().flatten(0, -2), safe.flatten(), reduction="none").view(labels.shape)
+    return torch.where(valid, ce, torch.zeros_like(ce))
