@@ -3,7 +3,6 @@ module would shadow the PyPI package of that name). The native extension in `csr
 no C++ compiler or pybind11 is available the build prints one line and the pure-Python fallbacks are used."""
 import glob
 import os
-import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -12,16 +11,10 @@ ext_modules = []
 try:
     from pybind11.setup_helpers import Pybind11Extension
 
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    if sources:
-        ext_modules.append(
-            Pybind11Extension(
-                "trm_fast._native",
-                sources,
-                cxx_std=17,
-                extra_compile_args=["-O3"],
-            )
-        )
+    # Each csrc/<name>.cpp is its own module trm_fast._<name>, so engines are built independently.
+    for source in sorted(glob.glob(os.path.join("csrc", "*.cpp"))):
+        name = os.path.splitext(os.path.basename(source))[0]
+        ext_modules.append(Pybind11Extension(f"trm_fast._{name}", [source], cxx_std=17, extra_compile_args=["-O3"]))
 except ImportError:
     print("trm_fast: pybind11 not found, skipping the native extension (pure-Python fallbacks will be used)")
 
