@@ -1,0 +1,91 @@
+"""Building blocks of the TRM network: initialisers, the post-norm block and the recursive network `net`.
+
+The blocks hold fp32 master weights and call the op namespace they are given (trm_fast.ops.get_ops), so the
+same module runs on the plain-PyTorch reference or on the Triton kernels with the same state_dict.
+"""
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+from torch import nn
+
+from trm_fast.config import ModelConfig
+
+
+def trunc_normal_(tensor: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tensor:
+    """Normal init truncated at +-bound standard deviations, rescaled so that the TRUNCATED distribution has
+    standard deviation `std` (the convention of the published code, not torch's trunc_normal_)."""
+    if std == 0:
+        return tensor.zero_()
+    mass = math.erf(bound / math.sqrt(2.0))  # P(|N(0,1)| < bound)
+    pdf = math.exp(-0.5 * bound * bound) / math.sqrt(2.0 * math.pi)
+    truncated_var = 1.0 - 2.0 * bound * pdf / mass
+    raw_std = std / math.sqrt(truncated_var)
+    with torch.no_grad():
+        return nn.init.trunc_normal_(tensor, mean=0.0, std=raw_std, a=-bound * raw_std, b=bound * raw_std)
+
+
+def lecun_weight(out_features: int, in_features: int) -> nn.Parameter:
+    """A (out, in) fp32 weight with truncated LeCun-normal init (std 1/sqrt(fan_in))."""
+    return nn.Parameter(trunc_normal_(torch.empty(out_features, in_features), std=1.0 / math.sqrt(in_features)))
+
+
+class SwiGLUWeights(nn.Module):
+    """The two weights of a SwiGLU: gate_up (2*hidden, width) with gate rows first, and down (width, hidden)."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.w_gate_up = lecun_weight(2 * hidden, width)
+        self.w_down = lecun_weight(width, hidden)
+
+
+class AttentionWeights(nn.Module):
+    """Fused qkv projection (3D, D) in the layout [q heads | k heads | v heads] and the output projection."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.w_qkv = lecun_weight(3 * hidden, hidden)
+        self.w_o = lecun_weight(hidden, hidden)
+
+
+class Block(nn.Module):
+    """Post-norm block: h = rms_norm(h + mixer(h)); h = rms_norm(h + swiglu(h)). No norm gains, no biases.
+
+    The MLP-mixer variant mixes along the sequence with a SwiGLU of hidden size swiglu_hidden(L) and normalises
+    that sub-layer over the sequence axis (per channel)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.mixer_kind = config.mixer
+        self.num_heads = config.num_heads
+        if config.mixer == "attention":
+            self.mixer = AttentionWeights(config.hidden_size)
+        else:
+            self.mixer = SwiGLUWeights(config.total_seq_len, config.token_mix_hidden)
+        self.mlp = SwiGLUWeights(config.hidden_size, config.mlp_hidden)
+
+    def forward(self, h: torch.Tensor, ops: types.SimpleNamespace, rope: tuple | None) -> torch.Tensor:
+        if self.mixer_kind == "attention":
+            cos, sin = rope if rope is not None else (None, None)
+            mixed = ops.attention(h, self.mixer.w_qkv, self.mixer.w_o, cos, sin, self.num_heads)
+            h = ops.add_rms_norm(mixed, h)
+        else:
+            mixed = ops.swiglu_token_mix(h, self.mixer.w_gate_up, self.mixer.w_down)
+            h = ops.add_rms_norm_seq(mixed, h)
+        return ops.add_rms_norm(ops.swiglu(h, self.mlp.w_gate_up, self.mlp.w_down), h)
+
+
+class ReasoningNet(nn.Module):
+    """The one network `net` of TRM: net(state, injection) = blocks(state + injection)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_blocks))
+
+    def forward(self, state: torch.Tensor, injection: torch.Tensor, ops: types.SimpleNamespace, rope) -> torch.Tensor:
+        h = state + injection
+        for block in self.blocks:
+            h = block(h, ops, rope)
+        return h

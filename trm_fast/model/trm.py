@@ -1,0 +1,170 @@
+"""The Tiny Recursive Model: one supervision step on a carried (y, z) state (TRM_SPEC sections 1-2).
+
+The model takes tensors and returns tensors; halting, losses and data streams belong to the training engine.
+
+    x = embed(inputs, puzzle_ids)
+    for cycle in range(T):             # cycles 0..T-2 without gradient
+        for i in range(n):
+            z = net(z, y + x)          # net(state, injection) = blocks(state + injection)
+        y = net(y, z)
+    logits = lm_head(y)[:, P:]; q_halt, q_continue = q_head(y[:, 0])
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trm_fast.config import ModelConfig
+from trm_fast.kernels import reference
+from trm_fast.model.layers import ReasoningNet, lecun_weight, trunc_normal_
+from trm_fast.ops import get_ops
+
+
+@dataclass
+class StepOutput:
+    """One supervision step's results. `carry` is the detached state for the next step ((y, z) for TRM)."""
+
+    carry: tuple[torch.Tensor, ...]
+    logits: torch.Tensor  # (B, seq_len, vocab) in the forward dtype
+    q_halt: torch.Tensor  # (B,) fp32
+    q_continue: torch.Tensor  # (B,) fp32
+
+
+class PuzzleEmbedding(nn.Module):
+    """Per-puzzle vectors, zero-initialised, trained by sparse sign-SGD (not by the dense optimiser).
+
+    The table is a buffer (it is neither in parameters() nor in the EMA). In a grad-enabled forward the rows of
+    the batch are gathered into a leaf tensor that records its gradient; the sparse optimiser reads and clears
+    `pending` (a list of (ids, rows) pairs: one per forward, so gradient accumulation works)."""
+
+    def __init__(self, num_ids: int, dim: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(num_ids, dim))
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.min() < 0 or ids.max() >= self.weight.shape[0]:
+            raise ValueError(
+                f"puzzle identifier out of range [0, {self.weight.shape[0]}): got min {int(ids.min())}, max {int(ids.max())}"
+            )
+        rows = self.weight.index_select(0, ids.to(self.weight.device)).to(ids.device)
+        if torch.is_grad_enabled() and self.training:
+            rows = rows.detach().requires_grad_(True)
+            self.pending.append((ids, rows))
+        return rows
+
+
+class TRM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        D = config.hidden_size
+        self.embed_scale = math.sqrt(D)
+        self.embed_tokens = nn.Parameter(trunc_normal_(torch.empty(config.vocab_size, D), std=1.0 / self.embed_scale))
+        self.puzzle_emb = PuzzleEmbedding(config.num_puzzle_identifiers, D) if config.puzzle_emb_dim else None
+        self.net = ReasoningNet(config)
+        self.lm_head = lecun_weight(config.vocab_size, D)
+        self.q_head_weight = nn.Parameter(torch.zeros(2, D))
+        self.q_head_bias = nn.Parameter(torch.full((2,), -5.0))
+        # Fixed, untrained initial states, stored in bf16 like the published buffers.
+        self.register_buffer("y_init", trunc_normal_(torch.empty(D), std=1.0).to(torch.bfloat16))
+        self.register_buffer("z_init", trunc_normal_(torch.empty(D), std=1.0).to(torch.bfloat16))
+        if config.mixer == "attention" and config.pos_encoding == "rope":
+            cos, sin = reference.rope_cos_sin(config.total_seq_len, config.head_dim, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        else:
+            self.rope_cos = self.rope_sin = None
+
+    # -- dtype / backend resolution ---------------------------------------------------------------------
+    def forward_dtype(self, device: torch.device) -> torch.dtype:
+        name = self.config.forward_dtype
+        if name == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return getattr(torch, name)
+
+    def backend(self, device: torch.device) -> str:
+        backend = self.config.backend
+        if backend == "auto":
+            return "triton" if device.type == "cuda" else "torch"
+        return backend
+
+    @property
+    def puzzle_len(self) -> int:
+        return self.config.puzzle_emb_len if self.puzzle_emb is not None else 0
+
+    # -- carry ---------------------------------------------------------------------------------------
+    def initial_carry(self, batch_size: int, device: torch.device | str) -> tuple[torch.Tensor, ...]:
+        """y and z of a fresh batch: the initial vectors broadcast to every position."""
+        device = torch.device(device)
+        shape = (batch_size, self.config.total_seq_len, self.config.hidden_size)
+        dtype = self.forward_dtype(device)
+        y = self.y_init.to(device=device, dtype=dtype).expand(shape).clone()
+        z = self.z_init.to(device=device, dtype=dtype).expand(shape).clone()
+        return y, z
+
+    def reset_carry(self, reset: torch.Tensor, carry: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Samples where `reset` is true restart from the initial y/z."""
+        y, z = carry
+        mask = reset.view(-1, 1, 1)
+        y = torch.where(mask, self.y_init.to(y.dtype), y)
+        z = torch.where(mask, self.z_init.to(z.dtype), z)
+        return y, z
+
+    # -- the step ------------------------------------------------------------------------------------
+    def embed(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        if inputs.dim() != 2 or inputs.shape[1] != self.config.seq_len:
+            raise ValueError(f"inputs must have shape (batch, {self.config.seq_len}), got {tuple(inputs.shape)}")
+        if inputs.dtype.is_floating_point:
+            raise ValueError(f"inputs must be integer token ids, got dtype {inputs.dtype}")
+        if inputs.numel() and (inputs.min() < 0 or inputs.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"input token out of range [0, {self.config.vocab_size}): min {int(inputs.min())}, max {int(inputs.max())}"
+            )
+        x = self.embed_tokens.to(dtype)[inputs.long()]
+        if self.puzzle_emb is not None:
+            if puzzle_ids is None:
+                raise ValueError("this model has a puzzle embedding: puzzle_ids (batch,) are required")
+            rows = self.puzzle_emb(puzzle_ids.long()).to(dtype)
+            pad = x.new_zeros(x.shape[0], self.puzzle_len - 1, x.shape[2])
+            x = torch.cat((rows.unsqueeze(1), pad, x), dim=1)
+        return self.embed_scale * x
+
+    def rope(self):
+        return None if self.rope_cos is None else (self.rope_cos, self.rope_sin)
+
+    def latent_cycle(self, y, z, x, ops, rope):
+        """One cycle: n updates of z with input injection, then one update of y."""
+        for _ in range(self.config.n):
+            z = self.net(z, y + x, ops, rope)
+        y = self.net(y, z, ops, rope)
+        return y, z
+
+    def heads(self, y: torch.Tensor, ops=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = reference.linear(y, self.lm_head)[:, self.puzzle_len:]
+        q = reference.linear(y[:, 0], self.q_head_weight, self.q_head_bias).float()
+        return logits, q[:, 0], q[:, 1]
+
+    def forward(self, carry: tuple[torch.Tensor, ...], inputs: torch.Tensor, puzzle_ids: torch.Tensor | None = None) -> StepOutput:
+        """One supervision step from the carried (y, z). Gradient flows through the last cycle only."""
+        device = inputs.device
+        dtype = self.forward_dtype(device)
+        ops = get_ops(self.backend(device))
+        x = self.embed(inputs, puzzle_ids, dtype)
+        y, z = (t.to(dtype) for t in carry)
+        rope = self.rope()
+        with torch.no_grad():
+            for _ in range(self.config.T - 1):
+                y, z = self.latent_cycle(y, z, x, ops, rope)
+        y, z = self.latent_cycle(y, z, x, ops, rope)
+        logits, q_halt, q_continue = self.heads(y, ops)
+        return StepOutput(carry=(y.detach(), z.detach()), logits=logits, q_halt=q_halt, q_continue=q_continue)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (the puzzle-embedding table and the initial states are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
