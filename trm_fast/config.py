@@ -94,6 +94,13 @@ class ModelConfig(_Validated):
     forward_dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 elsewhere
     backend: str = "auto"  # "auto" = triton on CUDA, torch elsewhere
     recompute: int = 0  # activation recomputation level of the gradient cycle (0, 1, 2)
+    # ---- the paper's comparison systems and ablations (Tables 1 and 2) ----
+    arch: str = "trm"  # "trm" or "hrm" (two networks, 1-step gradient, Q-learning halting)
+    separate_nets: bool = False  # separate networks for the y and z updates
+    grad_mode: str = "full"  # "full": backprop through the last cycle; "one_step": last z update and y update only
+    latent: str = "dual"  # "dual" (y and z), "single" (z only), "multiscale" (n + 1 latent features)
+    hrm_high_blocks: int = 4  # HRM: blocks of the slow high-level network
+    hrm_low_blocks: int = 4  # HRM: blocks of the fast low-level network
 
     CHECKS = {
         "vocab_size": _int_range(2, 1 << 20),
@@ -117,6 +124,12 @@ class ModelConfig(_Validated):
         "forward_dtype": _one_of("auto", "bfloat16", "float16", "float32"),
         "backend": _one_of("auto", "torch", "triton"),
         "recompute": _int_range(0, 2),
+        "arch": _one_of("trm", "hrm"),
+        "separate_nets": _BOOL,
+        "grad_mode": _one_of("full", "one_step"),
+        "latent": _one_of("dual", "single", "multiscale"),
+        "hrm_high_blocks": _int_range(1, 64),
+        "hrm_low_blocks": _int_range(1, 64),
     }
 
     def _cross_checks(self) -> None:
