@@ -1,0 +1,5 @@
+import sys
+
+from trm_fast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""The `trm-fast` command line: train, eval, solve, presets, data, ablations, bench, convert."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from trm_fast.config import PRESETS, TRMConfig, describe_presets
+
+
+def build_config(args) -> TRMConfig:
+    config = TRMConfig.preset(args.preset) if args.preset else TRMConfig()
+    if args.config:
+        config = TRMConfig.from_file(args.config, base=config)
+    overrides = list(args.set or [])
+    if getattr(args, "out", None):
+        overrides.append(f"train.out_dir={args.out}")
+    return config.override(overrides)
+
+
+def cmd_train(args) -> int:
+    from trm_fast.train.trainer import train
+
+    config = build_config(args)
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    if args.memory_budget:
+        from trm_fast.memory import plan_for_budget
+
+        config = plan_for_budget(config, args.memory_budget, log=print)
+    summary = train(config, resume=args.resume, progress=not args.no_progress)
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from trm_fast.eval.evaluate import evaluate
+    from trm_fast.eval.inference import load_trained_model
+    from trm_fast.train.trainer import load_data, resolve_device
+
+    device = resolve_device(args.device)
+    model, config, _ = load_trained_model(args.ckpt, device, use_ema=not args.no_ema)
+    if args.data:
+        config = config.override([f"data.path={args.data}", "data.recipe="])
+    data = load_data(config)
+    batch = args.batch_size or config.data.eval_batch_size or config.data.global_batch_size
+    result = evaluate(model, data.test_set, data.test_meta, batch, device, max_steps=args.max_steps)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_solve(args) -> int:
+    import torch
+
+    from trm_fast.data.sudoku import format_grid, grid_to_tokens, is_valid_solution, parse_puzzle, tokens_to_grid
+    from trm_fast.eval.inference import load_trained_model, solve_tokens
+    from trm_fast.train.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    model, config, _ = load_trained_model(args.ckpt, device)
+    try:
+        grid = parse_puzzle(args.puzzle)
+    except ValueError as exc:
+        print(f"trm-fast solve: bad puzzle: {exc}", file=sys.stderr)
+        return 2
+    if grid.size != config.model.seq_len:
+        print(f"trm-fast solve: the puzzle has {grid.size} cells but this model was trained on "
+              f"{config.model.seq_len}-cell puzzles", file=sys.stderr)
+        return 2
+    max_steps = args.max_steps or config.model.halt_max_steps
+    result = solve_tokens(model, torch.as_tensor(grid_to_tokens(grid)), max_steps=max_steps, halt=not args.no_halt)
+    solution = tokens_to_grid(result["prediction"].numpy(), grid.shape[0])
+    print(format_grid(solution))
+    valid = is_valid_solution(grid, solution)
+    print(f"supervision steps: {result['steps']} (max {max_steps}); halting confidence: {result['halt_confidence']:.3f}; "
+          f"valid solution: {'yes' if valid else 'no'}")
+    return 0 if valid else 1
+
+
+def cmd_presets(args) -> int:
+    for name, about in describe_presets():
+        print(f"{name:16s} {about}")
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration (see `trm-fast presets`)")
+    p.add_argument("--config", help="a YAML or JSON file of overrides (sections model, data, train)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field (repeatable)")
+    p.add_argument("--out", help="run folder (same as --set train.out_dir=...)")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trm-fast", description="Train, run and study Tiny Recursive Models fast.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model")
+    _add_config_args(p)
+    p.add_argument("--resume", help="a checkpoint folder, a run folder, or 'auto' (latest under the run folder)")
+    p.add_argument("--memory-budget", help="e.g. 8GB: choose the recompute level and micro-batch that fit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--summary-json", help="also write the final summary here")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its test split (all supervision steps)")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder or run folder")
+    p.add_argument("--data", help="another built dataset folder")
+    p.add_argument("--max-steps", type=int, help="supervision steps (default: the model's halt_max_steps)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("solve", help="solve one Sudoku with a trained model")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder or run folder")
+    p.add_argument("--puzzle", required=True, help="cells row by row, '.' or 0 for blanks")
+    p.add_argument("--max-steps", type=int, help="supervision steps allowed (more = more test-time compute)")
+    p.add_argument("--no-halt", action="store_true", help="ignore the halting head and run all max-steps")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_solve)
+
+    p = sub.add_parser("presets", help="list the named configurations")
+    p.set_defaults(func=cmd_presets)
+
+    _add_optional_subcommands(sub)
+    return parser
+
+
+def _add_optional_subcommands(sub) -> None:
+    """Subcommands whose modules live elsewhere in the package."""
+    from trm_fast.data.build import add_data_subparser
+
+    add_data_subparser(sub)
+    for module, adder in (("trm_fast.ablations", "add_ablations_subparser"), ("trm_fast.bench.cli", "add_bench_subparser"),
+                          ("trm_fast.convert", "add_convert_subparser")):
+        try:
+            mod = __import__(module, fromlist=[adder])
+        except ImportError:
+            continue
+        getattr(mod, adder)(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ValueError as exc:
+        print(f"trm-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Evaluation: every puzzle runs all halt_max_steps supervision steps (16 in the published runs) and the final
+answer is scored: exact accuracy (every supervised token right), token accuracy and halting accuracy
+((q_halt >= 0) == exactly correct at the last step). Also reported: the step at which the model would have
+halted (first q_halt > 0) and the exact accuracy of the answer at that step."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from trm_fast.train.losses import IGNORE_LABEL
+
+
+def to_device_batch(batch: dict, ignore_label_id: int | None, device) -> dict:
+    """Numpy batch -> tensors; labels equal to the dataset's ignore_label_id become IGNORE_LABEL."""
+    labels = torch.as_tensor(np.asarray(batch["labels"]), dtype=torch.int64)
+    if ignore_label_id is not None:
+        labels = torch.where(labels == ignore_label_id, torch.full_like(labels, IGNORE_LABEL), labels)
+    return {
+        "inputs": torch.as_tensor(np.asarray(batch["inputs"]), dtype=torch.int32).to(device, non_blocking=True),
+        "labels": labels.to(device, non_blocking=True),
+        "puzzle_identifiers": torch.as_tensor(np.asarray(batch["puzzle_identifiers"]), dtype=torch.int64).to(device, non_blocking=True),
+    }
+
+
+@torch.no_grad()
+def run_puzzles(model, inputs: torch.Tensor, puzzle_ids: torch.Tensor, max_steps: int):
+    """All supervision steps on a batch. Returns final predictions (B, L), final q_halt (B,), the first step
+    with q_halt > 0 (max_steps where never), and the predictions at that step."""
+    B = inputs.shape[0]
+    carry = model.initial_carry(B, inputs.device)
+    first_halt = torch.full((B,), max_steps, dtype=torch.int64, device=inputs.device)
+    halt_preds = None
+    for step in range(1, max_steps + 1):
+        out = model(carry, inputs, puzzle_ids)
+        carry = out.carry
+        preds = out.logits.argmax(-1)
+        if halt_preds is None:
+            halt_preds = preds.clone()
+        newly = (out.q_halt > 0) & (first_halt == max_steps) & (step < max_steps)
+        first_halt = torch.where(newly, torch.full_like(first_halt, step), first_halt)
+        halt_preds = torch.where(newly.view(-1, 1) | (first_halt == max_steps).view(-1, 1), preds, halt_preds)
+    return preds, out.q_halt.float(), first_halt, halt_preds
+
+
+@torch.no_grad()
+def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: int | None = None,
+             rank: int = 0, world_size: int = 1, progress: bool = True, return_predictions: bool = False) -> dict:
+    """Scores `puzzle_set` (a trm_fast.data.format.PuzzleSet). With world_size > 1 each rank scores its slice of
+    every batch and the sums are all-reduced."""
+    from trm_fast.data.sampler import iter_eval_batches
+
+    was_training = model.training
+    model.eval()
+    max_steps = max_steps or model.config.halt_max_steps
+    sums = torch.zeros(6, dtype=torch.float64, device=device)  # count, exact, token, halt_acc, halt_step, exact_at_halt
+    predictions, q_halts = [], []
+    total_batches = -(-len(puzzle_set.inputs) // batch_size)
+    bar = tqdm(iter_eval_batches(puzzle_set, batch_size, rank=rank, world_size=world_size), total=total_batches,
+               desc="eval", disable=not progress or rank != 0, leave=False)
+    for batch, num_valid in bar:
+        b = to_device_batch(batch, metadata.ignore_label_id, device)
+        preds, q_halt, first_halt, halt_preds = run_puzzles(model, b["inputs"], b["puzzle_identifiers"], max_steps)
+        labels = b["labels"]
+        valid_rows = torch.arange(len(labels), device=device) < num_valid
+        mask = labels != IGNORE_LABEL
+        counts = mask.sum(-1)
+        correct = (mask & (preds == labels)).sum(-1)
+        exact = (correct == counts) & (counts > 0)
+        exact_at_halt = ((mask & (halt_preds == labels)).sum(-1) == counts) & (counts > 0)
+        rows = valid_rows & (counts > 0)
+        sums += torch.stack([
+            rows.sum(), (rows & exact).sum(), torch.where(rows, correct / counts.clamp_min(1), 0.0).sum(),
+            (rows & ((q_halt >= 0) == exact)).sum(), torch.where(rows, first_halt, 0).sum(), (rows & exact_at_halt).sum(),
+        ]).double()
+        if return_predictions:
+            predictions.append(preds[:num_valid].cpu())
+            q_halts.append(q_halt[:num_valid].cpu())
+    if world_size > 1:
+        torch.distributed.all_reduce(sums)
+    model.train(was_training)
+    count, exact, token, halt_acc, halt_step, exact_at_halt = sums.tolist()
+    n = max(count, 1.0)
+    result = {
+        "count": int(count),
+        "exact_accuracy": exact / n,
+        "token_accuracy": token / n,
+        "halt_accuracy": halt_acc / n,
+        "mean_halt_step": halt_step / n,
+        "exact_accuracy_at_halt": exact_at_halt / n,
+        "steps": max_steps,
+    }
+    if return_predictions:
+        result["predictions"] = torch.cat(predictions) if predictions else torch.empty(0)
+        result["q_halt"] = torch.cat(q_halts) if q_halts else torch.empty(0)
+    return result

@@ -1,0 +1,50 @@
+"""PNG of the training curves from a run's metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import os
+
+
+def plot_training_curves(metrics_path: str, png_path: str) -> str | None:
+    """Loss, accuracy, mean supervision steps and throughput over optimizer steps. Returns the PNG path."""
+    if not os.path.exists(metrics_path):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = [], []
+    with open(metrics_path) as f:
+        for line in f:
+            record = json.loads(line)
+            (train if record.get("kind") == "train" else evals).append(record)
+    if not train:
+        return None
+    steps = [r["step"] for r in train]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    axes[0].plot(steps, [r["lm_loss"] for r in train], label="token loss")
+    axes[0].plot(steps, [r["halt_loss"] for r in train], label="halt loss")
+    axes[0].set_yscale("log")
+    axes[0].set_title("loss per sample")
+    axes[1].plot(steps, [r["train_exact_accuracy"] for r in train], label="train exact (halted)")
+    axes[1].plot(steps, [r["train_token_accuracy"] for r in train], label="train token (halted)")
+    if evals:
+        axes[1].plot([r["step"] for r in evals], [r["exact_accuracy"] for r in evals], "o-", label="eval exact")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].set_title("accuracy")
+    axes[2].plot(steps, [r["train_mean_steps"] for r in train])
+    axes[2].set_title("supervision steps at halt (train)")
+    axes[3].plot(steps, [r["samples_per_s"] for r in train])
+    axes[3].set_title("samples / s")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.legend()
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path

@@ -1,0 +1,432 @@
+"""The training engine: deep supervision on a persistent per-sample carry (or the paper's per-batch N_sup loop),
+AdamATan2/AdamW for dense weights, sparse sign-SGD for puzzle embeddings, warm-up schedule, EMA, gradient
+accumulation, periodic evaluation, atomic checkpoints with exact resume, a JSONL metrics log and a PNG of the
+training curves.
+
+    summary = train(TRMConfig.preset("sudoku6-demo"))
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from trm_fast.config import TRMConfig
+from trm_fast.eval.evaluate import evaluate, to_device_batch
+from trm_fast.model import build_model, count_parameters
+from trm_fast.train.act import SupervisionState, supervision_step
+from trm_fast.train.losses import supervision_loss
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config field train.device = {name!r}, but no CUDA device is available")
+    return device
+
+
+@dataclass
+class DataBundle:
+    root: str
+    train_meta: object
+    train_set: object
+    test_meta: object
+    test_set: object
+
+
+def load_data(config: TRMConfig, log=print) -> DataBundle:
+    """The run's dataset: a built folder (data.path) or an embedded recipe built on first use (data.recipe)."""
+    from trm_fast.data.format import read_split
+
+    root = config.data.path
+    if config.data.recipe:
+        from trm_fast.data.recipes import ensure_recipe
+
+        root = ensure_recipe(config.data.recipe, root or None, log=log)
+    if not root:
+        raise ValueError("config field data.path is empty and data.recipe names no embedded dataset: nothing to train on")
+    if not os.path.isdir(os.path.join(root, "train")):
+        raise ValueError(
+            f"config field data.path = {root!r}: no built dataset there (expected {root}/train/dataset.json); "
+            "build one with `trm-fast data build ...`"
+        )
+    train_meta, train_sets = read_split(os.path.join(root, "train"))
+    test_meta, test_sets = read_split(os.path.join(root, "test"))
+    return DataBundle(root, train_meta, train_sets["all"], test_meta, test_sets["all"])
+
+
+def fit_model_to_data(config: TRMConfig, meta, log=print) -> None:
+    """The dataset decides vocab size, sequence length and the number of puzzle identifiers."""
+    model = config.model
+    for field, value in (("vocab_size", meta.vocab_size), ("seq_len", meta.seq_len),
+                         ("num_puzzle_identifiers", meta.num_puzzle_identifiers)):
+        if getattr(model, field) != value:
+            if field != "num_puzzle_identifiers":
+                log(f"model.{field}: {getattr(model, field)} -> {value} (from the dataset)")
+            setattr(model, field, int(value))
+    model.validate()
+
+
+def total_train_steps(config: TRMConfig, meta) -> int:
+    if config.train.max_steps:
+        return config.train.max_steps
+    examples = config.train.epochs * meta.total_groups * meta.mean_puzzle_examples
+    return max(1, int(examples / config.data.global_batch_size))
+
+
+class Trainer:
+    def __init__(self, config: TRMConfig, progress: bool = True, log=None):
+        from trm_fast.data.sampler import TrainSampler
+        from trm_fast.train.ema import EMA
+        from trm_fast.train.optim import SparseSignSGD, build_dense_optimizer
+
+        self.config = config
+        self.progress = progress
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if self.distributed else 0
+        self.world_size = torch.distributed.get_world_size() if self.distributed else 1
+        self.log = log or (print if self.rank == 0 else (lambda *a, **k: None))
+        cfg_t, cfg_d = config.train, config.data
+        if cfg_d.global_batch_size % (self.world_size * cfg_t.grad_accum):
+            raise ValueError(
+                f"config field data.global_batch_size = {cfg_d.global_batch_size} must be divisible by "
+                f"world size x train.grad_accum = {self.world_size} x {cfg_t.grad_accum}"
+            )
+        self.local_batch = cfg_d.global_batch_size // self.world_size
+        self.micro_batch = self.local_batch // cfg_t.grad_accum
+
+        self.device = resolve_device(cfg_t.device)
+        if self.device.type == "cuda" and self.distributed:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        torch.manual_seed(cfg_t.seed)
+        self.data = load_data(config, log=self.log)
+        fit_model_to_data(config, self.data.train_meta, log=self.log)
+        self.total_steps = total_train_steps(config, self.data.train_meta)
+
+        self.model = build_model(config.model).to(self.device)
+        self.model.train()
+        self.forward_model = self.model
+        if self.distributed:
+            from trm_fast.train.distributed import wrap_model
+
+            self.forward_model = wrap_model(self.model, self.device)
+        self.dense_opt = build_dense_optimizer(cfg_t, [p for p in self.model.parameters() if p.requires_grad])
+        emb = getattr(self.model, "puzzle_emb", None)
+        self.sparse_opt = SparseSignSGD(emb, cfg_t.puzzle_emb_lr, cfg_t.puzzle_emb_weight_decay) if emb is not None else None
+        self.ema = EMA(self.model, cfg_t.ema_rate) if cfg_t.ema else None
+        self.sampler = TrainSampler(self.data.train_set, cfg_d.global_batch_size, cfg_t.seed,
+                                    rank=self.rank, world_size=self.world_size)
+        self.state = SupervisionState.fresh(self.model, self.local_batch, config.model.seq_len, self.device)
+        self.step = 0
+        self.slot_index = torch.arange(self.local_batch, device=self.device, dtype=torch.int64) + self.rank * self.local_batch
+        self.run_dir = cfg_t.out_dir
+        self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        self._stop_requested = False
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def train_state(self) -> dict:
+        from trm_fast.data.format import dataset_manifest
+        from trm_fast.train.checkpoint import capture_rng_state
+
+        return {
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "dense_optimizer": self.dense_opt.state_dict(),
+            "sparse_optimizer": self.sparse_opt.state_dict() if self.sparse_opt else {},
+            "supervision": self.state.state_dict(),
+            "rng": capture_rng_state(),
+            "sampler": self.sampler.state_dict(),
+            "dataset_manifest": dataset_manifest(self.data.root),
+        }
+
+    def save(self) -> str | None:
+        from trm_fast.train.checkpoint import save_checkpoint
+
+        if self.distributed:
+            from trm_fast.train.distributed import gather_train_state
+
+            state = gather_train_state(self)
+        else:
+            state = self.train_state()
+        if self.rank != 0:
+            return None
+        return save_checkpoint(
+            self.run_dir, self.step,
+            model_state=self.model.state_dict(),
+            ema_state=self.ema.state_dict() if self.ema else None,
+            train_state=state,
+            keep_last=self.config.train.keep_checkpoints,
+        )
+
+    def resume(self, path: str) -> None:
+        from trm_fast.train.checkpoint import check_compatible, find_latest_checkpoint, load_checkpoint, restore_rng_state
+
+        if path == "auto":
+            path = find_latest_checkpoint(self.run_dir)
+            if path is None:
+                self.log(f"resume auto: no checkpoint under {self.run_dir}/checkpoints, starting fresh")
+                return
+        ckpt = load_checkpoint(path, map_location=self.device)
+        check_compatible(ckpt["meta"], self.model)
+        state = ckpt["state"]
+        from trm_fast.data.format import dataset_manifest
+
+        if state.get("dataset_manifest") and state["dataset_manifest"] != dataset_manifest(self.data.root):
+            self.log(f"warning: the dataset under {self.data.root} differs from the one checkpoint {path} was trained on")
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.dense_opt.load_state_dict(state["dense_optimizer"])
+        if self.sparse_opt is not None:
+            self.sparse_opt.load_state_dict(state["sparse_optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        if self.distributed:
+            from trm_fast.train.distributed import scatter_supervision_state
+
+            self.state = scatter_supervision_state(self, state["supervision"])
+        else:
+            self.state = SupervisionState.from_state_dict(state["supervision"], self.device)
+        restore_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.log(f"resumed from {path} at step {self.step}")
+
+    # -- one optimizer step --------------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        from trm_fast.train.optim import lr_at
+
+        t = self.config.train
+        lr = lr_at(self.step, t.lr, t.lr_warmup_steps, self.total_steps, t.lr_min_ratio)
+        for group in self.dense_opt.param_groups:
+            group["lr"] = lr
+        self.sparse_lr = lr_at(self.step, t.puzzle_emb_lr, t.lr_warmup_steps, self.total_steps, t.lr_min_ratio)
+        return lr
+
+    def _optimizer_step(self) -> None:
+        self.dense_opt.step()
+        self.dense_opt.zero_grad(set_to_none=True)
+        if self.sparse_opt is not None:
+            self.sparse_opt.step(self.sparse_lr)
+        if self.ema is not None:
+            self.ema.update()
+
+    def carry_step(self, batch: dict) -> dict:
+        """One optimizer step of the published scheme: one supervision step of every slot."""
+        t = self.config.train
+        metrics = {}
+        parts = []
+        for start in range(0, self.local_batch, self.micro_batch):
+            stop = start + self.micro_batch
+            micro = {k: v[start:stop] for k, v in batch.items()}
+            result = supervision_step(
+                self.forward_model, self.state.slice(start, stop), micro, step=self.step, seed=t.seed,
+                slot_index=self.slot_index[start:stop], training=True, loss_kind=t.loss,
+            )
+            (result.loss.total / self.config.data.global_batch_size).backward()
+            parts.append(result.state)
+            _accumulate(metrics, result.metrics)
+            _accumulate(metrics, {"lm_loss": result.loss.lm, "halt_loss": result.loss.halt, "loss_rows": torch.tensor(stop - start)})
+        self.state = SupervisionState.concat(parts)
+        self._optimizer_step()
+        return metrics
+
+    def per_batch_steps(self, batch: dict) -> list[dict]:
+        """The paper's loop: up to N_sup = halt_max_steps optimizer steps on one batch, each sample stopping
+        once q_halt > 0; halted samples leave the loss. Returns the metrics of each optimizer step."""
+        cfg = self.model.config
+        t = self.config.train
+        carry = self.model.initial_carry(self.local_batch, self.device)
+        active = torch.ones(self.local_batch, dtype=torch.bool, device=self.device)
+        history = []
+        for sup_step in range(cfg.halt_max_steps):
+            self._set_lr()
+            out = self.forward_model(carry, batch["inputs"], batch["puzzle_identifiers"])
+            loss = supervision_loss(out.logits, batch["labels"], out.q_halt, out.q_continue, t.loss,
+                                    sample_weight=active.to(torch.float32))
+            (loss.total / self.config.data.global_batch_size).backward()
+            self._optimizer_step()
+            self.step += 1
+            carry = out.carry
+            with torch.no_grad():
+                halting = active & ((out.q_halt > 0) | torch.tensor(sup_step == cfg.halt_max_steps - 1, device=self.device))
+                counted = halting & loss.supervised
+                history.append({
+                    "count": counted.sum(), "exact_accuracy": (counted & loss.seq_correct).sum(),
+                    "token_accuracy": torch.where(counted, loss.token_correct, 0.0).sum(),
+                    "halt_accuracy": (counted & ((out.q_halt >= 0) == loss.seq_correct)).sum(),
+                    "steps": counted.sum() * (sup_step + 1), "lm_loss": loss.lm, "halt_loss": loss.halt,
+                    "loss_rows": active.sum(),
+                })
+                active = active & ~halting
+            if self.step >= self.total_steps or not bool(active.any()):
+                break
+        return history
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def evaluate(self, use_ema: bool = True, progress: bool | None = None) -> dict:
+        batch = self.config.data.eval_batch_size or self.config.data.global_batch_size
+        run = lambda: evaluate(self.model, self.data.test_set, self.data.test_meta, batch, self.device,
+                               rank=self.rank, world_size=self.world_size,
+                               progress=self.progress if progress is None else progress)
+        if use_ema and self.ema is not None:
+            with self.ema.apply_to(self.model):
+                return run()
+        return run()
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        t = self.config.train
+        os.makedirs(self.run_dir, exist_ok=True)
+        if self.rank == 0:
+            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
+                f.write(self.config.to_json())
+        self.log(
+            f"trm_fast: {self.config.name} on {self.device} ({self.world_size} process{'es' if self.world_size > 1 else ''}), "
+            f"{count_parameters(self.model):,} parameters, backend {self.model.backend(self.device)}, "
+            f"{self.total_steps} optimizer steps, global batch {self.config.data.global_batch_size}, "
+            f"train {len(self.data.train_set.inputs)} / test {len(self.data.test_set.inputs)} examples"
+        )
+        previous_handler = _install_sigterm(self)
+        start_time = time.time()
+        tokens_per_sample = self.config.model.total_seq_len
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not self.progress or self.rank != 0,
+                   dynamic_ncols=True)
+        window: dict = {}
+        window_start, window_steps = time.time(), 0
+        last_eval = None
+        try:
+            while self.step < self.total_steps:
+                batch = to_device_batch(self.sampler.next_batch(), self.data.train_meta.ignore_label_id, self.device)
+                if t.supervision == "carry":
+                    lr = self._set_lr()
+                    step_metrics = [self.carry_step(batch)]
+                    self.step += 1
+                else:
+                    lr = self.config.train.lr
+                    step_metrics = self.per_batch_steps(batch)
+                for m in step_metrics:
+                    _accumulate(window, m)
+                window_steps += len(step_metrics)
+                bar.update(len(step_metrics))
+                if self.step % t.log_interval < len(step_metrics) or self.step >= self.total_steps:
+                    record = self._log_record(window, window_steps, time.time() - window_start, lr, tokens_per_sample)
+                    bar.set_postfix(loss=f"{record['lm_loss']:.3f}", exact=f"{record['train_exact_accuracy']:.3f}",
+                                    steps=f"{record['train_mean_steps']:.1f}", sps=f"{record['samples_per_s']:.0f}")
+                    window, window_start, window_steps = {}, time.time(), 0
+                if t.eval_interval and self.step % t.eval_interval < len(step_metrics) and self.step < self.total_steps:
+                    last_eval = self.evaluate()
+                    self._write_jsonl({"step": self.step, "kind": "eval", **last_eval})
+                    self.log(f"step {self.step}: eval exact {last_eval['exact_accuracy']:.4f}, token {last_eval['token_accuracy']:.4f}")
+                if t.checkpoint_interval and self.step % t.checkpoint_interval < len(step_metrics):
+                    self.save()
+                if t.max_minutes and (time.time() - start_time) / 60.0 >= t.max_minutes:
+                    self.log(f"stopping at step {self.step}: train.max_minutes = {t.max_minutes} reached")
+                    break
+                if self._stop_requested:
+                    break
+        finally:
+            bar.close()
+            _restore_sigterm(previous_handler)
+        train_seconds = time.time() - start_time
+        if self._stop_requested:
+            path = self.save()
+            self.log(f"SIGTERM: saved {path} at step {self.step}")
+            return {"step": self.step, "interrupted": True, "checkpoint": path}
+        final = self.evaluate()
+        self._write_jsonl({"step": self.step, "kind": "eval", **final})
+        path = self.save()
+        summary = {
+            "preset": self.config.name, "steps": self.step, "train_seconds": round(train_seconds, 1),
+            "device": str(self.device), "parameters": count_parameters(self.model), "checkpoint": path,
+            "eval": final, "run_dir": self.run_dir,
+        }
+        if self.rank == 0:
+            from trm_fast.train.plots import plot_training_curves
+
+            summary["curves_png"] = plot_training_curves(self.metrics_path, os.path.join(self.run_dir, "curves.png"))
+            _atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        self.log(
+            f"done: {self.step} steps in {train_seconds / 60:.1f} min; held-out exact accuracy {final['exact_accuracy']:.4f} "
+            f"(token {final['token_accuracy']:.4f}, halting {final['halt_accuracy']:.4f}) over {final['count']} puzzles "
+            f"with {final['steps']} steps; the model halts after {final['mean_halt_step']:.2f} steps on average "
+            f"(exact {final['exact_accuracy_at_halt']:.4f} there); checkpoint {path}"
+        )
+        return summary
+
+    def _log_record(self, window: dict, steps: int, seconds: float, lr: float, tokens_per_sample: int) -> dict:
+        values = {k: float(v) for k, v in window.items()}
+        if self.distributed:
+            from trm_fast.train.distributed import all_reduce_sums
+
+            values = all_reduce_sums(values, self.device)
+        count = max(values.get("count", 0.0), 1.0)
+        rows = max(values.get("loss_rows", 0.0), 1.0)
+        samples = steps * self.config.data.global_batch_size
+        record = {
+            "step": self.step, "kind": "train", "lr": lr,
+            "lm_loss": values.get("lm_loss", 0.0) / rows, "halt_loss": values.get("halt_loss", 0.0) / rows,
+            "train_exact_accuracy": values.get("exact_accuracy", 0.0) / count,
+            "train_token_accuracy": values.get("token_accuracy", 0.0) / count,
+            "train_halt_accuracy": values.get("halt_accuracy", 0.0) / count,
+            "train_mean_steps": values.get("steps", 0.0) / count,
+            "halted": int(values.get("count", 0.0)),
+            "samples_per_s": samples / max(seconds, 1e-9),
+            "tokens_per_s": samples * tokens_per_sample / max(seconds, 1e-9),
+            "epoch": self.sampler.epoch,
+        }
+        self._write_jsonl(record)
+        return record
+
+    def _write_jsonl(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({k: v for k, v in record.items() if not isinstance(v, torch.Tensor)}) + "\n")
+
+
+def _accumulate(into: dict, values: dict) -> None:
+    for key, value in values.items():
+        value = value.detach().double() if isinstance(value, torch.Tensor) else float(value)
+        into[key] = into[key] + value if key in into else value
+
+
+def _atomic_write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _install_sigterm(trainer: Trainer):
+    """SIGTERM asks the loop to stop after the current step and save a checkpoint."""
+    def handler(signum, frame):
+        trainer._stop_requested = True
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except ValueError:
+            pass
+
+
+def train(config: TRMConfig, resume: str | None = None, progress: bool = True, log=None) -> dict:
+    """Trains a run described by `config` and returns its summary (final evaluation, checkpoint path)."""
+    trainer = Trainer(config, progress=progress, log=log)
+    if resume:
+        trainer.resume(resume)
+    return trainer.fit()
