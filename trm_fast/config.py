@@ -207,6 +207,8 @@ class TrainConfig(_Validated):
     out_dir: str = "runs/trm"
     device: str = "auto"  # "auto" = cuda when available, else cpu
     compile: bool = False  # torch.compile the model's supervision step
+    cuda_graphs: bool = False  # capture the fixed-shape supervision step as a CUDA graph (CUDA only)
+    puzzle_emb_device: str = "same"  # "same" as the model, or "cpu": the table in pinned host memory
 
     CHECKS = {
         "optimizer": _one_of("adam_atan2", "adamw"),
@@ -235,6 +237,8 @@ class TrainConfig(_Validated):
         "device": ((lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:"))),
                    "'auto', 'cpu', 'cuda' or 'cuda:N'"),
         "compile": _BOOL,
+        "cuda_graphs": _BOOL,
+        "puzzle_emb_device": _one_of("same", "cpu"),
     }
 
 
