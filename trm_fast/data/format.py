@@ -1,0 +1,191 @@
+"""The on-disk dataset format the published reference tooling reads and writes (TRM_SPEC section 5).
+
+    <root>/<split>/dataset.json                 metadata (DatasetMetadata)
+    <root>/<split>/<set>__inputs.npy            (N, seq_len) token ids
+    <root>/<split>/<set>__labels.npy            (N, seq_len) token ids; ignore_label_id = unsupervised
+    <root>/<split>/<set>__puzzle_identifiers.npy (P,) puzzle id of each puzzle
+    <root>/<split>/<set>__puzzle_indices.npy    (P+1,) example offsets per puzzle
+    <root>/<split>/<set>__group_indices.npy     (G+1,) puzzle offsets per group (a puzzle and its augmentations)
+
+Builders write into a temporary folder and rename it when complete (`atomic_output_dir`), so a failed build
+leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ARRAY_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+
+
+@dataclass
+class DatasetMetadata:
+    pad_id: int
+    ignore_label_id: int | None
+    blank_identifier_id: int
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int
+    mean_puzzle_examples: float
+    total_puzzles: int = 0
+    sets: list[str] = field(default_factory=lambda: ["all"])
+
+    @classmethod
+    def from_json(cls, data: dict, source: str) -> "DatasetMetadata":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [n for n in ("pad_id", "vocab_size", "seq_len", "num_puzzle_identifiers", "total_groups",
+                               "mean_puzzle_examples", "sets") if n not in data]
+        if missing:
+            raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs.setdefault("ignore_label_id", None)
+        kwargs.setdefault("blank_identifier_id", 0)
+        meta = cls(**kwargs)
+        meta.validate(source)
+        return meta
+
+    def validate(self, source: str = "dataset.json") -> None:
+        def need(ok: bool, name: str, what: str):
+            if not ok:
+                raise ValueError(f"{source}: field {name} = {getattr(self, name)!r} is invalid: {what}")
+
+        for name in ("pad_id", "blank_identifier_id", "vocab_size", "seq_len", "num_puzzle_identifiers", "total_groups"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "must be a non-negative integer")
+        need(self.vocab_size >= 2, "vocab_size", "must be at least 2")
+        need(self.seq_len >= 1, "seq_len", "must be at least 1")
+        need(self.num_puzzle_identifiers >= 1, "num_puzzle_identifiers", "must be at least 1")
+        need(self.ignore_label_id is None or isinstance(self.ignore_label_id, int), "ignore_label_id", "must be an integer or null")
+        need(isinstance(self.mean_puzzle_examples, (int, float)) and self.mean_puzzle_examples >= 0,
+             "mean_puzzle_examples", "must be a non-negative number")
+        need(isinstance(self.sets, list) and all(isinstance(s, str) and s for s in self.sets) and len(self.sets) > 0,
+             "sets", "must be a non-empty list of set names")
+
+
+@dataclass
+class PuzzleSet:
+    inputs: np.ndarray
+    labels: np.ndarray
+    puzzle_identifiers: np.ndarray
+    puzzle_indices: np.ndarray
+    group_indices: np.ndarray
+
+    def validate(self, name: str, meta: DatasetMetadata | None = None) -> None:
+        def fail(what: str):
+            raise ValueError(f"{name}: {what}")
+
+        if self.inputs.ndim != 2:
+            fail(f"inputs must be 2-D (examples, seq_len), got shape {self.inputs.shape}")
+        if self.labels.shape != self.inputs.shape:
+            fail(f"labels shape {self.labels.shape} differs from inputs shape {self.inputs.shape}")
+        for arr_name in ARRAY_FIELDS:
+            arr = getattr(self, arr_name)
+            if not np.issubdtype(arr.dtype, np.integer):
+                fail(f"{arr_name} must hold integers, got dtype {arr.dtype}")
+        P = len(self.puzzle_identifiers)
+        if self.puzzle_indices.shape != (P + 1,):
+            fail(f"puzzle_indices must have shape ({P + 1},) for {P} puzzles, got {self.puzzle_indices.shape}")
+        if self.puzzle_indices[0] != 0 or self.puzzle_indices[-1] != len(self.inputs) or np.any(np.diff(self.puzzle_indices) < 0):
+            fail("puzzle_indices must rise from 0 to the number of examples")
+        if len(self.group_indices) < 1 or self.group_indices[0] != 0 or self.group_indices[-1] != P or np.any(np.diff(self.group_indices) < 0):
+            fail("group_indices must rise from 0 to the number of puzzles")
+        if meta is not None:
+            if self.inputs.shape[1] != meta.seq_len:
+                fail(f"sequence length {self.inputs.shape[1]} differs from dataset.json seq_len {meta.seq_len}")
+            for arr_name in ("inputs", "labels"):
+                arr = getattr(self, arr_name)
+                if arr.size and (arr.min() < 0 or arr.max() >= meta.vocab_size):
+                    fail(f"{arr_name} hold token ids outside [0, {meta.vocab_size}): min {arr.min()}, max {arr.max()}")
+            if P and (self.puzzle_identifiers.min() < 0 or self.puzzle_identifiers.max() >= meta.num_puzzle_identifiers):
+                fail(f"puzzle_identifiers outside [0, {meta.num_puzzle_identifiers})")
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_indices) - 1
+
+
+def write_split(split_dir: str, metadata: DatasetMetadata, sets: dict[str, PuzzleSet]) -> None:
+    """Writes one split (train or test) in the published layout."""
+    metadata.validate(os.path.join(split_dir, "dataset.json"))
+    os.makedirs(split_dir, exist_ok=True)
+    for set_name, puzzle_set in sets.items():
+        puzzle_set.validate(f"{split_dir}/{set_name}", metadata)
+        for arr_name in ARRAY_FIELDS:
+            np.save(os.path.join(split_dir, f"{set_name}__{arr_name}.npy"), getattr(puzzle_set, arr_name))
+    data = dataclasses.asdict(metadata)
+    data["sets"] = list(sets)
+    with open(os.path.join(split_dir, "dataset.json"), "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def read_split(split_dir: str, mmap: bool = False) -> tuple[DatasetMetadata, dict[str, PuzzleSet]]:
+    """Reads and validates one split; errors name the file that is wrong."""
+    meta_path = os.path.join(split_dir, "dataset.json")
+    if not os.path.isfile(meta_path):
+        raise ValueError(f"{meta_path}: no such file (is {split_dir!r} a built dataset split?)")
+    try:
+        with open(meta_path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{meta_path}: expected a JSON object")
+    meta = DatasetMetadata.from_json(raw, meta_path)
+    sets = {}
+    for set_name in meta.sets:
+        arrays = {}
+        for arr_name in ARRAY_FIELDS:
+            path = os.path.join(split_dir, f"{set_name}__{arr_name}.npy")
+            if not os.path.isfile(path):
+                raise ValueError(f"{path}: missing (listed in {meta_path} set {set_name!r})")
+            try:
+                arrays[arr_name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise ValueError(f"{path}: unreadable ({exc})") from None
+        puzzle_set = PuzzleSet(**arrays)
+        puzzle_set.validate(os.path.join(split_dir, set_name), meta)
+        sets[set_name] = puzzle_set
+    return meta, sets
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str):
+    """Yields a temporary sibling folder; on success it replaces `out_dir`, on failure it is removed."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(out_dir):
+        old = f"{tmp}-old"
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def dataset_manifest(root: str) -> dict:
+    """File names, sizes and sha256 of every file under a built dataset folder."""
+    manifest = {}
+    for dirpath, _, filenames in sorted(os.walk(root)):
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            manifest[os.path.relpath(path, root)] = {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return manifest
