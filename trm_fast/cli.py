@@ -134,14 +134,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _add_optional_subcommands(sub) -> None:
     """Subcommands whose modules live elsewhere in the package."""
-    from trm_fast.data.build import add_data_subparser
-
-    add_data_subparser(sub)
-    for module, adder in (("trm_fast.ablations", "add_ablations_subparser"), ("trm_fast.bench.cli", "add_bench_subparser"),
+    for module, adder in (("trm_fast.data.build", "add_data_subparser"), ("trm_fast.ablations", "add_ablations_subparser"), ("trm_fast.bench.cli", "add_bench_subparser"),
                           ("trm_fast.convert", "add_convert_subparser")):
         try:
             mod = __import__(module, fromlist=[adder])
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
             continue
         getattr(mod, adder)(sub)
 
