@@ -1,0 +1,75 @@
+"""Residual add + RMSNorm (over channels, or over the sequence axis) as torch custom ops with autograd.
+
+Saved for backward: the OUTPUT y and the per-row fp32 rstd; the input sum is never saved. The gradient of
+`x` and of `residual` is the same tensor (d(x + residual)/dx = d/dresidual = identity).
+"""
+from __future__ import annotations
+
+import torch
+
+from trm_fast.kernels import norm as kernels
+from trm_fast.kernels.reference import RMS_EPS
+from trm_fast.ops._checks import check_same, contiguous
+
+
+@torch.library.custom_op("trm_fast::add_rms_norm_fwd", mutates_args=())
+def _add_rms_norm_fwd(x: torch.Tensor, residual: torch.Tensor, eps: float, seq_axis: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.empty_like(x)
+    if seq_axis:
+        rstd = torch.empty(x.shape[0], x.shape[2], dtype=torch.float32, device=x.device)
+        kernels.add_rms_norm_seq_fwd(x, residual, eps, y, rstd)
+    else:
+        rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+        kernels.add_rms_norm_fwd(x, residual, eps, y, rstd)
+    return y, rstd
+
+
+@_add_rms_norm_fwd.register_fake
+def _(x, residual, eps, seq_axis):
+    shape = (x.shape[0], x.shape[2]) if seq_axis else x.shape[:-1]
+    return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("trm_fast::rms_norm_bwd", mutates_args=())
+def _rms_norm_bwd(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, seq_axis: bool) -> torch.Tensor:
+    dx = torch.empty_like(y)
+    (kernels.rms_norm_seq_bwd if seq_axis else kernels.rms_norm_bwd)(dy.contiguous(), y, rstd, dx)
+    return dx
+
+
+@_rms_norm_bwd.register_fake
+def _(dy, y, rstd, seq_axis):
+    return torch.empty_like(y)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.seq_axis = inputs[3]
+    y, rstd = output
+    ctx.save_for_backward(y, rstd)
+
+
+def _backward(ctx, dy, drstd):
+    y, rstd = ctx.saved_tensors
+    dx = _rms_norm_bwd(dy, y, rstd, ctx.seq_axis)
+    return dx, dx, None, None
+
+
+_add_rms_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _run(x: torch.Tensor, residual: torch.Tensor, seq_axis: bool, name: str) -> torch.Tensor:
+    check_same(name, x=x, residual=residual)
+    if seq_axis and x.dim() != 3:
+        raise ValueError(f"{name}: x must be (batch, seq, channels), got shape {tuple(x.shape)}")
+    y, _ = _add_rms_norm_fwd(contiguous(x), contiguous(residual), RMS_EPS, seq_axis)
+    return y
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """rms_norm(residual + x) over the last axis (fp32 statistics, no gain)."""
+    return _run(x, residual, False, "add_rms_norm")
+
+
+def add_rms_norm_seq(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """rms_norm(residual + x) over the sequence axis of (B, L, D), without a transpose."""
+    return _run(x, residual, True, "add_rms_norm_seq")
