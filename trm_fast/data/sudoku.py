@@ -277,7 +277,7 @@ def format_grid(grid: np.ndarray) -> str:
     lines = []
     for r in range(size):
         if r and r % br == 0:
-            lines.append("+".join(["-" * ((width + 1) * bc + 1)] * (size // bc)).rstrip("-") )
+            lines.append("+".join(["-" * ((width + 1) * bc + 1)] * (size // bc))[:-1])
         cells = [str(v).rjust(width) if v else ".".rjust(width) for v in grid[r]]
         lines.append((" " + " | ".join(" ".join(cells[c:c + bc]) for c in range(0, size, bc))).rstrip())
     return "\n".join(lines)
