@@ -212,18 +212,35 @@ def _attn_bwd_dq(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, cos_ptr, sin_ptr
 
 # ---------------------------------------------------------------------------------------------- launch configs
 
-_TABLE = {97: (64, 64, 4, 2), 916: (128, 64, 8, 2)}  # L -> (BLOCK_M, BLOCK_N, num_warps, num_stages), head dim 64
+# Tile sizes per phase, chosen with ptxas -v (kernels/aot.py) for zero register spills at head dim 64.
+# The dK/dV kernel holds the most live tiles (rotated k halves, v, dk halves, dv); on sm_80 only small tiles fit.
+_FWD = {97: (64, 64, 4, 2), 916: (128, 64, 8, 2)}  # L -> (BLOCK_M, BLOCK_N, num_warps, num_stages)
+_BWD = {  # arch -> {"dkdv": ..., "dq": ...}
+    90: {"dkdv": (64, 64, 8, 2), "dq": (64, 32, 8, 2)},
+    80: {"dkdv": (16, 16, 4, 2), "dq": (64, 32, 8, 2)},
+}
 
 
-def attention_config(L: int) -> dict:
-    if L in _TABLE:
-        bm, bn, warps, stages = _TABLE[L]
-    else:
-        bm = 128 if L > 512 else 64
-        bn, warps, stages = 64, 8 if bm == 128 else 4, 2
-    bm = max(16, min(bm, triton.next_power_of_2(L)))
-    bn = max(16, min(bn, triton.next_power_of_2(L)))
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+def device_arch(t: torch.Tensor) -> int:
+    """90 on Hopper and newer, 80 on older GPUs; the interpreter (CPU) uses the Hopper table."""
+    if t.is_cuda:
+        return 90 if torch.cuda.get_device_capability(t.device)[0] >= 9 else 80
+    return 90
+
+
+def _clip(L: int, bm: int, bn: int) -> tuple[int, int]:
+    return max(16, min(bm, triton.next_power_of_2(L))), max(16, min(bn, triton.next_power_of_2(L)))
+
+
+def attention_config(L: int, arch: int = 90) -> dict:
+    """{"fwd" | "dkdv" | "dq": {BLOCK_M, BLOCK_N, num_warps, num_stages}} for a sequence length and GPU arch."""
+    fwd = _FWD.get(L, (128, 64, 8, 2) if L > 512 else (64, 64, 4, 2))
+    cfg = {"fwd": fwd, **_BWD[90 if arch >= 90 else 80]}
+    out = {}
+    for phase, (bm, bn, warps, stages) in cfg.items():
+        bm, bn = _clip(L, bm, bn)
+        out[phase] = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- launchers
@@ -239,7 +256,7 @@ def attention_fwd(qkv: torch.Tensor, num_heads: int, cos, sin, o: torch.Tensor, 
     """qkv (B, L, 3*H*hd) contiguous -> o (B, L, H*hd), lse (B*H, L) fp32 (base-2 log-sum-exp of scaled scores)."""
     B, L, three_d = qkv.shape
     hd = three_d // (3 * num_heads)
-    cfg = attention_config(L)
+    cfg = attention_config(L, device_arch(qkv))["fwd"]
     cos, sin, rope = _tables(cos, sin, qkv)
     grid = (triton.cdiv(L, cfg["BLOCK_M"]), B * num_heads)
     _attn_fwd[grid](qkv, o, lse, cos, sin, L, num_heads, float(hd ** -0.5 * LOG2E),
@@ -251,16 +268,22 @@ def attention_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: tor
                   dqkv: torch.Tensor) -> None:
     B, L, three_d = qkv.shape
     hd = three_d // (3 * num_heads)
-    cfg = attention_config(L)
+    cfg = attention_config(L, device_arch(qkv))
     cos, sin, rope = _tables(cos, sin, qkv)
     delta = torch.empty_like(lse)
-    _attn_bwd_preprocess[(triton.cdiv(L, cfg["BLOCK_M"]), B * num_heads)](o, do, delta, L, num_heads, HEAD_DIM=hd,
-                                                                         BLOCK_M=cfg["BLOCK_M"], num_warps=4)
-    common = dict(HEAD_DIM=hd, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], ROPE=rope, IEEE=qkv.dtype == torch.float32,
-                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    pre = cfg["fwd"]["BLOCK_M"]
+    _attn_bwd_preprocess[(triton.cdiv(L, pre), B * num_heads)](o, do, delta, L, num_heads, HEAD_DIM=hd, BLOCK_M=pre,
+                                                                num_warps=4)
     scales = (float(hd ** -0.5 * LOG2E), float(hd ** -0.5))
-    _attn_bwd_dkdv[(triton.cdiv(L, cfg["BLOCK_N"]), B * num_heads)](qkv, do, lse, delta, dqkv, cos, sin, L, num_heads, *scales, **common)
-    _attn_bwd_dq[(triton.cdiv(L, cfg["BLOCK_M"]), B * num_heads)](qkv, do, lse, delta, dqkv, cos, sin, L, num_heads, *scales, **common)
+    ieee = qkv.dtype == torch.float32
+    c = cfg["dkdv"]
+    _attn_bwd_dkdv[(triton.cdiv(L, c["BLOCK_N"]), B * num_heads)](
+        qkv, do, lse, delta, dqkv, cos, sin, L, num_heads, *scales, HEAD_DIM=hd, BLOCK_M=c["BLOCK_M"],
+        BLOCK_N=c["BLOCK_N"], ROPE=rope, IEEE=ieee, num_warps=c["num_warps"], num_stages=c["num_stages"])
+    c = cfg["dq"]
+    _attn_bwd_dq[(triton.cdiv(L, c["BLOCK_M"]), B * num_heads)](
+        qkv, do, lse, delta, dqkv, cos, sin, L, num_heads, *scales, HEAD_DIM=hd, BLOCK_M=c["BLOCK_M"],
+        BLOCK_N=c["BLOCK_N"], ROPE=rope, IEEE=ieee, num_warps=c["num_warps"], num_stages=c["num_stages"])
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -292,22 +315,23 @@ def rope_backward_reference(d_rot: torch.Tensor, cos: torch.Tensor, sin: torch.T
 # ---------------------------------------------------------------------------------------------- AOT specs
 
 
-def aot_specs(dtype: str = "bf16") -> list[dict]:
+def aot_specs(arch: int = 90, dtype: str = "bf16") -> list[dict]:
     specs = []
+    fwd_sig = {"qkv_ptr": f"*{dtype}", "o_ptr": f"*{dtype}", "lse_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
+               "L": "i32", "H": "i32", "qk_scale": "fp32"}
+    bwd_sig = {"qkv_ptr": f"*{dtype}", "do_ptr": f"*{dtype}", "lse_ptr": "*fp32", "delta_ptr": "*fp32",
+               "dqkv_ptr": f"*{dtype}", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "L": "i32", "H": "i32",
+               "qk_scale": "fp32", "sm_scale": "fp32"}
     for L in (97, 916):
-        cfg = attention_config(L)
-        ce = {"HEAD_DIM": 64, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "ROPE": True, "IEEE": False}
-        fwd_sig = {"qkv_ptr": f"*{dtype}", "o_ptr": f"*{dtype}", "lse_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
-                   "L": "i32", "H": "i32", "qk_scale": "fp32"}
-        bwd_sig = {"qkv_ptr": f"*{dtype}", "do_ptr": f"*{dtype}", "lse_ptr": "*fp32", "delta_ptr": "*fp32",
-                   "dqkv_ptr": f"*{dtype}", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "L": "i32", "H": "i32",
-                   "qk_scale": "fp32", "sm_scale": "fp32"}
-        for label, fn, sig in (("attn_fwd", _attn_fwd, fwd_sig), ("attn_bwd_dkdv", _attn_bwd_dkdv, bwd_sig),
-                               ("attn_bwd_dq", _attn_bwd_dq, bwd_sig)):
-            specs.append({"label": f"{label}[L={L},hd=64]", "fn": fn, "signature": sig, "constexprs": dict(ce),
-                          "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "is_matmul": True})
+        cfg = attention_config(L, arch)
+        for label, fn, sig, phase in (("attn_fwd", _attn_fwd, fwd_sig, "fwd"), ("attn_bwd_dkdv", _attn_bwd_dkdv, bwd_sig, "dkdv"),
+                                      ("attn_bwd_dq", _attn_bwd_dq, bwd_sig, "dq")):
+            c = cfg[phase]
+            specs.append({"label": f"{label}[L={L},hd=64]", "fn": fn, "signature": sig,
+                          "constexprs": {"HEAD_DIM": 64, "BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"], "ROPE": True, "IEEE": False},
+                          "num_warps": c["num_warps"], "num_stages": c["num_stages"], "is_matmul": True})
         specs.append({"label": f"attn_bwd_preprocess[L={L}]", "fn": _attn_bwd_preprocess,
                       "signature": {"o_ptr": f"*{dtype}", "do_ptr": f"*{dtype}", "delta_ptr": "*fp32", "L": "i32", "H": "i32"},
-                      "constexprs": {"HEAD_DIM": 64, "BLOCK_M": cfg["BLOCK_M"]}, "num_warps": 4, "num_stages": 1,
+                      "constexprs": {"HEAD_DIM": 64, "BLOCK_M": cfg["fwd"]["BLOCK_M"]}, "num_warps": 4, "num_stages": 1,
                       "is_matmul": False})
     return specs

@@ -179,7 +179,7 @@ def rms_norm_backward_reference(dy: torch.Tensor, y: torch.Tensor, rstd: torch.T
 # ---------------------------------------------------------------------------------------------- AOT specs
 
 
-def aot_specs(dtype: str = "bf16") -> list[dict]:
+def aot_specs(arch: int = 90, dtype: str = "bf16") -> list[dict]:
     """Every kernel at every launch config the presets use (D = 512; L = 97 and 916 for the sequence form)."""
     specs = []
     cc = channel_config(512)

@@ -5,6 +5,9 @@ import pytest
 import torch
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+if not torch.cuda.is_available():
+    # No GPU: Triton kernels run in the interpreter. Must be set before any kernel module is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
