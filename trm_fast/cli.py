@@ -19,9 +19,11 @@ def build_config(args) -> TRMConfig:
 
 
 def cmd_train(args) -> int:
+    from trm_fast.train.distributed import init_distributed
     from trm_fast.train.trainer import train
 
     config = build_config(args)
+    init_distributed()
     if args.print_config:
         print(config.to_json())
         return 0

@@ -102,6 +102,8 @@ class Trainer:
             )
         self.local_batch = cfg_d.global_batch_size // self.world_size
         self.micro_batch = self.local_batch // cfg_t.grad_accum
+        # loss summed over this rank's samples -> gradient of the global batch's mean (DDP averages over ranks)
+        self.loss_scale = self.world_size / cfg_d.global_batch_size
 
         self.device = resolve_device(cfg_t.device)
         if self.device.type == "cuda" and self.distributed:
@@ -229,7 +231,7 @@ class Trainer:
                 self.forward_model, self.state.slice(start, stop), micro, step=self.step, seed=t.seed,
                 slot_index=self.slot_index[start:stop], training=True, loss_kind=t.loss,
             )
-            (result.loss.total / self.config.data.global_batch_size).backward()
+            (result.loss.total * self.loss_scale).backward()
             parts.append(result.state)
             _accumulate(metrics, result.metrics)
             _accumulate(metrics, {"lm_loss": result.loss.lm, "halt_loss": result.loss.halt, "loss_rows": torch.tensor(stop - start)})
@@ -250,7 +252,7 @@ class Trainer:
             out = self.forward_model(carry, batch["inputs"], batch["puzzle_identifiers"])
             loss = supervision_loss(out.logits, batch["labels"], out.q_halt, out.q_continue, t.loss,
                                     sample_weight=active.to(torch.float32))
-            (loss.total / self.config.data.global_batch_size).backward()
+            (loss.total * self.loss_scale).backward()
             self._optimizer_step()
             self.step += 1
             carry = out.carry
@@ -265,7 +267,7 @@ class Trainer:
                     "loss_rows": active.sum(),
                 })
                 active = active & ~halting
-            if self.step >= self.total_steps or not bool(active.any()):
+            if self.step >= self.total_steps or not self._any_rank(bool(active.any())):
                 break
         return history
 
@@ -326,10 +328,11 @@ class Trainer:
                     self.log(f"step {self.step}: eval exact {last_eval['exact_accuracy']:.4f}, token {last_eval['token_accuracy']:.4f}")
                 if t.checkpoint_interval and self.step % t.checkpoint_interval < len(step_metrics):
                     self.save()
-                if t.max_minutes and (time.time() - start_time) / 60.0 >= t.max_minutes:
-                    self.log(f"stopping at step {self.step}: train.max_minutes = {t.max_minutes} reached")
-                    break
-                if self._stop_requested:
+                out_of_time = bool(t.max_minutes) and (time.time() - start_time) / 60.0 >= t.max_minutes
+                if self._any_rank(out_of_time or self._stop_requested):  # every rank stops at the same step
+                    self._stop_requested = self._any_rank(self._stop_requested)
+                    if not self._stop_requested:
+                        self.log(f"stopping at step {self.step}: train.max_minutes = {t.max_minutes} reached")
                     break
         finally:
             bar.close()
@@ -337,7 +340,7 @@ class Trainer:
         train_seconds = time.time() - start_time
         if self._stop_requested:
             path = self.save()
-            self.log(f"SIGTERM: saved {path} at step {self.step}")
+            self.log(f"SIGTERM: saved checkpoint {path} at step {self.step}")
             return {"step": self.step, "interrupted": True, "checkpoint": path}
         final = self.evaluate()
         self._write_jsonl({"step": self.step, "kind": "eval", **final})
@@ -359,6 +362,14 @@ class Trainer:
             f"(exact {final['exact_accuracy_at_halt']:.4f} there); checkpoint {path}"
         )
         return summary
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when `flag` is true on any rank (a collective under torch.distributed)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
 
     def _log_record(self, window: dict, steps: int, seconds: float, lr: float, tokens_per_sample: int) -> dict:
         values = {k: float(v) for k, v in window.items()}
