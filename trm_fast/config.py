@@ -385,6 +385,12 @@ PRESETS: dict[str, dict] = {
         "config": _published(dict(vocab_size=12, seq_len=900, n=4, mixer="attention", pos_encoding="rope"),
                              dict(path="data/arc2concept-aug-1000"), _ARC_TRAIN),
     },
+    "hrm-sudoku": {
+        "about": "HRM (two 4-block networks, 1-step gradient, Q-learning halting) on Sudoku-Extreme (published: 55.0%)",
+        "config": _published(dict(vocab_size=11, seq_len=81, T=2, n=2, mixer="attention", pos_encoding="rope",
+                                  arch="hrm", hrm_high_blocks=4, hrm_low_blocks=4, puzzle_emb_len=1, act_continue=True),
+                             dict(path="data/sudoku-extreme-1k-aug-1000"), _SUDOKU_TRAIN),
+    },
     # ---- small presets for CPU demos and tests (generated data, built on first use) ----
     "sudoku4-tiny": {
         "about": "tiny TRM on generated 4x4 Sudoku: seconds on a CPU, for tests",

@@ -80,9 +80,9 @@ class Block(nn.Module):
 class ReasoningNet(nn.Module):
     """The one network `net` of TRM: net(state, injection) = blocks(state + injection)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, num_blocks: int | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_blocks))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(num_blocks or config.num_blocks))
 
     def forward(self, state: torch.Tensor, injection: torch.Tensor, ops: types.SimpleNamespace, rope) -> torch.Tensor:
         h = state + injection

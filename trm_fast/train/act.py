@@ -86,6 +86,7 @@ class StepResult:
     loss: LossOutput
     q_halt: torch.Tensor
     metrics: dict  # sums over slots that halted this step (tensors, no host sync)
+    continue_target: torch.Tensor | None = None  # the Q-continue target when the continue loss is on
 
 
 def supervision_step(
@@ -138,4 +139,4 @@ def supervision_step(
             "steps": torch.where(counted, steps, 0).sum(),
         }
     new_state = SupervisionState(out.carry, steps.to(torch.int32), new_halted, inputs, labels, puzzle_ids)
-    return StepResult(new_state, loss, out.q_halt.detach(), metrics)
+    return StepResult(new_state, loss, out.q_halt.detach(), metrics, target)
