@@ -34,13 +34,14 @@ def add_rms_norm_seq(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_E
     return rms_norm(residual + x, 1, eps)
 
 
-def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    """Channel SwiGLU: down(silu(gate) * up) with gate, up = chunk(x @ w_gate_up.T, 2) (gate first)."""
+def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+    """Channel SwiGLU: down(silu(gate) * up) with gate, up = chunk(x @ w_gate_up.T, 2) (gate first).
+    `recompute` is accepted for interface parity with the Triton op; here autograd decides what is saved."""
     gate, up = linear(x, w_gate_up).chunk(2, dim=-1)
     return linear(F.silu(gate) * up, w_down)
 
 
-def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
     """Token-mixing SwiGLU of the MLP-mixer: the SwiGLU applied along the sequence axis of (B, L, D).
 
     w_gate_up is (2I, L) and w_down (L, I). Written with an explicit transpose, as the published code does;

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from trm_fast.config import ModelConfig
+from trm_fast.model.recompute import run_block
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tensor:
@@ -66,15 +67,17 @@ class Block(nn.Module):
             self.mixer = SwiGLUWeights(config.total_seq_len, config.token_mix_hidden)
         self.mlp = SwiGLUWeights(config.hidden_size, config.mlp_hidden)
 
-    def forward(self, h: torch.Tensor, ops: types.SimpleNamespace, rope: tuple | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ops: types.SimpleNamespace, rope: tuple | None, recompute: bool = False) -> torch.Tensor:
+        # `recompute` asks the Triton SwiGLU to re-run its gate_up matmul in backward rather than save gate/up
+        extra = {"recompute": True} if recompute else {}
         if self.mixer_kind == "attention":
             cos, sin = rope if rope is not None else (None, None)
             mixed = ops.attention(h, self.mixer.w_qkv, self.mixer.w_o, cos, sin, self.num_heads)
             h = ops.add_rms_norm(mixed, h)
         else:
-            mixed = ops.swiglu_token_mix(h, self.mixer.w_gate_up, self.mixer.w_down)
+            mixed = ops.swiglu_token_mix(h, self.mixer.w_gate_up, self.mixer.w_down, **extra)
             h = ops.add_rms_norm_seq(mixed, h)
-        return ops.add_rms_norm(ops.swiglu(h, self.mlp.w_gate_up, self.mlp.w_down), h)
+        return ops.add_rms_norm(ops.swiglu(h, self.mlp.w_gate_up, self.mlp.w_down, **extra), h)
 
 
 class ReasoningNet(nn.Module):
@@ -83,9 +86,10 @@ class ReasoningNet(nn.Module):
     def __init__(self, config: ModelConfig, num_blocks: int | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(Block(config) for _ in range(num_blocks or config.num_blocks))
+        self.recompute = config.recompute
 
     def forward(self, state: torch.Tensor, injection: torch.Tensor, ops: types.SimpleNamespace, rope) -> torch.Tensor:
         h = state + injection
         for block in self.blocks:
-            h = block(h, ops, rope)
+            h = run_block(block, h, ops, rope, self.recompute)
         return h
