@@ -95,6 +95,9 @@ class Trainer:
         self.world_size = torch.distributed.get_world_size() if self.distributed else 1
         self.log = log or (print if self.rank == 0 else (lambda *a, **k: None))
         cfg_t, cfg_d = config.train, config.data
+        if cfg_t.cuda_graphs or cfg_t.puzzle_emb_device != "same":
+            raise ValueError("config fields train.cuda_graphs and train.puzzle_emb_device=cpu are not implemented in "
+                             "this version (see docs/memory.md); leave them at false / same")
         if cfg_d.global_batch_size % (self.world_size * cfg_t.grad_accum):
             raise ValueError(
                 f"config field data.global_batch_size = {cfg_d.global_batch_size} must be divisible by "
