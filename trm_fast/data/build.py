@@ -73,38 +73,8 @@ def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = Tr
     return rows, counts
 
 
-def build_sudoku_from_pairs(out_dir: str, train: list, test: list, aug: int, seed: int) -> dict:
-    from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
-    from trm_fast.data.sudoku import augment, grid_to_tokens
-
-    rng = np.random.default_rng(seed)
-    summary = {}
-    with atomic_output_dir(out_dir) as tmp:
-        for split, pairs, augs in (("train", train, aug), ("test", test, 0)):
-            inputs, labels, groups = [], [], [0]
-            for puzzle, solution in tqdm(pairs, desc=f"{split} (aug {augs})", leave=False):
-                variants = [(puzzle, solution)] + [augment(puzzle, solution, rng) for _ in range(augs)]
-                for p, s in variants:
-                    inputs.append(grid_to_tokens(p))
-                    labels.append(grid_to_tokens(s))
-                groups.append(groups[-1] + len(variants))
-            n = len(inputs)
-            size = int(round(len(inputs[0]) ** 0.5)) if n else 9
-            puzzle_set = PuzzleSet(np.stack(inputs).astype(np.uint8), np.stack(labels).astype(np.uint8),
-                                   np.zeros(n, dtype=np.int32), np.arange(n + 1, dtype=np.int32),
-                                   np.array(groups, dtype=np.int32))
-            meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=size + 2,
-                                   seq_len=size * size, num_puzzle_identifiers=1, total_groups=len(groups) - 1,
-                                   mean_puzzle_examples=1.0, total_puzzles=n, sets=["all"])
-            write_split(os.path.join(tmp, split), meta, {"all": puzzle_set})
-            summary[f"{split}_examples"] = n
-        with open(os.path.join(tmp, "build.json"), "w") as f:
-            json.dump({"aug": aug, "seed": seed, **summary}, f, indent=2)
-    return summary
-
-
 def build_sudoku(args) -> dict:
-    from trm_fast.data.sudoku import generate_sudoku_dataset
+    from trm_fast.data.sudoku import generate_sudoku_dataset, write_sudoku_dataset
 
     if args.generate:
         return generate_sudoku_dataset(args.out, size=args.size, num_train=args.generate, num_test=args.num_test,
@@ -127,7 +97,7 @@ def build_sudoku(args) -> dict:
         if args.subsample > len(train):
             raise ValueError(f"--subsample {args.subsample} exceeds the {len(train)} training puzzles")
         train = [train[i] for i in sorted(rng.choice(len(train), args.subsample, replace=False))]
-    summary = build_sudoku_from_pairs(args.out, train, test, args.aug, args.seed)
+    summary = write_sudoku_dataset(args.out, train, test, args.aug, np.random.default_rng(args.seed))
     summary.update(skipped_bad_rows=train_counts["skipped"] + test_counts["skipped"])
     return summary
 

@@ -302,8 +302,6 @@ def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: i
     Returns a summary dict."""
     from tqdm.auto import tqdm
 
-    from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
-
     if size not in (4, 6):
         raise ValueError(f"generated datasets with held-out symmetry classes are built here for 4x4 and 6x6, not {size}x{size}")
     max_blanks = max_blanks if max_blanks is not None else min_blanks
@@ -334,33 +332,40 @@ def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: i
         bar.update(1)
     bar.close()
 
-    def build(pairs, augs):
-        inputs, labels, group_indices = [], [], [0]
-        for puzzle, solution in pairs:
-            variants = [(puzzle, solution)] + [augment(puzzle, solution, rng) for _ in range(augs)]
-            for p, s in variants:
-                inputs.append(grid_to_tokens(p))
-                labels.append(grid_to_tokens(s))
-            group_indices.append(group_indices[-1] + len(variants))
-        n = len(inputs)
-        return PuzzleSet(
-            inputs=np.stack(inputs).astype(np.int32), labels=np.stack(labels).astype(np.int32),
-            puzzle_identifiers=np.zeros(n, dtype=np.int32), puzzle_indices=np.arange(n + 1, dtype=np.int32),
-            group_indices=np.array(group_indices, dtype=np.int32),
-        )
-
     summary = {"size": size, "classes_seen": len(classes), "test_classes": len(test_classes)}
+    summary.update(write_sudoku_dataset(out_dir, train, test, aug_per_puzzle, rng, progress=False))
+    blanks = [int((p == 0).sum()) for p, _ in train + test]
+    summary["mean_blanks"] = float(np.mean(blanks))
+    summary["min_blanks"] = int(min(blanks))
+    return summary
+
+
+def write_sudoku_dataset(out_dir: str, train: list, test: list, aug: int, rng: np.random.Generator,
+                         progress: bool = True) -> dict:
+    """Writes (puzzle, solution) pairs in the on-disk format: each training puzzle forms a group with its `aug`
+    augmentations; test puzzles are kept as they are. Atomic: nothing is left behind on failure."""
+    from tqdm.auto import tqdm
+
+    from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
+
+    summary = {}
     with atomic_output_dir(out_dir) as tmp:
-        for split, pairs, augs in (("train", train, aug_per_puzzle), ("test", test, 0)):
-            puzzle_set = build(pairs, augs)
-            meta = DatasetMetadata(
-                pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=size + 2, seq_len=size * size,
-                num_puzzle_identifiers=1, total_groups=puzzle_set.num_groups, mean_puzzle_examples=1.0,
-                total_puzzles=len(puzzle_set.puzzle_identifiers), sets=["all"],
-            )
+        for split, pairs, augs in (("train", train, aug), ("test", test, 0)):
+            inputs, labels, groups = [], [], [0]
+            for puzzle, solution in tqdm(pairs, desc=f"{split} (aug {augs})", leave=False, disable=not progress):
+                variants = [(puzzle, solution)] + [augment(puzzle, solution, rng) for _ in range(augs)]
+                for p, s in variants:
+                    inputs.append(grid_to_tokens(p))
+                    labels.append(grid_to_tokens(s))
+                groups.append(groups[-1] + len(variants))
+            n = len(inputs)
+            size = pairs[0][0].shape[0] if pairs else 9
+            puzzle_set = PuzzleSet(np.stack(inputs).astype(np.int32), np.stack(labels).astype(np.int32),
+                                   np.zeros(n, dtype=np.int32), np.arange(n + 1, dtype=np.int32),
+                                   np.array(groups, dtype=np.int32))
+            meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=size + 2,
+                                   seq_len=size * size, num_puzzle_identifiers=1, total_groups=len(groups) - 1,
+                                   mean_puzzle_examples=1.0, total_puzzles=n, sets=["all"])
             write_split(os.path.join(tmp, split), meta, {"all": puzzle_set})
-            summary[f"{split}_examples"] = len(puzzle_set.inputs)
-        blanks = [int((p == 0).sum()) for p, _ in train + test]
-        summary["mean_blanks"] = float(np.mean(blanks))
-        summary["min_blanks"] = int(min(blanks))
+            summary[f"{split}_examples"] = n
     return summary

@@ -17,7 +17,6 @@ import torch
 
 from trm_fast.model.layers import ReasoningNet
 from trm_fast.model.trm import TRM, StepOutput
-from trm_fast.ops import get_ops
 
 
 class HRM(TRM):
@@ -27,12 +26,7 @@ class HRM(TRM):
         self.net_high = ReasoningNet(config, config.hrm_high_blocks)  # H level
 
     def forward(self, carry, inputs, puzzle_ids=None) -> StepOutput:
-        device = inputs.device
-        dtype = self.forward_dtype(device)
-        ops = get_ops(self.backend(device))
-        x = self.embed(inputs, puzzle_ids, dtype)
-        z_h, z_l = (t.to(dtype) for t in carry)
-        rope = self.rope()
+        x, (z_h, z_l), ops, rope = self.prepare(carry, inputs, puzzle_ids)
         total = self.config.T * self.config.n
         with torch.no_grad():
             for i in range(total - 1):

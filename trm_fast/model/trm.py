@@ -144,24 +144,26 @@ class TRM(nn.Module):
         y = self.net(y, z, ops, rope)
         return y, z
 
-    def heads(self, y: torch.Tensor, ops=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def prepare(self, carry, inputs: torch.Tensor, puzzle_ids: torch.Tensor | None):
+        """What every step starts with: (embedded input x, carry in the forward dtype, op namespace, RoPE tables)."""
+        device = inputs.device
+        dtype = self.forward_dtype(device)
+        x = self.embed(inputs, puzzle_ids, dtype)
+        return x, tuple(t.to(dtype) for t in carry), get_ops(self.backend(device)), self.rope()
+
+    def heads(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = reference.linear(y, self.lm_head)[:, self.puzzle_len:]
         q = reference.linear(y[:, 0], self.q_head_weight, self.q_head_bias).float()
         return logits, q[:, 0], q[:, 1]
 
     def forward(self, carry: tuple[torch.Tensor, ...], inputs: torch.Tensor, puzzle_ids: torch.Tensor | None = None) -> StepOutput:
         """One supervision step from the carried (y, z). Gradient flows through the last cycle only."""
-        device = inputs.device
-        dtype = self.forward_dtype(device)
-        ops = get_ops(self.backend(device))
-        x = self.embed(inputs, puzzle_ids, dtype)
-        y, z = (t.to(dtype) for t in carry)
-        rope = self.rope()
+        x, (y, z), ops, rope = self.prepare(carry, inputs, puzzle_ids)
         with torch.no_grad():
             for _ in range(self.config.T - 1):
                 y, z = self.latent_cycle(y, z, x, ops, rope)
         y, z = self.latent_cycle(y, z, x, ops, rope)
-        logits, q_halt, q_continue = self.heads(y, ops)
+        logits, q_halt, q_continue = self.heads(y)
         return StepOutput(carry=(y.detach(), z.detach()), logits=logits, q_halt=q_halt, q_continue=q_continue)
 
 

@@ -15,7 +15,6 @@ import torch
 
 from trm_fast.model.layers import ReasoningNet
 from trm_fast.model.trm import TRM, StepOutput
-from trm_fast.ops import get_ops
 
 
 class SeparateNetsTRM(TRM):
@@ -31,12 +30,7 @@ class SeparateNetsTRM(TRM):
 
 class OneStepGradTRM(TRM):
     def forward(self, carry, inputs, puzzle_ids=None) -> StepOutput:
-        device = inputs.device
-        dtype = self.forward_dtype(device)
-        ops = get_ops(self.backend(device))
-        x = self.embed(inputs, puzzle_ids, dtype)
-        y, z = (t.to(dtype) for t in carry)
-        rope = self.rope()
+        x, (y, z), ops, rope = self.prepare(carry, inputs, puzzle_ids)
         with torch.no_grad():
             for _ in range(self.config.T - 1):
                 y, z = self.latent_cycle(y, z, x, ops, rope)
@@ -62,12 +56,7 @@ class SingleLatentTRM(TRM):
         return self.net(z, torch.zeros_like(z), ops, rope)
 
     def forward(self, carry, inputs, puzzle_ids=None) -> StepOutput:
-        device = inputs.device
-        dtype = self.forward_dtype(device)
-        ops = get_ops(self.backend(device))
-        x = self.embed(inputs, puzzle_ids, dtype)
-        z = carry[0].to(dtype)
-        rope = self.rope()
+        x, (z,), ops, rope = self.prepare(carry, inputs, puzzle_ids)
         with torch.no_grad():
             for _ in range(self.config.T - 1):
                 z = self._cycle(z, x, ops, rope)
@@ -95,12 +84,7 @@ class MultiScaleTRM(TRM):
         return self.net(y, previous, ops, rope), zs
 
     def forward(self, carry, inputs, puzzle_ids=None) -> StepOutput:
-        device = inputs.device
-        dtype = self.forward_dtype(device)
-        ops = get_ops(self.backend(device))
-        x = self.embed(inputs, puzzle_ids, dtype)
-        y, zs = carry[0].to(dtype), [z.to(dtype) for z in carry[1:]]
-        rope = self.rope()
+        x, (y, *zs), ops, rope = self.prepare(carry, inputs, puzzle_ids)
         with torch.no_grad():
             for _ in range(self.config.T - 1):
                 y, zs = self._cycle(y, zs, x, ops, rope)
