@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from trm_fast.config import PRESETS, TRMConfig, describe_presets
@@ -41,19 +42,37 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from trm_fast.eval.evaluate import evaluate
+    from trm_fast.eval.evaluate import arc_scores, arc_voter_for, evaluate
     from trm_fast.eval.inference import load_trained_model
     from trm_fast.train.trainer import load_data, resolve_device
 
     device = resolve_device(args.device)
     model, config, _ = load_trained_model(args.ckpt, device, use_ema=not args.no_ema)
+    trained_on = config.data.path
     if args.data:
         config = config.override([f"data.path={args.data}", "data.recipe="])
     data = load_data(config)
+    _check_arc_provenance(trained_on, data.root)
     batch = args.batch_size or config.data.eval_batch_size or config.data.global_batch_size
-    result = evaluate(model, data.test_set, data.test_meta, batch, device, max_steps=args.max_steps)
-    print(json.dumps(result, indent=2))
+    voter = arc_voter_for(data.root)
+    result = evaluate(model, data.test_set, data.test_meta, batch, device, max_steps=args.max_steps, arc_voter=voter)
+    if voter is not None:
+        result.update(arc_scores(voter, args.out or os.path.dirname(os.path.abspath(args.ckpt.rstrip("/")))))
+    print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _check_arc_provenance(trained_on: str, eval_root: str) -> None:
+    """Refuses ARC-1 evaluation of a model trained on ARC-2 training data (trm_fast.eval.arc.check_eval_allowed)."""
+    from trm_fast.eval.arc import check_eval_allowed
+
+    def provenance(root):
+        path = os.path.join(root or "", "provenance.json")
+        return json.load(open(path)) if os.path.isfile(path) else None
+
+    train_p, eval_p = provenance(trained_on), provenance(eval_root)
+    if train_p and eval_p:
+        check_eval_allowed(train_p["train_sources"], eval_p["eval_set"])
 
 
 def cmd_solve(args) -> int:
@@ -117,6 +136,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
+    p.add_argument("--out", help="ARC: folder for submission.json (default: beside the checkpoint)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("solve", help="solve one Sudoku with a trained model")

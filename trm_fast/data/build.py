@@ -1,4 +1,4 @@
-"""`trm-fast data build sudoku ...`: datasets in the published on-disk format.
+"""`trm-fast data build {sudoku,maze,arc1,arc2} ...`: datasets in the published on-disk format.
 
     trm-fast data build sudoku --source train.csv --test-source test.csv --out data/sudoku-extreme-1k-aug-1000 \
         --subsample 1000 --aug 1000
@@ -109,6 +109,8 @@ def add_data_subparser(sub) -> None:
     b.add_argument("dataset", choices=["sudoku", "maze", "arc1", "arc2"])
     b.add_argument("--source", help="input file (CSV for sudoku/maze) or folder (ARC JSON)")
     b.add_argument("--test-source", help="sudoku: the test CSV (default: test.csv beside --source)")
+    b.add_argument("--concept", help="arc: folder with ConceptARC's arc-agi_concept_{challenges,solutions}.json")
+    b.add_argument("--count", type=int, default=1000, help="maze: mazes to generate per split (no --source)")
     b.add_argument("--out", required=True)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--subsample", type=int, default=0, help="keep N training puzzles")
@@ -124,9 +126,15 @@ def add_data_subparser(sub) -> None:
 
 
 def run_data_command(args) -> int:
-    if args.dataset != "sudoku":
-        print(f"trm-fast data build {args.dataset}: not available in this version (Sudoku only so far)", file=sys.stderr)
-        return 2
-    summary = build_sudoku(args)
+    if args.dataset == "sudoku":
+        summary = build_sudoku(args)
+    elif args.dataset == "maze":
+        from trm_fast.data.maze import build_maze
+
+        summary = build_maze(args)
+    else:
+        from trm_fast.data.arc import build_arc
+
+        summary = build_arc(args, args.dataset)
     print(f"built {args.out}: {json.dumps(summary)}")
     return 0

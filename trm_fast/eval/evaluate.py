@@ -45,11 +45,17 @@ def run_puzzles(model, inputs: torch.Tensor, puzzle_ids: torch.Tensor, max_steps
 
 @torch.no_grad()
 def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: int | None = None,
-             rank: int = 0, world_size: int = 1, progress: bool = True, return_predictions: bool = False) -> dict:
+             rank: int = 0, world_size: int = 1, progress: bool = True, return_predictions: bool = False,
+             arc_voter=None) -> dict:
     """Scores `puzzle_set` (a trm_fast.data.format.PuzzleSet). With world_size > 1 each rank scores its slice of
-    every batch and the sums are all-reduced."""
+    every batch and the sums are all-reduced. With an `arc_voter` (trm_fast.eval.arc.ArcVoter) every prediction
+    also votes for its task's test input; the caller gathers and scores the votes."""
+    import numpy as np
+
     from trm_fast.data.sampler import iter_eval_batches
 
+    puzzle_of_example = np.repeat(np.arange(len(puzzle_set.puzzle_identifiers)), np.diff(puzzle_set.puzzle_indices))
+    local = -(-batch_size // world_size)
     was_training = model.training
     model.eval()
     max_steps = max_steps or model.config.halt_max_steps
@@ -58,9 +64,14 @@ def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: in
     total_batches = -(-len(puzzle_set.inputs) // batch_size)
     bar = tqdm(iter_eval_batches(puzzle_set, batch_size, rank=rank, world_size=world_size), total=total_batches,
                desc="eval", disable=not progress or rank != 0, leave=False)
-    for batch, num_valid in bar:
+    for batch_index, (batch, num_valid) in enumerate(bar):
         b = to_device_batch(batch, metadata.ignore_label_id, device)
         preds, q_halt, first_halt, halt_preds = run_puzzles(model, b["inputs"], b["puzzle_identifiers"], max_steps)
+        if arc_voter is not None and num_valid:
+            examples = batch_index * batch_size + rank * local + np.arange(num_valid)
+            puzzles = puzzle_of_example[examples]
+            arc_voter.add(np.asarray(puzzle_set.puzzle_identifiers)[puzzles], examples - puzzle_set.puzzle_indices[puzzles],
+                          preds[:num_valid].cpu().numpy(), q_halt[:num_valid].cpu().numpy())
         labels = b["labels"]
         valid_rows = torch.arange(len(labels), device=device) < num_valid
         mask = labels != IGNORE_LABEL
@@ -94,3 +105,38 @@ def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: in
         result["predictions"] = torch.cat(predictions) if predictions else torch.empty(0)
         result["q_halt"] = torch.cat(q_halts) if q_halts else torch.empty(0)
     return result
+
+
+def arc_voter_for(dataset_root: str):
+    """An ArcVoter when the dataset is an ARC build (identifiers.json and test_puzzles.json), else None."""
+    import json
+    import os
+
+    import numpy as np
+
+    from trm_fast.eval.arc import ArcVoter
+
+    ids_path, truth_path = os.path.join(dataset_root, "identifiers.json"), os.path.join(dataset_root, "test_puzzles.json")
+    if not (os.path.isfile(ids_path) and os.path.isfile(truth_path)):
+        return None
+    with open(ids_path) as f:
+        identifiers = json.load(f)
+    with open(truth_path) as f:
+        truths = {task: [np.array(g) for g in grids] for task, grids in json.load(f).items()}
+    return ArcVoter(identifiers, truths)
+
+
+def arc_scores(voter, out_dir: str | None, ks=(1, 2, 10), rank: int = 0) -> dict:
+    """Gathers the votes of every rank and, on rank 0, scores them and writes submission.json."""
+    import os
+
+    from trm_fast.eval.arc import gather_voter
+
+    merged = gather_voter(voter)
+    if rank != 0:
+        return {}
+    scores = merged.scores(ks)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        scores["submission"] = merged.write_submission(os.path.join(out_dir, "submission.json"))
+    return scores

@@ -276,14 +276,21 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self, use_ema: bool = True, progress: bool | None = None) -> dict:
+        from trm_fast.eval.evaluate import arc_scores, arc_voter_for
+
         batch = self.config.data.eval_batch_size or self.config.data.global_batch_size
+        voter = arc_voter_for(self.data.root)
         run = lambda: evaluate(self.model, self.data.test_set, self.data.test_meta, batch, self.device,
                                rank=self.rank, world_size=self.world_size,
-                               progress=self.progress if progress is None else progress)
+                               progress=self.progress if progress is None else progress, arc_voter=voter)
         if use_ema and self.ema is not None:
             with self.ema.apply_to(self.model):
-                return run()
-        return run()
+                result = run()
+        else:
+            result = run()
+        if voter is not None:
+            result.update(arc_scores(voter, self.run_dir, rank=self.rank))
+        return result
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> dict:
