@@ -111,6 +111,7 @@ def add_data_subparser(sub) -> None:
     b.add_argument("--test-source", help="sudoku: the test CSV (default: test.csv beside --source)")
     b.add_argument("--concept", help="arc: folder with ConceptARC's arc-agi_concept_{challenges,solutions}.json")
     b.add_argument("--count", type=int, default=1000, help="maze: mazes to generate per split (no --source)")
+    b.add_argument("--min-path", type=int, default=110, help="maze: keep mazes whose shortest path has more moves")
     b.add_argument("--out", required=True)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--subsample", type=int, default=0, help="keep N training puzzles")
