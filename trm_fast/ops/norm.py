@@ -1,7 +1,8 @@
 """Residual add + RMSNorm (over channels, or over the sequence axis) as torch custom ops with autograd.
 
-Saved for backward: the OUTPUT y and the per-row fp32 rstd; the input sum is never saved. The gradient of
-`x` and of `residual` is the same tensor (d(x + residual)/dx = d/dresidual = identity).
+Saved for backward: the OUTPUT y (activation dtype) and the per-row fp32 rstd; the input sum is never saved
+(kernels/norm.py derives the backward from y). d x and d residual are the same tensor, as
+d(residual + x)/dx = d(residual + x)/d residual = identity.
 """
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import torch
 
 from trm_fast.kernels import norm as kernels
 from trm_fast.kernels.reference import RMS_EPS
-from trm_fast.ops._checks import check_same, contiguous
+from trm_fast.ops._custom_op import INT32_MAX, check_activation, check_like, contiguous
 
 
 @torch.library.custom_op("trm_fast::add_rms_norm_fwd", mutates_args=())
 def _add_rms_norm_fwd(x: torch.Tensor, residual: torch.Tensor, eps: float, seq_axis: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, residual = contiguous(x), contiguous(residual)
     y = torch.empty_like(x)
     if seq_axis:
         rstd = torch.empty(x.shape[0], x.shape[2], dtype=torch.float32, device=x.device)
@@ -27,13 +29,13 @@ def _add_rms_norm_fwd(x: torch.Tensor, residual: torch.Tensor, eps: float, seq_a
 @_add_rms_norm_fwd.register_fake
 def _(x, residual, eps, seq_axis):
     shape = (x.shape[0], x.shape[2]) if seq_axis else x.shape[:-1]
-    return torch.empty_like(x), x.new_empty(shape, dtype=torch.float32)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("trm_fast::rms_norm_bwd", mutates_args=())
 def _rms_norm_bwd(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, seq_axis: bool) -> torch.Tensor:
     dx = torch.empty_like(y)
-    (kernels.rms_norm_seq_bwd if seq_axis else kernels.rms_norm_bwd)(dy.contiguous(), y, rstd, dx)
+    (kernels.rms_norm_seq_bwd if seq_axis else kernels.rms_norm_bwd)(contiguous(dy.to(y.dtype)), y, rstd, dx)
     return dx
 
 
@@ -48,7 +50,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(y, rstd)
 
 
-def _backward(ctx, dy, drstd):
+def _backward(ctx, dy, _drstd):
     y, rstd = ctx.saved_tensors
     dx = _rms_norm_bwd(dy, y, rstd, ctx.seq_axis)
     return dx, dx, None, None
@@ -57,19 +59,20 @@ def _backward(ctx, dy, drstd):
 _add_rms_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _run(x: torch.Tensor, residual: torch.Tensor, seq_axis: bool, name: str) -> torch.Tensor:
-    check_same(name, x=x, residual=residual)
-    if seq_axis and x.dim() != 3:
-        raise ValueError(f"{name}: x must be (batch, seq, channels), got shape {tuple(x.shape)}")
-    y, _ = _add_rms_norm_fwd(contiguous(x), contiguous(residual), RMS_EPS, seq_axis)
-    return y
+def _checked(op: str, x, residual, seq_axis: bool) -> None:
+    check_activation(op, "x", x, ndim=3 if seq_axis else None)
+    check_like(op, "x", x, "residual", residual)
+    if seq_axis and x.shape[1] * x.shape[2] > INT32_MAX:
+        raise ValueError(f"{op}: one batch element has {x.shape[1] * x.shape[2]} values; at most 2^31 - 1 supported")
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """rms_norm(residual + x) over the last axis (fp32 statistics, no gain)."""
-    return _run(x, residual, False, "add_rms_norm")
+    """rms_norm(residual + x) over the last axis (fp32 statistics, no gain, eps 1e-5), in x's dtype."""
+    _checked("add_rms_norm", x, residual, False)
+    return _add_rms_norm_fwd(x, residual, RMS_EPS, False)[0]
 
 
 def add_rms_norm_seq(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """rms_norm(residual + x) over the sequence axis of (B, L, D), without a transpose."""
-    return _run(x, residual, True, "add_rms_norm_seq")
+    """rms_norm(residual + x) over the sequence axis (dim 1) of (B, L, D), without a transpose."""
+    _checked("add_rms_norm_seq", x, residual, True)
+    return _add_rms_norm_fwd(x, residual, RMS_EPS, True)[0]

@@ -1,0 +1,100 @@
+"""Launch configurations of the norm and SwiGLU kernels: a small table for the presets' shapes, a rule for
+every other shape. No run-time autotuning (it fails in the interpreter and makes runs irreproducible).
+
+The table entries were checked ahead of time with ptxas -v (kernels/aot.py, tests/test_aot_compile.py): zero
+register spills and shared memory within the limit on sm_90 and sm_80, wgmma on sm_90. They were not timed
+on a GPU; docs/kernels.md lists them with their resources.
+
+Preset shapes: hidden D = 512, channel SwiGLU I = 1536; sequence L = 97 (Sudoku, 16 puzzle tokens + 81) or
+916 (Maze/ARC, 16 + 900); token-mixing SwiGLU hidden I = token_mix_hidden(L) = 512 (L = 97) or 2560 (L = 916).
+Nothing here imports Triton, so the tables can be read anywhere.
+"""
+from __future__ import annotations
+
+import math
+
+PRESET_HIDDEN = 512
+PRESET_SEQ_LENS = (97, 916)
+
+
+def swiglu_hidden(width: int, expansion: float = 4.0) -> int:
+    """round(expansion * width * 2/3) rounded up to a multiple of 256 (the model's rule, restated here because
+    kernels import nothing from the model)."""
+    return 256 * math.ceil(round(expansion * width * 2 / 3) / 256)
+
+
+PRESET_MLP_HIDDEN = swiglu_hidden(PRESET_HIDDEN)  # 1536
+PRESET_TOKEN_MIX = tuple((L, swiglu_hidden(L)) for L in PRESET_SEQ_LENS)  # ((97, 512), (916, 2560))
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+# ---------------------------------------------------------------------------------------------- norms
+
+# Channel form, keyed by D: ROWS rows of BLOCK channels per program.
+NORM_TABLE = {
+    512: {"BLOCK": 512, "ROWS": 4, "num_warps": 4},
+}
+
+# Sequence form, keyed by (L, D): a (BLOCK_L, BLOCK_D) tile per program; BLOCK_L >= L means the whole column
+# lives in registers and the kernel reads its inputs once (one pass). 16 bf16 channels = one 32-byte sector.
+# About 32 tile elements per thread: more makes the backward (dy and y live in fp32) spill.
+NORM_SEQ_TABLE = {
+    (97, 512): {"BLOCK_L": 128, "BLOCK_D": 32, "num_warps": 8},  # ptxas: 80 registers (fwd and bwd)
+    (916, 512): {"BLOCK_L": 1024, "BLOCK_D": 16, "num_warps": 16},  # 128 registers; 8 warps would need ~250
+}
+
+NORM_SEQ_MAX_SINGLE_PASS_L = 1024  # longer columns loop twice over L (statistics, then output)
+
+
+def norm_config(D: int) -> dict:
+    """Channel-form config for rows of D values."""
+    if D in NORM_TABLE:
+        return dict(NORM_TABLE[D], table=True)
+    block = _next_pow2(D)
+    rows = max(1, min(16, 2048 // block))
+    return {"BLOCK": block, "ROWS": rows, "num_warps": 4 if block * rows >= 2048 else 2, "table": False}
+
+
+def norm_seq_config(L: int, D: int) -> dict:
+    """Sequence-form config for (B, L, D) normalised over L."""
+    if (L, D) in NORM_SEQ_TABLE:
+        return dict(NORM_SEQ_TABLE[(L, D)], table=True)
+    block_l = _next_pow2(L) if L <= NORM_SEQ_MAX_SINGLE_PASS_L else 256
+    block_d = max(1, min(32, _next_pow2(D), 16384 // block_l))
+    return {"BLOCK_L": block_l, "BLOCK_D": block_d, "num_warps": max(1, min(16, block_l * block_d // 512)), "table": False}
+
+
+# ---------------------------------------------------------------------------------------------- SwiGLU
+
+# gate_up matmul with the silu * up epilogue: two fp32 accumulators (gate, up) of BLOCK_M x BLOCK_N each.
+# Channel: M = tokens, N = I, K = D, keyed by (I, D). Token mixing: M = D, N = I, K = L, keyed by (I, L).
+GATE_UP_TABLE = {
+    ("channel", PRESET_MLP_HIDDEN, PRESET_HIDDEN): {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+    ("token", 512, 97): {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3},
+    ("token", 2560, 916): {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+}
+
+_GATE_UP_FALLBACK = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
+
+
+def gate_up_config(kind: str, M: int, N_HALF: int, K: int) -> dict:
+    """Tiles for the gate_up kernel; `kind` is "channel" or "token". Tiles never exceed the problem by more
+    than one power of two (tl.dot needs at least 16), which keeps small test problems to a few programs."""
+    if kind not in ("channel", "token"):
+        raise ValueError(f"gate_up_config: kind must be 'channel' or 'token', got {kind!r}")
+    entry = GATE_UP_TABLE.get((kind, N_HALF, K))
+    cfg = dict(entry if entry is not None else _GATE_UP_FALLBACK, table=entry is not None)
+    cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], _next_pow2(M)))
+    cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], _next_pow2(N_HALF)))
+    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"], _next_pow2(K)))
+    return cfg
+
+
+def elementwise_block(n: int) -> int:
+    """Block for the SwiGLU backward's elementwise step on rows of n: the largest power of two <= 1024 that
+    divides n when that is at least 128 (no masked tail), else the next power of two up to 1024."""
+    exact = min(1024, n & -n)
+    return exact if exact >= 128 else min(1024, _next_pow2(n))

@@ -1,0 +1,83 @@
+"""Helpers shared by the Triton-backed custom ops: input validation with clear errors, weight casts, matmuls with
+fp32 output for weight gradients, and the "does this call need a backward" test.
+
+Every op is registered with torch.library.custom_op under the "trm_fast::" namespace, with register_fake (shapes
+for torch.compile's tracing) and register_autograd, so torch.compile(fullgraph=True) traces through it.
+"""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INT32_MAX = 2**31 - 1
+
+
+def check_activation(op: str, name: str, t, ndim: int | None = None, min_ndim: int = 1) -> None:
+    """A floating tensor of a supported dtype and of the expected rank."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{op}: {name} has dtype {t.dtype}; supported: float32, float16, bfloat16")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must have {ndim} dimensions (batch, seq, channels), got shape {tuple(t.shape)}")
+    if t.dim() < min_ndim:
+        raise ValueError(f"{op}: {name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{op}: {name} is empty (shape {tuple(t.shape)})")
+
+
+def check_like(op: str, ref_name: str, ref: torch.Tensor, name: str, t) -> None:
+    """`t` has the shape, dtype and device of `ref`."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.shape != ref.shape:
+        raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, {ref_name} has {tuple(ref.shape)}")
+    if t.dtype != ref.dtype:
+        raise ValueError(f"{op}: {name} has dtype {t.dtype}, {ref_name} has {ref.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{op}: {name} is on {t.device}, {ref_name} on {ref.device}")
+
+
+def check_weight(op: str, name: str, w, shape: tuple[int, int], device: torch.device) -> None:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(w).__name__}")
+    if w.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{op}: {name} has dtype {w.dtype}; supported: float32, float16, bfloat16")
+    if tuple(w.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} has shape {tuple(w.shape)}, expected {tuple(shape)}")
+    if w.device != device:
+        raise ValueError(f"{op}: {name} is on {w.device}, x on {device}")
+
+
+def contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record this call (grad mode on and some input requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def cast_weight(w: torch.Tensor, dtype: torch.dtype, row_align: int = 8) -> torch.Tensor:
+    """The fp32 master weight in the activation dtype, as reference.linear casts it. When a copy is made anyway,
+    its rows start on 16-byte boundaries (row stride rounded up to `row_align` elements): the token-mixing
+    weights have rows of L = 97 or 916 values, which would otherwise force narrow, unaligned loads."""
+    if w.dtype == dtype and w.is_contiguous():
+        return w
+    rows, cols = w.shape
+    stride = -(-cols // row_align) * row_align
+    buf = torch.empty(rows, stride, dtype=dtype, device=w.device)
+    out = buf[:, :cols]
+    out.copy_(w)
+    return out
+
+
+def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with fp32 output: fp32 accumulation, no rounding to the inputs' dtype (weight gradients, which
+    autograd then sums over the recursion's tied uses in fp32)."""
+    if a.is_cuda and a.dtype != torch.float32:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # torch without mm(out_dtype=): upcast instead
+            pass
+    return a.float() @ b.float()
