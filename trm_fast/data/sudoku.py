@@ -369,3 +369,54 @@ def write_sudoku_dataset(out_dir: str, train: list, test: list, aug: int, rng: n
             write_split(os.path.join(tmp, split), meta, {"all": puzzle_set})
             summary[f"{split}_examples"] = n
     return summary
+
+
+# ---------------------------------------------------------------------------------------------- native engine
+
+
+def _native():
+    try:
+        from trm_fast import _sudoku
+
+        return _sudoku
+    except ImportError:
+        return None
+
+
+def solve_and_rate(puzzles: np.ndarray, limit: int = 2, threads: int = 1) -> dict:
+    """For 9x9 puzzles (N, 81) or (N, 9, 9) with 0 for blanks: the first solution, the number of solutions (up to
+    `limit`) and the guess count to the first solution (branch decisions of a DPLL solver with naked/hidden singles
+    and box-line triads; -1 when unsolvable). Native; the pure-Python fallback (with a warning) gives no guess
+    counts (-1)."""
+    puzzles = np.asarray(puzzles).reshape(-1, 81)
+    if puzzles.size and (puzzles.min() < 0 or puzzles.max() > 9):
+        raise ValueError("puzzles must hold digits 0-9 (0 = blank)")
+    native = _native()
+    if native is not None:
+        solutions, counts, guesses = native.solve_batch(puzzles.astype(np.uint8), limit, threads)
+        return {"solutions": solutions, "counts": counts, "guesses": guesses}
+    import warnings
+
+    warnings.warn("trm_fast._sudoku (the native engine) is not built: using the pure-Python solver, "
+                  "which is slow and gives no guess counts")
+    solutions = np.zeros_like(puzzles)
+    counts = np.zeros(len(puzzles), dtype=np.int32)
+    for i, p in enumerate(puzzles):
+        grid = p.reshape(9, 9)
+        counts[i] = count_solutions(grid, limit)
+        s = solve(grid) if counts[i] else None
+        if s is not None:
+            solutions[i] = s.ravel()
+    return {"solutions": solutions, "counts": counts, "guesses": np.full(len(puzzles), -1, dtype=np.int64)}
+
+
+def generate_hard_sudoku(count: int, seed: int = 0, iterations: int = 3000, threads: int = 1) -> dict:
+    """9x9 puzzles with unique solutions, hill-climbed toward high guess counts: from a random solved grid and a
+    minimal puzzle, repeatedly move one clue to another cell, keep the move when the puzzle stays unique and its
+    guess count does not drop, and drop the clues uniqueness no longer needs. Native engine required."""
+    native = _native()
+    if native is None:
+        raise ValueError("generating hard 9x9 puzzles needs the native engine (trm_fast._sudoku): install a C++ "
+                         "compiler and reinstall trm_fast")
+    puzzles, solutions, guesses = native.generate_hard(count, seed, iterations, threads)
+    return {"puzzles": puzzles.reshape(-1, 9, 9), "solutions": solutions.reshape(-1, 9, 9), "guesses": guesses}
