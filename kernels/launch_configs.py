@@ -71,25 +71,27 @@ def norm_seq_config(L: int, D: int) -> dict:
 
 # gate_up matmul with the silu * up epilogue: two fp32 accumulators (gate, up) of BLOCK_M x BLOCK_N each.
 # Channel: M = tokens, N = I, K = D, keyed by (I, D). Token mixing: M = D, N = I, K = L, keyed by (I, L).
-GATE_UP_TABLE = {
-    ("channel", PRESET_MLP_HIDDEN, PRESET_HIDDEN): {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-    ("token", 512, 97): {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3},
-    ("token", 2560, 916): {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+GATE_UP_TABLE = {  # ptxas: BLOCK_K = 64 or 4 warps on 64 x 64 spill on sm_80 (the epilogue holds both accumulators)
+    ("channel", PRESET_MLP_HIDDEN, PRESET_HIDDEN): {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
+    ("token", 512, 97): {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
+    ("token", 2560, 916): {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
 }
 
-_GATE_UP_FALLBACK = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3}
+_GATE_UP_FALLBACK = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3}
 
 
-def gate_up_config(kind: str, M: int, N_HALF: int, K: int) -> dict:
+def gate_up_config(kind: str, M: int, N_HALF: int, K: int, elem_bytes: int = 2) -> dict:
     """Tiles for the gate_up kernel; `kind` is "channel" or "token". Tiles never exceed the problem by more
-    than one power of two (tl.dot needs at least 16), which keeps small test problems to a few programs."""
+    than one power of two (tl.dot needs at least 16), which keeps small test problems to a few programs.
+    4-byte inputs (fp32, exact "ieee" dots: tests, fp32 runs) halve BLOCK_K to keep the staged tiles' shared
+    memory within sm_80's limit."""
     if kind not in ("channel", "token"):
         raise ValueError(f"gate_up_config: kind must be 'channel' or 'token', got {kind!r}")
     entry = GATE_UP_TABLE.get((kind, N_HALF, K))
     cfg = dict(entry if entry is not None else _GATE_UP_FALLBACK, table=entry is not None)
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], _next_pow2(M)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], _next_pow2(N_HALF)))
-    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"], _next_pow2(K)))
+    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"] // (2 if elem_bytes >= 4 else 1), _next_pow2(K)))
     return cfg
 
 

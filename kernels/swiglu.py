@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from trm_fast.kernels import launch_configs
+
 
 @triton.jit
 def _swiglu_gate_up(
@@ -89,31 +91,12 @@ def _swiglu_bwd_elementwise(gu_ptr, dh_ptr, dgu_ptr, n_rows, N_HALF, BLOCK: tl.c
     tl.store(dgu_ptr + row * 2 * N_HALF + N_HALF + cols, (dh * g * sig).to(dgu_ptr.dtype.element_ty), mask=mask)
 
 
-# ---------------------------------------------------------------------------------------------- launch configs
-
-# Tile sizes for the presets' shapes, chosen with ptxas -v (kernels/aot.py): zero register spills on sm_90 and
-# sm_80 with two fp32 accumulators (gate and up); wgmma wants BLOCK_M >= 64 and 4 or 8 warps.
-_TABLE = {
-    "channel": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
-    "token": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
-}
-
-
-def gate_up_config(kind: str, M: int, N_HALF: int, K: int) -> dict:
-    cfg = dict(_TABLE[kind])
-    # small problems (tests, tiny models): shrink tiles to the problem, keeping tl.dot's minimum of 16
-    cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], triton.next_power_of_2(M)))
-    cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], triton.next_power_of_2(N_HALF)))
-    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
-    return cfg
-
-
 # ---------------------------------------------------------------------------------------------- launchers
 
 
 def _launch(kind, a, a_strides, M, K, batch, w_gate_up, h, h_strides, gu, gu_strides, dh, save, recompute):
     N_HALF = w_gate_up.shape[0] // 2
-    cfg = gate_up_config(kind, M, N_HALF, K)
+    cfg = launch_configs.gate_up_config(kind, M, N_HALF, K, a.element_size())
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N_HALF, cfg["BLOCK_N"]), batch)
     dummy = h if h is not None else gu
     _swiglu_gate_up[grid](
@@ -158,7 +141,7 @@ def swiglu_bwd_from_saved(gu: torch.Tensor, dh: torch.Tensor, dgu: torch.Tensor)
     contiguous, the last axis being the I / 2I axis)."""
     N_HALF = dh.shape[-1]
     n_rows = dh.numel() // N_HALF
-    block = min(1024, triton.next_power_of_2(N_HALF))
+    block = launch_configs.elementwise_block(N_HALF)
     _swiglu_bwd_elementwise[(n_rows, triton.cdiv(N_HALF, block))](gu, dh, dgu, n_rows, N_HALF, BLOCK=block, num_warps=4)
 
 
@@ -182,23 +165,28 @@ def swiglu_backward_reference(gate: torch.Tensor, up: torch.Tensor, dh: torch.Te
 
 
 def aot_specs(arch: int = 90, dtype: str = "bf16") -> list[dict]:
-    specs = []
+    """The gate_up kernel in its three modes (no-grad, save, recompute) at every preset shape, and the
+    elementwise backward at the channel width (the token form runs it on rows of I * D)."""
     sig = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "h_ptr": f"*{dtype}", "gu_ptr": f"*{dtype}", "dh_ptr": f"*{dtype}",
            "M": "i32", "N_HALF": "i32", "K": "i32",
            "stride_a_batch": "i64", "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32", "stride_bn": "i32",
            "stride_h_batch": "i64", "stride_hm": "i32", "stride_hn": "i32",
            "stride_gu_batch": "i64", "stride_gum": "i32", "stride_gun": "i32"}
-    shapes = [("channel", 768 * 97, 1536, 512), ("token", 512, 512, 97), ("token", 512, 2560, 916)]
+    D = launch_configs.PRESET_HIDDEN
+    shapes = [("channel", 768 * 97, launch_configs.PRESET_MLP_HIDDEN, D)]
+    shapes += [("token", D, I, L) for L, I in launch_configs.PRESET_TOKEN_MIX]
+    specs = []
     for kind, M, N_HALF, K in shapes:
-        cfg = gate_up_config(kind, M, N_HALF, K)
+        cfg = launch_configs.gate_up_config(kind, M, N_HALF, K)
         for save, recompute, mode in ((False, False, "nograd"), (True, False, "save"), (False, True, "recompute")):
             specs.append({
-                "label": f"swiglu_gate_up[{kind},N={N_HALF},K={K},{mode}]", "fn": _swiglu_gate_up, "signature": sig,
+                "label": f"swiglu_gate_up[{kind},I={N_HALF},K={K},{mode},{dtype}]", "fn": _swiglu_gate_up, "signature": sig,
                 "constexprs": {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
                                "SAVE": save, "RECOMPUTE": recompute, "IEEE": False},
                 "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "is_matmul": True,
             })
-    specs.append({"label": "swiglu_bwd_elementwise[I=1536]", "fn": _swiglu_bwd_elementwise,
+    block = launch_configs.elementwise_block(launch_configs.PRESET_MLP_HIDDEN)
+    specs.append({"label": f"swiglu_bwd_elementwise[I={launch_configs.PRESET_MLP_HIDDEN},{dtype}]", "fn": _swiglu_bwd_elementwise,
                   "signature": {"gu_ptr": f"*{dtype}", "dh_ptr": f"*{dtype}", "dgu_ptr": f"*{dtype}", "n_rows": "i32", "N_HALF": "i32"},
-                  "constexprs": {"BLOCK": 1024}, "num_warps": 4, "num_stages": 1, "is_matmul": False})
+                  "constexprs": {"BLOCK": block}, "num_warps": 4, "num_stages": 1, "is_matmul": False})
     return specs
