@@ -1,0 +1,294 @@
+"""SwiGLU kernels (gate_up matmul with the silu * up epilogue in its no-grad, save and recompute modes; the
+elementwise backward) and the channel and token-mixing custom ops: against the plain-PyTorch references (Triton's
+interpreter without a GPU), fp64 gradcheck of the ops' hand-written backward transcribed in PyTorch and the ops
+against it, what is saved with and without `recompute`, the presets' real launch configs, torch.compile
+composition, input errors, and bf16 at preset shapes on a GPU."""
+from kernel_utils import DEVICE, GPU, assert_bf16_rule, assert_close, poisoned, randn  # first: sets TRITON_INTERPRET
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trm_fast.kernels import launch_configs
+from trm_fast.kernels import reference as R
+from trm_fast.kernels import swiglu as K
+from trm_fast.ops import norm as norm_ops
+from trm_fast.ops import swiglu as ops
+
+# ---------------------------------------------------------------------------------------------- transcriptions
+
+
+class _ChannelHandWritten(torch.autograd.Function):
+    """The channel op's backward exactly as trm_fast/ops/swiglu.py computes it, in PyTorch."""
+
+    @staticmethod
+    def forward(ctx, x2d, wgu, wd):
+        gate, up = (x2d @ wgu.t()).chunk(2, dim=-1)
+        h = F.silu(gate) * up
+        ctx.save_for_backward(x2d, gate, up, h, wgu, wd)
+        return h @ wd.t()
+
+    @staticmethod
+    def backward(ctx, dout):
+        x2d, gate, up, h, wgu, wd = ctx.saved_tensors
+        dh = dout @ wd
+        d_gate, d_up = K.swiglu_backward_reference(gate, up, dh)
+        dgu = torch.cat([d_gate, d_up], -1)
+        return dgu @ wgu, dgu.t() @ x2d, dout.t() @ h
+
+
+class _TokenHandWritten(torch.autograd.Function):
+    """The token-mixing op's forward and backward on (B, L, D) without transposes, as the op computes them."""
+
+    @staticmethod
+    def forward(ctx, x, wgu, wd):
+        gate, up = torch.matmul(wgu, x).chunk(2, dim=1)  # (2I, L) @ (B, L, D) -> (B, 2I, D)
+        h = F.silu(gate) * up
+        ctx.save_for_backward(x, gate, up, h, wgu, wd)
+        return torch.matmul(wd, h)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, gate, up, h, wgu, wd = ctx.saved_tensors
+        dh = torch.matmul(wd.t(), dout)
+        d_gate, d_up = K.swiglu_backward_reference(gate, up, dh)
+        dgu = torch.cat([d_gate, d_up], 1)
+        d_wd = torch.einsum("bld,bid->li", dout, h)
+        d_wgu = torch.einsum("bjd,bld->jl", dgu, x)
+        return torch.matmul(wgu.t(), dgu), d_wgu, d_wd
+
+
+def _weights(rows, cols, seed, dtype=torch.float64, requires_grad=True):
+    return randn(rows, cols, seed=seed, scale=cols ** -0.5, requires_grad=requires_grad).to(dtype).detach().requires_grad_(requires_grad)
+
+
+def test_elementwise_backward_formula_gradcheck_fp64():
+    class _FromGateUp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, gate, up):
+            ctx.save_for_backward(gate, up)
+            return F.silu(gate) * up
+
+        @staticmethod
+        def backward(ctx, dh):
+            return K.swiglu_backward_reference(*ctx.saved_tensors, dh)
+
+    g = torch.Generator().manual_seed(0)
+    gate, up = (torch.randn(3, 10, dtype=torch.float64, generator=g).requires_grad_(True) for _ in range(2))
+    assert torch.autograd.gradcheck(_FromGateUp.apply, (gate, up))
+
+
+def test_op_backward_transcriptions_gradcheck_fp64():
+    x = randn(5, 6, dtype=torch.float64, seed=1).cpu().requires_grad_(True)
+    wgu, wd = _weights(8, 6, 2).cpu(), _weights(6, 4, 3).cpu()
+    assert torch.autograd.gradcheck(_ChannelHandWritten.apply, (x, wgu, wd))
+    xt = randn(2, 5, 3, dtype=torch.float64, seed=4).cpu().requires_grad_(True)
+    twgu, twd = _weights(8, 5, 5).cpu(), _weights(5, 4, 6).cpu()
+    assert torch.autograd.gradcheck(_TokenHandWritten.apply, (xt, twgu, twd))
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("M, D, I", [(19, 48, 40), (1, 80, 16), (97, 64, 48)])
+def test_channel_gate_up_kernel_all_modes(M, D, I):
+    x, w = randn(M, D, seed=7), randn(2 * I, D, seed=8, scale=D ** -0.5)
+    h_ref, gu_ref = K.swiglu_gate_up_reference(x, w)
+    h, gu = poisoned(M, I), poisoned(M, 2 * I)
+    K.channel_gate_up(x, w, h, gu)  # save mode
+    assert_close(h, h_ref, name="h (save)")
+    assert_close(gu, gu_ref, name="gate_up (save)")
+    h = poisoned(M, I)
+    K.channel_gate_up(x, w, h)  # no-grad mode: h only
+    assert_close(h, h_ref, name="h (no grad)")
+    dh, dgu = randn(M, I, seed=9), poisoned(M, 2 * I)
+    K.channel_gate_up(x, w, h=None, dh=dh, dgu=dgu)  # recompute mode
+    d_gate, d_up = K.swiglu_backward_reference(gu_ref[:, :I], gu_ref[:, I:], dh)
+    assert_close(dgu, torch.cat([d_gate, d_up], -1), name="d gate_up (recompute)")
+    dgu2 = poisoned(M, 2 * I)
+    K.swiglu_bwd_from_saved(gu_ref.contiguous(), dh, dgu2)  # the elementwise backward from saved gate/up
+    assert_close(dgu2, torch.cat([d_gate, d_up], -1), name="d gate_up (saved)")
+
+
+@pytest.mark.parametrize("B, L, D, I", [(2, 17, 48, 24), (1, 1, 80, 16), (2, 97, 16, 32)])
+def test_token_gate_up_kernel_all_modes(B, L, D, I):
+    x, w = randn(B, L, D, seed=10), randn(2 * I, L, seed=11, scale=L ** -0.5)
+    gu_ref = torch.matmul(w, x)  # (B, 2I, D)
+    h_ref = F.silu(gu_ref[:, :I]) * gu_ref[:, I:]
+    h, gu = poisoned(B, I, D), poisoned(B, 2 * I, D)
+    K.token_gate_up(x, w, h, gu)
+    assert_close(h, h_ref, name="h (save)")
+    assert_close(gu, gu_ref, name="gate_up (save)")
+    h = poisoned(B, I, D)
+    K.token_gate_up(x, w, h)
+    assert_close(h, h_ref, name="h (no grad)")
+    dh, dgu = randn(B, I, D, seed=12), poisoned(B, 2 * I, D)
+    K.token_gate_up(x, w, h=None, dh=dh, dgu=dgu)
+    d_gate, d_up = K.swiglu_backward_reference(gu_ref[:, :I], gu_ref[:, I:], dh)
+    assert_close(dgu, torch.cat([d_gate, d_up], 1), name="d gate_up (recompute)")
+
+
+# ---------------------------------------------------------------------------------------------- ops
+
+
+CASES = [(2, 17, 48, 40), (1, 1, 80, 16), (2, 5, 64, 32)]
+
+
+@pytest.mark.parametrize("B, L, D, I", CASES)
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("form", ["channel", "token"])
+def test_ops_against_reference_and_transcription(B, L, D, I, recompute, form):
+    x = randn(B, L, D, seed=13, requires_grad=True)
+    if form == "channel":
+        op, ref, hand, wgu_shape, wd_shape = ops.swiglu, R.swiglu, _ChannelHandWritten.apply, (2 * I, D), (D, I)
+    else:
+        op, ref, hand, wgu_shape, wd_shape = ops.swiglu_token_mix, R.swiglu_token_mix, _TokenHandWritten.apply, (2 * I, L), (L, I)
+    wgu = randn(*wgu_shape, seed=14, scale=wgu_shape[1] ** -0.5, requires_grad=True)
+    wd = randn(*wd_shape, seed=15, scale=wd_shape[1] ** -0.5, requires_grad=True)
+    y = op(x, wgu, wd, recompute=recompute)
+    dy = randn(*y.shape, seed=16)
+    grads = torch.autograd.grad(y, (x, wgu, wd), dy)
+    y_ref = ref(x, wgu, wd)
+    grads_ref = torch.autograd.grad(y_ref, (x, wgu, wd), dy)
+    if form == "channel":
+        y_hand = hand(x.reshape(-1, D), wgu, wd).view(B, L, D)
+    else:
+        y_hand = hand(x, wgu, wd)
+    grads_hand = torch.autograd.grad(y_hand, (x, wgu, wd), dy)
+    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+    assert_close(y, y_ref, name="y")
+    for g, g_ref, g_hand, what in zip(grads, grads_ref, grads_hand, ("dx", "dw_gate_up", "dw_down")):
+        assert g.dtype == torch.float32
+        assert_close(g, g_ref, atol=2e-5, rtol=1e-4, name=f"{what} vs reference")
+        assert_close(g, g_hand, atol=2e-5, rtol=1e-4, name=f"{what} vs transcription")
+
+
+def _low_precision_run(op, ref, x32, wgu, wd, dy32, dtype, recompute=False):
+    """(ours in dtype, PyTorch reference in dtype, reference in fp32): each a tuple (y, dx, dw_gate_up, dw_down)."""
+    results = {}
+    for name, fn, dt in (("ours", op, dtype), ("torch", ref, dtype), ("fp32", ref, torch.float32)):
+        x = x32.to(dt).requires_grad_(True)
+        y = fn(x, wgu, wd, recompute=recompute)
+        results[name] = (y, *torch.autograd.grad(y, (x, wgu, wd), dy32.to(dt)))
+    return results
+
+
+def _assert_low_precision_rule(results, label):
+    assert results["ours"][0].dtype == results["torch"][0].dtype
+    for i, what in enumerate(("y", "dx", "dw_gate_up", "dw_down")):
+        assert_bf16_rule(results["ours"][i], results["torch"][i], results["fp32"][i], f"{label} {what}")
+
+
+@pytest.mark.parametrize("form", ["channel", "token"])
+def test_fp16_ops(form):
+    """fp16 activations with fp32 master weights (cast in the op; rows padded to 16 bytes for the token form):
+    errors against fp32 within twice PyTorch-in-fp16's."""
+    B, L, D, I = 2, 17, 48, 32
+    op, ref = (ops.swiglu, R.swiglu) if form == "channel" else (ops.swiglu_token_mix, R.swiglu_token_mix)
+    width = D if form == "channel" else L
+    wgu, wd = randn(2 * I, width, seed=18, scale=width ** -0.5, requires_grad=True), randn(width, I, seed=19, scale=I ** -0.5, requires_grad=True)
+    results = _low_precision_run(op, ref, randn(B, L, D, seed=17), wgu, wd, randn(B, L, D, seed=20), torch.float16)
+    _assert_low_precision_rule(results, form)
+
+
+@pytest.mark.parametrize("form", ["channel", "token"])
+def test_what_is_computed_and_saved(form, monkeypatch):
+    """No grad: the gate_up kernel writes h only. Grad with recompute=False: it also writes gate/up and the
+    backward is elementwise. recompute=True: no gate/up saved, the backward re-runs the matmul."""
+    launcher = "channel_gate_up" if form == "channel" else "token_gate_up"
+    calls = []
+    real = getattr(K, launcher)
+    monkeypatch.setattr(ops.kernels, launcher, lambda *a, **k: calls.append(
+        ("recompute" if k.get("dh") is not None else "save" if (len(a) > 3 and a[3] is not None) or k.get("gu") is not None else "h only"))
+        or real(*a, **k))
+    B, L, D, I = 1, 5, 16, 16
+    op = ops.swiglu if form == "channel" else ops.swiglu_token_mix
+    width = D if form == "channel" else L
+    x = randn(B, L, D, seed=21, requires_grad=True)
+    wgu, wd = randn(2 * I, width, seed=22, requires_grad=True), randn(width, I, seed=23, requires_grad=True)
+    with torch.no_grad():
+        op(x, wgu, wd)
+    assert calls == ["h only"]
+    calls.clear()
+    op(x.detach(), wgu.detach(), wd.detach())  # grad mode on, nothing requires grad
+    assert calls == ["h only"]
+    calls.clear()
+    op(x, wgu, wd).sum().backward()
+    assert calls == ["save"]
+    calls.clear()
+    op(x, wgu, wd, recompute=True).sum().backward()
+    assert calls == ["h only", "recompute"]
+
+
+def test_preset_launch_configs_run():
+    """The gate_up kernel in every mode at the presets' table configs (D = 512, I = 1536; token L = 97, I = 512),
+    batch 1, in fp16 (2-byte inputs select the same constexprs as bf16 on a GPU; the interpreter's bf16 is not
+    usable)."""
+    D, I = launch_configs.PRESET_HIDDEN, launch_configs.PRESET_MLP_HIDDEN
+    L, Im = launch_configs.PRESET_TOKEN_MIX[0]
+    assert launch_configs.gate_up_config("channel", L, I, D, 2)["table"]
+    assert launch_configs.gate_up_config("token", D, Im, L, 2)["table"]
+    x32, dy32 = randn(1, L, D, seed=24, scale=0.5), randn(1, L, D, seed=27)
+    for op, ref, width, hidden in ((ops.swiglu, R.swiglu, D, I), (ops.swiglu_token_mix, R.swiglu_token_mix, L, Im)):
+        wgu = randn(2 * hidden, width, seed=25, scale=width ** -0.5, requires_grad=True)
+        wd = randn(width, hidden, seed=26, scale=hidden ** -0.5, requires_grad=True)
+        for recompute in (False, True):
+            results = _low_precision_run(op, ref, x32, wgu, wd, dy32, torch.float16, recompute)
+            _assert_low_precision_rule(results, f"{op.__name__} recompute={recompute}")
+
+
+def test_custom_ops_compose_with_torch_compile_fullgraph():
+    """The four ops of an MLP-mixer block under torch.compile(fullgraph=True): no graph break, same values and
+    gradients as eager."""
+    B, L, D, I, Im = 2, 17, 48, 32, 24
+    x = randn(B, L, D, seed=28, requires_grad=True)
+    w = [randn(2 * I, D, seed=29, requires_grad=True), randn(D, I, seed=30, requires_grad=True),
+         randn(2 * Im, L, seed=31, requires_grad=True), randn(L, Im, seed=32, requires_grad=True)]
+
+    def block(h, recompute):
+        h = norm_ops.add_rms_norm_seq(ops.swiglu_token_mix(h, w[2], w[3], recompute=recompute), h)
+        return norm_ops.add_rms_norm(ops.swiglu(h, w[0], w[1], recompute=recompute), h)
+
+    for recompute in (False, True):
+        torch._dynamo.reset()
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        out = compiled(x, recompute)
+        grads = torch.autograd.grad(out.square().sum(), [x] + w)
+        out_eager = block(x, recompute)
+        grads_eager = torch.autograd.grad(out_eager.square().sum(), [x] + w)
+        assert_close(out, out_eager, name="compiled block")
+        for g, ge in zip(grads, grads_eager):
+            assert_close(g, ge, name="compiled gradient")
+
+
+def test_bad_inputs_name_the_problem():
+    x = randn(2, 5, 48)
+    with pytest.raises(ValueError, match="w_gate_up has shape"):
+        ops.swiglu(x, randn(64, 40), randn(48, 32))
+    with pytest.raises(ValueError, match="w_gate_up must be"):
+        ops.swiglu(x, randn(63, 48), randn(48, 32))
+    with pytest.raises(ValueError, match=r"w_down has shape \(48, 16\), expected \(48, 32\)"):
+        ops.swiglu(x, randn(64, 48), randn(48, 16))
+    with pytest.raises(ValueError, match="x has dtype torch.int64"):
+        ops.swiglu(x.long(), randn(64, 48), randn(48, 32))
+    with pytest.raises(ValueError, match="3 dimensions"):
+        ops.swiglu_token_mix(randn(5, 48), randn(64, 5), randn(5, 32))
+    with pytest.raises(ValueError, match=r"w_gate_up has shape \(64, 6\), expected \(64, 5\)"):
+        ops.swiglu_token_mix(x, randn(64, 6), randn(5, 32))
+
+
+# ---------------------------------------------------------------------------------------------- GPU, bf16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("L, recompute", [(97, False), (97, True), (916, False)])
+def test_bf16_at_preset_shapes_gpu(L, recompute):
+    """Forward and every gradient within twice PyTorch-in-bf16's error against fp32, at the presets' shapes."""
+    B, D, I = 8, launch_configs.PRESET_HIDDEN, launch_configs.PRESET_MLP_HIDDEN
+    Im = launch_configs.swiglu_hidden(L)
+    x32, dy32 = randn(B, L, D, seed=40, scale=0.5), randn(B, L, D, seed=41)
+    for op, ref, width, hidden in ((ops.swiglu, R.swiglu, D, I), (ops.swiglu_token_mix, R.swiglu_token_mix, L, Im)):
+        wgu = randn(2 * hidden, width, seed=42, scale=width ** -0.5, requires_grad=True)
+        wd = randn(width, hidden, seed=43, scale=hidden ** -0.5, requires_grad=True)
+        results = _low_precision_run(op, ref, x32, wgu, wd, dy32, torch.bfloat16, recompute)
+        _assert_low_precision_rule(results, f"{op.__name__} L={L}")
