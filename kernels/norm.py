@@ -28,9 +28,11 @@ from trm_fast.kernels.reference import RMS_EPS
 
 
 @triton.jit
-def _add_rms_norm_fwd(x_ptr, r_ptr, y_ptr, rstd_ptr, n_rows, n_cols, eps,
-                      BLOCK: tl.constexpr, ROWS: tl.constexpr):
-    """Channel form, one pass: each program normalises ROWS rows of n_cols (<= BLOCK) contiguous values."""
+def _add_rms_norm_fwd(x_ptr, r_ptr, y_ptr, rstd_ptr, inject_ptr, sum_ptr, n_rows, n_cols, eps,
+                      BLOCK: tl.constexpr, ROWS: tl.constexpr, HAS_INJECT: tl.constexpr):
+    """Channel form, one pass: each program normalises ROWS rows of n_cols (<= BLOCK) contiguous values.
+    HAS_INJECT: also writes sum = y + inject (rounded y plus inject, in the activation dtype), the recursion's
+    next network input z + (y + x), from the epilogue."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
@@ -39,18 +41,25 @@ def _add_rms_norm_fwd(x_ptr, r_ptr, y_ptr, rstd_ptr, n_rows, n_cols, eps,
     r = tl.load(r_ptr + offs, mask=mask, other=0.0)
     s = (r + x).to(y_ptr.dtype.element_ty).to(tl.float32)
     rstd = 1.0 / tl.sqrt_rn(tl.sum(s * s, axis=1) / n_cols + eps)
-    tl.store(y_ptr + offs, (s * rstd[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
+    y = (s * rstd[:, None]).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + offs, y, mask=mask)
     tl.store(rstd_ptr + rows, rstd, mask=rows < n_rows)
+    if HAS_INJECT:
+        inject = tl.load(inject_ptr + offs, mask=mask, other=0.0)
+        tl.store(sum_ptr + offs, (y + inject).to(sum_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _rms_norm_bwd(dy_ptr, y_ptr, rstd_ptr, dx_ptr, n_rows, n_cols,
-                  BLOCK: tl.constexpr, ROWS: tl.constexpr):
+def _rms_norm_bwd(dy_ptr, dsum_ptr, y_ptr, rstd_ptr, dx_ptr, n_rows, n_cols,
+                  BLOCK: tl.constexpr, ROWS: tl.constexpr, HAS_DSUM: tl.constexpr):
+    """HAS_DSUM: the gradient reaching y is dy + d sum (the fused injection output), added in fp32."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     offs = rows[:, None] * n_cols + cols[None, :]
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_DSUM:
+        dy += tl.load(dsum_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     rstd = tl.load(rstd_ptr + rows, mask=rows < n_rows, other=0.0)
     mean_dot = tl.sum(dy * y, axis=1) / n_cols
@@ -137,23 +146,29 @@ def _rms_norm_seq_bwd(dy_ptr, y_ptr, rstd_ptr, dx_ptr, L, D,
 # All tensors contiguous, x/residual/y/dy/dx of one dtype, rstd fp32 (the ops in trm_fast/ops/norm.py check).
 
 
-def add_rms_norm_fwd(x: torch.Tensor, residual: torch.Tensor, eps: float, y: torch.Tensor, rstd: torch.Tensor) -> None:
-    """y <- rms_norm(residual + x) over the last axis; rstd <- per-row 1/rms, shape x.shape[:-1], fp32."""
+def add_rms_norm_fwd(x: torch.Tensor, residual: torch.Tensor, eps: float, y: torch.Tensor, rstd: torch.Tensor,
+                     inject: torch.Tensor | None = None, out_sum: torch.Tensor | None = None) -> None:
+    """y <- rms_norm(residual + x) over the last axis; rstd <- per-row 1/rms, shape x.shape[:-1], fp32.
+    With inject (x's shape and dtype): out_sum <- y + inject as well."""
     n_cols = x.shape[-1]
     n_rows = x.numel() // n_cols
     cfg = launch_configs.norm_config(n_cols)
     grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
-    _add_rms_norm_fwd[grid](x, residual, y, rstd, n_rows, n_cols, float(eps),
-                            BLOCK=cfg["BLOCK"], ROWS=cfg["ROWS"], num_warps=cfg["num_warps"])
+    has_inject = inject is not None
+    _add_rms_norm_fwd[grid](x, residual, y, rstd, inject if has_inject else y, out_sum if has_inject else y,
+                            n_rows, n_cols, float(eps), BLOCK=cfg["BLOCK"], ROWS=cfg["ROWS"], HAS_INJECT=has_inject,
+                            num_warps=cfg["num_warps"])
 
 
-def rms_norm_bwd(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, dx: torch.Tensor) -> None:
-    """dx <- rstd * (dy - y * mean(dy * y)) over the last axis."""
+def rms_norm_bwd(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, dx: torch.Tensor,
+                 dsum: torch.Tensor | None = None) -> None:
+    """dx <- rstd * (g - y * mean(g * y)) over the last axis, g = dy (+ dsum when given)."""
     n_cols = y.shape[-1]
     n_rows = y.numel() // n_cols
     cfg = launch_configs.norm_config(n_cols)
     grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
-    _rms_norm_bwd[grid](dy, y, rstd, dx, n_rows, n_cols, BLOCK=cfg["BLOCK"], ROWS=cfg["ROWS"], num_warps=cfg["num_warps"])
+    _rms_norm_bwd[grid](dy, dsum if dsum is not None else dy, y, rstd, dx, n_rows, n_cols,
+                        BLOCK=cfg["BLOCK"], ROWS=cfg["ROWS"], HAS_DSUM=dsum is not None, num_warps=cfg["num_warps"])
 
 
 def _seq_launch(L: int, D: int, B: int):
@@ -181,7 +196,8 @@ def rms_norm_seq_bwd(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, dx: 
 
 
 def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS, dim: int = -1):
-    """(y, rstd) in plain PyTorch, the kernels' oracle (rstd has the reduced axis squeezed)."""
+    """(y, rstd) in plain PyTorch, the kernels' oracle (rstd has the reduced axis squeezed). The fused
+    injection output is y + inject in the activation dtype."""
     s = (residual + x).float()
     rstd = torch.rsqrt(s.square().mean(dim, keepdim=True) + eps)
     return (s * rstd).to(x.dtype), rstd.squeeze(dim)
@@ -206,14 +222,17 @@ def aot_specs(arch: int = 90, dtype: str = "bf16") -> list[dict]:
     cfg = launch_configs.norm_config(launch_configs.PRESET_HIDDEN)
     channel = (
         ("add_rms_norm_fwd", _add_rms_norm_fwd, {"x_ptr": act, "r_ptr": act, "y_ptr": act, "rstd_ptr": "*fp32",
-                                                  "n_rows": "i32", "n_cols": "i32", "eps": "fp32"}),
-        ("rms_norm_bwd", _rms_norm_bwd, {"dy_ptr": act, "y_ptr": act, "rstd_ptr": "*fp32", "dx_ptr": act,
-                                         "n_rows": "i32", "n_cols": "i32"}),
+                                                  "inject_ptr": act, "sum_ptr": act, "n_rows": "i32", "n_cols": "i32",
+                                                  "eps": "fp32"}, "HAS_INJECT"),
+        ("rms_norm_bwd", _rms_norm_bwd, {"dy_ptr": act, "dsum_ptr": act, "y_ptr": act, "rstd_ptr": "*fp32", "dx_ptr": act,
+                                         "n_rows": "i32", "n_cols": "i32"}, "HAS_DSUM"),
     )
-    for label, fn, sig in channel:
-        specs.append({"label": f"{label}[D={launch_configs.PRESET_HIDDEN},{dtype}]", "fn": fn, "signature": sig,
-                      "constexprs": {"BLOCK": cfg["BLOCK"], "ROWS": cfg["ROWS"]}, "num_warps": cfg["num_warps"],
-                      "num_stages": 1, "is_matmul": False})
+    for label, fn, sig, flag in channel:
+        for fused in (False, True):
+            specs.append({"label": f"{label}[D={launch_configs.PRESET_HIDDEN},{dtype}{',inject' if fused else ''}]",
+                          "fn": fn, "signature": sig,
+                          "constexprs": {"BLOCK": cfg["BLOCK"], "ROWS": cfg["ROWS"], flag: fused},
+                          "num_warps": cfg["num_warps"], "num_stages": 1, "is_matmul": False})
     for L in launch_configs.PRESET_SEQ_LENS:
         D = launch_configs.PRESET_HIDDEN
         cfg = launch_configs.norm_seq_config(L, D)

@@ -93,6 +93,33 @@ def test_ops_match_reference_autograd(form):
     assert_close(op(xt, r.detach()), ref(xt, r.detach()), name="non-contiguous x")
 
 
+def test_fused_injection_output():
+    """add_rms_norm(x, residual, inject) -> (y, y + inject): the kernels against the reference, and gradients
+    through both outputs (the backward adds d sum to dy in fp32) against autograd on the reference."""
+    shape = (2, 17, 48)
+    x, r, inject, dy, dsum = (randn(*shape, seed=s) for s in (30, 31, 32, 33, 34))
+    y, rstd, out_sum = poisoned(*shape), poisoned(2, 17), poisoned(*shape)
+    K.add_rms_norm_fwd(x, r, R.RMS_EPS, y, rstd, inject, out_sum)
+    y_ref, _ = K.add_rms_norm_reference(x, r)
+    assert_close(out_sum, y_ref + inject, name="y + inject")
+    dx = poisoned(*shape)
+    K.rms_norm_bwd(dy, y, rstd, dx, dsum)
+    assert_close(dx, K.rms_norm_backward_reference(dy + dsum, y, rstd), name="dx with d sum")
+
+    leaves = [t.clone().requires_grad_(True) for t in (x, r, inject)]
+    y, out_sum = ops.add_rms_norm(*leaves[:2], inject=leaves[2])
+    grads = torch.autograd.grad([y, out_sum], leaves, [dy, dsum])
+    ref_leaves = [t.clone().requires_grad_(True) for t in (x, r, inject)]
+    y_ref = R.add_rms_norm(*ref_leaves[:2])
+    grads_ref = torch.autograd.grad([y_ref, y_ref + ref_leaves[2]], ref_leaves, [dy, dsum])
+    assert_close(y, y_ref, name="y")
+    for g, g_ref, what in zip(grads, grads_ref, ("dx", "dresidual", "dinject")):
+        assert_close(g, g_ref, name=what)
+    only_sum = torch.autograd.grad(ops.add_rms_norm(*leaves[:2], inject=leaves[2])[1].sum(), leaves[0])[0]
+    assert_close(only_sum, torch.autograd.grad((R.add_rms_norm(*ref_leaves[:2]) + ref_leaves[2]).sum(), ref_leaves[0])[0],
+                 name="dx through the sum only")
+
+
 def test_preset_launch_configs_run():
     """D = 512 (channel) and (L, D) = (97, 512), (916, 512) (sequence) at their table configs, batch 1."""
     D = launch_configs.PRESET_HIDDEN
@@ -123,6 +150,8 @@ def test_bad_inputs_name_the_problem():
         ops.add_rms_norm_seq(randn(5, 48), randn(5, 48))
     with pytest.raises(TypeError, match="residual must be a torch.Tensor"):
         ops.add_rms_norm(x, 1.0)
+    with pytest.raises(ValueError, match="inject has shape"):
+        ops.add_rms_norm(x, x, inject=randn(2, 5, 40))
 
 
 @pytest.mark.gpu

@@ -238,16 +238,21 @@ def test_preset_launch_configs_run():
 
 
 def test_custom_ops_compose_with_torch_compile_fullgraph():
-    """The four ops of an MLP-mixer block under torch.compile(fullgraph=True): no graph break, same values and
-    gradients as eager."""
+    """The ops of an MLP-mixer block (and the fused injection output) under torch.compile(fullgraph=True): no
+    graph break, same values and gradients as eager."""
     B, L, D, I, Im = 2, 17, 48, 32, 24
     x = randn(B, L, D, seed=28, requires_grad=True)
     w = [randn(2 * I, D, seed=29, requires_grad=True), randn(D, I, seed=30, requires_grad=True),
          randn(2 * Im, L, seed=31, requires_grad=True), randn(L, Im, seed=32, requires_grad=True)]
 
+    inject = randn(B, L, D, seed=33, requires_grad=True)
+    w = w + [inject]
+
     def block(h, recompute):
         h = norm_ops.add_rms_norm_seq(ops.swiglu_token_mix(h, w[2], w[3], recompute=recompute), h)
-        return norm_ops.add_rms_norm(ops.swiglu(h, w[0], w[1], recompute=recompute), h)
+        h = norm_ops.add_rms_norm(ops.swiglu(h, w[0], w[1], recompute=recompute), h)
+        y, next_input = norm_ops.add_rms_norm(h, h, inject=inject)  # the fused injection output
+        return y * next_input
 
     for recompute in (False, True):
         torch._dynamo.reset()

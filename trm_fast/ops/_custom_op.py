@@ -6,6 +6,8 @@ for torch.compile's tracing) and register_autograd, so torch.compile(fullgraph=T
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -24,6 +26,9 @@ def check_activation(op: str, name: str, t, ndim: int | None = None, min_ndim: i
         raise ValueError(f"{op}: {name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
     if t.numel() == 0:
         raise ValueError(f"{op}: {name} is empty (shape {tuple(t.shape)})")
+    if not t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise ValueError(f"{op}: {name} is on {t.device}; the Triton kernels need CUDA tensors "
+                         "(or TRITON_INTERPRET=1 to run them on the CPU)")
 
 
 def check_like(op: str, ref_name: str, ref: torch.Tensor, name: str, t) -> None:

@@ -3,6 +3,9 @@
 Saved for backward: the OUTPUT y (activation dtype) and the per-row fp32 rstd; the input sum is never saved
 (kernels/norm.py derives the backward from y). d x and d residual are the same tensor, as
 d(residual + x)/dx = d(residual + x)/d residual = identity.
+
+`add_rms_norm(x, residual, inject=t)` also returns `y + inject` from the same kernel (the recursion's next
+network input z + (y + x)); its gradient is added to y's inside the backward kernel, and d inject = d(y + inject).
 """
 from __future__ import annotations
 
@@ -59,6 +62,52 @@ def _backward(ctx, dy, _drstd):
 _add_rms_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("trm_fast::add_rms_norm_inject_fwd", mutates_args=())
+def _add_rms_norm_inject_fwd(x: torch.Tensor, residual: torch.Tensor, inject: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, residual, inject = contiguous(x), contiguous(residual), contiguous(inject)
+    y, out_sum = torch.empty_like(x), torch.empty_like(x)
+    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    kernels.add_rms_norm_fwd(x, residual, eps, y, rstd, inject, out_sum)
+    return y, out_sum, rstd
+
+
+@_add_rms_norm_inject_fwd.register_fake
+def _(x, residual, inject, eps):
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return y, torch.empty_like(y), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("trm_fast::rms_norm_bwd_two_grads", mutates_args=())
+def _rms_norm_bwd_two(dy: torch.Tensor, dsum: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    dx = torch.empty_like(y)
+    kernels.rms_norm_bwd(contiguous(dy.to(y.dtype)), y, rstd, dx, contiguous(dsum.to(y.dtype)))
+    return dx
+
+
+@_rms_norm_bwd_two.register_fake
+def _(dy, dsum, y, rstd):
+    return torch.empty_like(y)
+
+
+def _setup_inject(ctx, inputs, output):
+    y, _, rstd = output
+    ctx.save_for_backward(y, rstd)
+
+
+def _backward_inject(ctx, dy, dsum, _drstd):
+    y, rstd = ctx.saved_tensors
+    if dy is None and dsum is None:
+        return None, None, None, None
+    if dy is None or dsum is None:
+        dx = _rms_norm_bwd(dy if dy is not None else dsum, y, rstd, False)
+    else:
+        dx = _rms_norm_bwd_two(dy, dsum, y, rstd)
+    return dx, dx, dsum, None
+
+
+_add_rms_norm_inject_fwd.register_autograd(_backward_inject, setup_context=_setup_inject)
+
+
 def _checked(op: str, x, residual, seq_axis: bool) -> None:
     check_activation(op, "x", x, ndim=3 if seq_axis else None)
     check_like(op, "x", x, "residual", residual)
@@ -66,10 +115,15 @@ def _checked(op: str, x, residual, seq_axis: bool) -> None:
         raise ValueError(f"{op}: one batch element has {x.shape[1] * x.shape[2]} values; at most 2^31 - 1 supported")
 
 
-def add_rms_norm(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """rms_norm(residual + x) over the last axis (fp32 statistics, no gain, eps 1e-5), in x's dtype."""
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, inject: torch.Tensor | None = None):
+    """rms_norm(residual + x) over the last axis (fp32 statistics, no gain, eps 1e-5), in x's dtype.
+    With `inject` (x's shape and dtype): returns (y, y + inject), the sum written by the same kernel."""
     _checked("add_rms_norm", x, residual, False)
-    return _add_rms_norm_fwd(x, residual, RMS_EPS, False)[0]
+    if inject is None:
+        return _add_rms_norm_fwd(x, residual, RMS_EPS, False)[0]
+    check_like("add_rms_norm", "x", x, "inject", inject)
+    y, out_sum, _ = _add_rms_norm_inject_fwd(x, residual, inject, RMS_EPS)
+    return y, out_sum
 
 
 def add_rms_norm_seq(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
