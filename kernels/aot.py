@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 
-KERNEL_MODULES = ("trm_fast.kernels.norm", "trm_fast.kernels.swiglu")
+KERNEL_MODULES = ("trm_fast.kernels.norm", "trm_fast.kernels.swiglu", "trm_fast.kernels.matmul")
 OPTIONAL_KERNEL_MODULES = ("trm_fast.kernels.attention",)  # skipped while it has no aot_specs()
 ARCHS = (90, 80)
 SHARED_LIMIT = {90: 232448, 80: 166912}  # opt-in shared memory per block (bytes): 227 KB on H100, 163 KB on A100

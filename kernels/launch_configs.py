@@ -95,6 +95,34 @@ def gate_up_config(kind: str, M: int, N_HALF: int, K: int, elem_bytes: int = 2) 
     return cfg
 
 
+# sum_b P[b] @ Q[b]^T (kernels/matmul.py), the token-mixing weight gradients; keyed by (M, N, K):
+# d w_down is (L, I), d w_gate_up (2I, L), K = D. SPLIT (batch ranges per output tile) is set at launch.
+# ptxas: 64 x 64 with BLOCK_K = 64 and 4 warps needs 254 registers on sm_80; BLOCK_K = 32 needs 168.
+BATCH_REDUCE_TABLE = {
+    (97, 512, 512): {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3},
+    (1024, 97, 512): {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3},
+    (916, 2560, 512): {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
+    (5120, 916, 512): {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
+}
+TARGET_PROGRAMS = 2 * 132  # about two waves on an H100's 132 SMs
+
+
+def batch_reduce_config(M: int, N: int, K: int, B: int, elem_bytes: int = 2) -> dict:
+    """Tiles and batch split for sum_b P[b] @ Q[b]^T with P (B, M, K), Q (B, N, K)."""
+    entry = BATCH_REDUCE_TABLE.get((M, N, K))
+    if entry is None:
+        big = M * N >= TARGET_PROGRAMS * 128 * 128
+        entry = ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3} if big else
+                 {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3})
+    cfg = dict(entry, table=(M, N, K) in BATCH_REDUCE_TABLE)
+    cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], _next_pow2(M)))
+    cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], _next_pow2(N)))
+    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"] // (2 if elem_bytes >= 4 else 1), _next_pow2(K)))
+    tiles = -(-M // cfg["BLOCK_M"]) * -(-N // cfg["BLOCK_N"])
+    cfg["SPLIT"] = max(1, min(B, -(-TARGET_PROGRAMS // tiles)))
+    return cfg
+
+
 def elementwise_block(n: int) -> int:
     """Block for the SwiGLU backward's elementwise step on rows of n: the largest power of two <= 1024 that
     divides n when that is at least 128 (no masked tail), else the next power of two up to 1024."""

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from trm_fast.kernels import launch_configs
+from trm_fast.kernels import matmul as MM
 from trm_fast.kernels import reference as R
 from trm_fast.kernels import swiglu as K
 from trm_fast.ops import norm as norm_ops
@@ -126,6 +127,33 @@ def test_token_gate_up_kernel_all_modes(B, L, D, I):
     K.token_gate_up(x, w, h=None, dh=dh, dgu=dgu)
     d_gate, d_up = K.swiglu_backward_reference(gu_ref[:, :I], gu_ref[:, I:], dh)
     assert_close(dgu, torch.cat([d_gate, d_up], 1), name="d gate_up (recompute)")
+
+
+@pytest.mark.parametrize("B, M, N, K", [(3, 17, 40, 48), (1, 1, 16, 80), (5, 97, 24, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_sum_over_batch_abt_kernel(B, M, N, K, dtype):
+    """The token-mixing weight-gradient kernel: sum_b P[b] @ Q[b]^T in fp32, batch split into ranges."""
+    p, q = randn(B, M, K, seed=40, dtype=dtype), randn(B, N, K, seed=41, dtype=dtype)
+    cfg = launch_configs.batch_reduce_config(M, N, K, B, p.element_size())
+    assert cfg["SPLIT"] == B  # tiny outputs: every batch element its own range, partials summed
+    out = MM.sum_over_batch_abt(p, q)
+    assert out.dtype == torch.float32
+    tol = 1e-5 if dtype == torch.float32 else 1e-3  # fp16 inputs are exact in fp32 products; sums differ in order
+    assert_close(out, MM.sum_over_batch_abt_reference(p, q), atol=tol, rtol=tol, name="sum_b P Q^T")
+    partial = poisoned(2, M, N)  # the kernel writes every element of each split's partial
+    MM._sum_over_batch_abt[(triton_cdiv(M, 16), triton_cdiv(N, 16), 2)](
+        p, q, partial, M, N, K, B, triton_cdiv(B, 2), p.stride(0), p.stride(1), q.stride(0), q.stride(1), M * N,
+        BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, IEEE=dtype == torch.float32)
+    half = triton_cdiv(B, 2)
+    assert_close(partial[0], MM.sum_over_batch_abt_reference(p[:half], q[:half]), atol=tol, rtol=tol, name="split 0")
+    if B > half:
+        assert_close(partial[1], MM.sum_over_batch_abt_reference(p[half:], q[half:]), atol=tol, rtol=tol, name="split 1")
+    else:
+        assert (partial[1] == 0).all()  # an empty range still stores its zero partial
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
 
 
 # ---------------------------------------------------------------------------------------------- ops

@@ -11,13 +11,14 @@ input requiring grad) only h is written.
 
 Backward matmuls (d h, d x, weight gradients) are cuBLAS. Weight gradients come out in fp32 (fp32 accumulation,
 never rounded to bf16), so autograd sums the 2(n+1) tied uses of a weight in the recursion in fp32.
-The token form's weight gradients sum over (batch, channel): they read x, h, d out and d gate_up as (width, B*D)
-matrices, a permuted copy each when B > 1 (cheaper than B per-sample (L, I) products in fp32).
+The token form's weight gradients sum over (batch, channel) in one Triton kernel (kernels/matmul.py) that reads
+(B, W, D) operands in place: no permuted copies and no B per-sample fp32 products.
 """
 from __future__ import annotations
 
 import torch
 
+from trm_fast.kernels import matmul as matmul_kernels
 from trm_fast.kernels import swiglu as kernels
 from trm_fast.ops._custom_op import INT32_MAX, cast_weight, check_activation, check_weight, contiguous, mm_fp32, needs_grad
 
@@ -131,11 +132,6 @@ def _(x, w_gate_up, w_down, save_gate_up):
     return out, x.new_empty(B, I, D), x.new_empty(B, 2 * I, D) if save_gate_up else x.new_empty(0)
 
 
-def _rows_over_batch(t: torch.Tensor) -> torch.Tensor:
-    """(B, W, D) -> (W, B * D): a view for B = 1, a permuted copy otherwise."""
-    return t.transpose(0, 1).reshape(t.shape[1], -1)
-
-
 @torch.library.custom_op("trm_fast::swiglu_token_mix_bwd", mutates_args=())
 def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.Tensor, w_gate_up: torch.Tensor,
                w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,14 +140,14 @@ def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.T
     wgu = cast_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
     dh = torch.matmul(w_down.to(x.dtype).t(), dout)  # (I, L) @ (B, L, D) -> (B, I, D)
-    d_w_down = mm_fp32(_rows_over_batch(dout), _rows_over_batch(h).t())  # sum_b (L, D) @ (D, I)
+    d_w_down = matmul_kernels.sum_over_batch_abt(dout, h)  # sum_b (L, D) @ (D, I), fp32
     dgu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device)
     if gu.numel():  # per batch element the gate block (I*D) precedes the up block: rows of 2 * I * D
         kernels.swiglu_bwd_from_saved(gu.view(B, 2 * I * D), contiguous(dh).view(B, I * D), dgu.view(B, 2 * I * D))
     else:
         kernels.token_gate_up(x, wgu, h=None, dh=contiguous(dh), dgu=dgu)
     dx = torch.matmul(wgu.t(), dgu)  # (L, 2I) @ (B, 2I, D) -> (B, L, D)
-    d_w_gate_up = mm_fp32(_rows_over_batch(dgu), _rows_over_batch(x).t())  # sum_b (2I, D) @ (D, L)
+    d_w_gate_up = matmul_kernels.sum_over_batch_abt(dgu, x)  # sum_b (2I, D) @ (D, L), fp32
     return dx, d_w_gate_up, d_w_down
 
 
