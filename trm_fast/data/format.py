@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ARRAY_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+INDEX_FIELDS = ("puzzle_identifiers", "puzzle_indices", "group_indices")
 
 
 @dataclass
@@ -46,7 +47,7 @@ class DatasetMetadata:
                                "mean_puzzle_examples", "sets") if n not in data]
         if missing:
             raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
-        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs = {k: v for k, v in data.items() if k in names}  # extra fields are ignored, as the published loader does
         kwargs.setdefault("ignore_label_id", None)
         kwargs.setdefault("blank_identifier_id", 0)
         meta = cls(**kwargs)
@@ -58,14 +59,21 @@ class DatasetMetadata:
             if not ok:
                 raise ValueError(f"{source}: field {name} = {getattr(self, name)!r} is invalid: {what}")
 
-        for name in ("pad_id", "blank_identifier_id", "vocab_size", "seq_len", "num_puzzle_identifiers", "total_groups"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "must be a non-negative integer")
+        def is_int(v) -> bool:  # bool is an int subclass; json true/false is not a count
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("pad_id", "blank_identifier_id", "vocab_size", "seq_len", "num_puzzle_identifiers", "total_groups",
+                     "total_puzzles"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "must be a non-negative integer")
         need(self.vocab_size >= 2, "vocab_size", "must be at least 2")
+        need(self.pad_id < self.vocab_size, "pad_id", f"must be below vocab_size {self.vocab_size}")
         need(self.seq_len >= 1, "seq_len", "must be at least 1")
         need(self.num_puzzle_identifiers >= 1, "num_puzzle_identifiers", "must be at least 1")
-        need(self.ignore_label_id is None or isinstance(self.ignore_label_id, int), "ignore_label_id", "must be an integer or null")
-        need(isinstance(self.mean_puzzle_examples, (int, float)) and self.mean_puzzle_examples >= 0,
-             "mean_puzzle_examples", "must be a non-negative number")
+        need(self.blank_identifier_id < self.num_puzzle_identifiers, "blank_identifier_id",
+             f"must be below num_puzzle_identifiers {self.num_puzzle_identifiers}")
+        need(self.ignore_label_id is None or is_int(self.ignore_label_id), "ignore_label_id", "must be an integer or null")
+        need(isinstance(self.mean_puzzle_examples, (int, float)) and not isinstance(self.mean_puzzle_examples, bool)
+             and self.mean_puzzle_examples >= 0, "mean_puzzle_examples", "must be a non-negative number")
         need(isinstance(self.sets, list) and all(isinstance(s, str) and s for s in self.sets) and len(self.sets) > 0,
              "sets", "must be a non-empty list of set names")
 
@@ -82,6 +90,9 @@ class PuzzleSet:
         def fail(what: str):
             raise ValueError(f"{name}: {what}")
 
+        for arr_name in INDEX_FIELDS:
+            if getattr(self, arr_name).ndim != 1:
+                fail(f"{arr_name} must be 1-D, got shape {getattr(self, arr_name).shape}")
         if self.inputs.ndim != 2:
             fail(f"inputs must be 2-D (examples, seq_len), got shape {self.inputs.shape}")
         if self.labels.shape != self.inputs.shape:
@@ -95,8 +106,8 @@ class PuzzleSet:
             fail(f"puzzle_indices must have shape ({P + 1},) for {P} puzzles, got {self.puzzle_indices.shape}")
         if self.puzzle_indices[0] != 0 or self.puzzle_indices[-1] != len(self.inputs) or np.any(np.diff(self.puzzle_indices) < 0):
             fail("puzzle_indices must rise from 0 to the number of examples")
-        if len(self.group_indices) < 1 or self.group_indices[0] != 0 or self.group_indices[-1] != P or np.any(np.diff(self.group_indices) < 0):
-            fail("group_indices must rise from 0 to the number of puzzles")
+        if len(self.group_indices) < 1 or self.group_indices[0] != 0 or self.group_indices[-1] != P or np.any(np.diff(self.group_indices) <= 0):
+            fail("group_indices must rise strictly from 0 to the number of puzzles (every group holds a puzzle)")
         if meta is not None:
             if self.inputs.shape[1] != meta.seq_len:
                 fail(f"sequence length {self.inputs.shape[1]} differs from dataset.json seq_len {meta.seq_len}")
@@ -119,11 +130,16 @@ def write_split(split_dir: str, metadata: DatasetMetadata, sets: dict[str, Puzzl
     for set_name, puzzle_set in sets.items():
         puzzle_set.validate(f"{split_dir}/{set_name}", metadata)
         for arr_name in ARRAY_FIELDS:
-            np.save(os.path.join(split_dir, f"{set_name}__{arr_name}.npy"), getattr(puzzle_set, arr_name))
+            arr = getattr(puzzle_set, arr_name)
+            if arr_name in INDEX_FIELDS:  # the published loader's dtype for ids and offsets
+                arr = np.asarray(arr, dtype=np.int32)
+            np.save(os.path.join(split_dir, f"{set_name}__{arr_name}.npy"), arr)
     data = dataclasses.asdict(metadata)
     data["sets"] = list(sets)
-    with open(os.path.join(split_dir, "dataset.json"), "w") as f:
+    path = os.path.join(split_dir, "dataset.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(data, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def read_split(split_dir: str, mmap: bool = False) -> tuple[DatasetMetadata, dict[str, PuzzleSet]]:
@@ -153,6 +169,11 @@ def read_split(split_dir: str, mmap: bool = False) -> tuple[DatasetMetadata, dic
         puzzle_set = PuzzleSet(**arrays)
         puzzle_set.validate(os.path.join(split_dir, set_name), meta)
         sets[set_name] = puzzle_set
+    groups = sum(s.num_groups for s in sets.values())
+    if groups != meta.total_groups:
+        raise ValueError(f"{meta_path}: field total_groups = {meta.total_groups} but the sets hold {groups} groups")
+    if "total_puzzles" not in raw:  # older files: the published loader derives it the same way
+        meta.total_puzzles = sum(len(s.puzzle_identifiers) for s in sets.values())
     return meta, sets
 
 

@@ -1,0 +1,138 @@
+"""The on-disk format: round trip, validation errors that name file and field, atomic output, manifest."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from trm_fast.data.format import (DatasetMetadata, PuzzleSet, atomic_output_dir, dataset_manifest, read_split,
+                                  write_split)
+
+
+def _example(seed=0, groups=(2, 1, 3), examples_per_puzzle=2, seq_len=5, vocab=7):
+    rng = np.random.default_rng(seed)
+    puzzles = sum(groups)
+    n = puzzles * examples_per_puzzle
+    puzzle_set = PuzzleSet(
+        inputs=rng.integers(0, vocab, (n, seq_len)).astype(np.int32),
+        labels=rng.integers(0, vocab, (n, seq_len)).astype(np.int32),
+        puzzle_identifiers=np.arange(1, puzzles + 1, dtype=np.int32),
+        puzzle_indices=np.arange(0, n + 1, examples_per_puzzle, dtype=np.int32),
+        group_indices=np.concatenate([[0], np.cumsum(groups)]).astype(np.int32),
+    )
+    meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=vocab, seq_len=seq_len,
+                           num_puzzle_identifiers=puzzles + 1, total_groups=len(groups),
+                           mean_puzzle_examples=float(examples_per_puzzle), total_puzzles=puzzles, sets=["all"])
+    return meta, puzzle_set
+
+
+def test_round_trip_with_published_names(tmp_path):
+    meta, puzzle_set = _example()
+    write_split(str(tmp_path), meta, {"all": puzzle_set})
+    names = sorted(os.listdir(tmp_path))
+    assert names == sorted(["dataset.json"] + [f"all__{k}.npy" for k in
+                                              ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")])
+    raw = json.loads((tmp_path / "dataset.json").read_text())
+    assert set(raw) == {"pad_id", "ignore_label_id", "blank_identifier_id", "vocab_size", "seq_len",
+                        "num_puzzle_identifiers", "total_groups", "mean_puzzle_examples", "total_puzzles", "sets"}
+    for mmap in (False, True):
+        meta2, sets = read_split(str(tmp_path), mmap=mmap)
+        assert meta2 == meta
+        for field in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices"):
+            assert np.array_equal(getattr(sets["all"], field), getattr(puzzle_set, field))
+    assert np.load(tmp_path / "all__group_indices.npy").dtype == np.int32
+
+
+def test_published_file_without_total_puzzles_reads(tmp_path):
+    meta, puzzle_set = _example()
+    write_split(str(tmp_path), meta, {"all": puzzle_set})
+    raw = json.loads((tmp_path / "dataset.json").read_text())
+    del raw["total_puzzles"]
+    (tmp_path / "dataset.json").write_text(json.dumps(raw))
+    assert read_split(str(tmp_path))[0].total_puzzles == 6
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("vocab_size", "11", "field vocab_size = '11' is invalid"),
+    ("seq_len", 0, "field seq_len = 0 is invalid"),
+    ("pad_id", True, "field pad_id = True is invalid"),
+    ("mean_puzzle_examples", -1, "field mean_puzzle_examples = -1 is invalid"),
+    ("sets", [], "field sets = \\[\\] is invalid"),
+    ("ignore_label_id", 1.5, "field ignore_label_id = 1.5 is invalid"),
+    ("total_groups", 5, "field total_groups = 5 but the sets hold 3 groups"),
+    ("seq_len", 6, "sequence length 5 differs from dataset.json seq_len 6"),
+    ("vocab_size", 3, "inputs hold token ids outside \\[0, 3\\)"),
+    ("num_puzzle_identifiers", 3, "puzzle_identifiers outside \\[0, 3\\)"),
+])
+def test_bad_dataset_json_field_is_named(tmp_path, field, value, message):
+    meta, puzzle_set = _example()
+    write_split(str(tmp_path), meta, {"all": puzzle_set})
+    raw = json.loads((tmp_path / "dataset.json").read_text())
+    raw[field] = value
+    (tmp_path / "dataset.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=message) as info:
+        read_split(str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+
+
+def test_missing_field_missing_file_and_bad_json(tmp_path):
+    meta, puzzle_set = _example()
+    write_split(str(tmp_path), meta, {"all": puzzle_set})
+    raw = json.loads((tmp_path / "dataset.json").read_text())
+    (tmp_path / "dataset.json").write_text(json.dumps({k: v for k, v in raw.items() if k != "seq_len"}))
+    with pytest.raises(ValueError, match="dataset.json: missing field\\(s\\) seq_len"):
+        read_split(str(tmp_path))
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(ValueError, match="dataset.json: not valid JSON"):
+        read_split(str(tmp_path))
+    (tmp_path / "dataset.json").write_text(json.dumps(raw))
+    os.remove(tmp_path / "all__labels.npy")
+    with pytest.raises(ValueError, match="all__labels.npy: missing"):
+        read_split(str(tmp_path))
+    with pytest.raises(ValueError, match="no such file"):
+        read_split(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda s: setattr(s, "labels", s.labels[:, :4]), "labels shape"),
+    (lambda s: setattr(s, "inputs", s.inputs.astype(np.float32)), "inputs must hold integers"),
+    (lambda s: setattr(s, "puzzle_indices", s.puzzle_indices[:-1]), "puzzle_indices must have shape"),
+    (lambda s: setattr(s, "puzzle_indices", s.puzzle_indices[::-1].copy()), "puzzle_indices must rise"),
+    (lambda s: setattr(s, "group_indices", np.array([0, 2, 2, 6], dtype=np.int32)), "group_indices must rise strictly"),
+    (lambda s: setattr(s, "group_indices", np.array([0, 2, 5], dtype=np.int32)), "group_indices must rise strictly"),
+    (lambda s: setattr(s, "puzzle_identifiers", s.puzzle_identifiers[:, None]), "puzzle_identifiers must be 1-D"),
+])
+def test_puzzle_set_validation(mutate, message):
+    meta, puzzle_set = _example()
+    mutate(puzzle_set)
+    with pytest.raises(ValueError, match=f"train/all: {message}"):
+        puzzle_set.validate("train/all", meta)
+
+
+def test_atomic_output_dir_replaces_only_on_success(tmp_path):
+    out = tmp_path / "ds"
+    with atomic_output_dir(str(out)) as tmp:
+        open(os.path.join(tmp, "a.txt"), "w").write("first")
+    assert (out / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(str(out)) as tmp:
+            open(os.path.join(tmp, "a.txt"), "w").write("half")
+            raise RuntimeError("build failed")
+    assert (out / "a.txt").read_text() == "first"  # the old dataset survives a failed rebuild
+    assert sorted(os.listdir(tmp_path)) == ["ds"]  # and no temporary folder is left behind
+    with atomic_output_dir(str(out)) as tmp:
+        open(os.path.join(tmp, "b.txt"), "w").write("second")
+    assert sorted(os.listdir(out)) == ["b.txt"] and sorted(os.listdir(tmp_path)) == ["ds"]
+
+
+def test_manifest_detects_any_change(tmp_path):
+    meta, puzzle_set = _example()
+    write_split(str(tmp_path / "train"), meta, {"all": puzzle_set})
+    first = dataset_manifest(str(tmp_path))
+    assert "train/dataset.json" in first and all(len(v["sha256"]) == 64 for v in first.values())
+    assert dataset_manifest(str(tmp_path)) == first
+    puzzle_set.inputs[0, 0] = (puzzle_set.inputs[0, 0] + 1) % meta.vocab_size
+    write_split(str(tmp_path / "train"), meta, {"all": puzzle_set})
+    second = dataset_manifest(str(tmp_path))
+    assert second["train/all__inputs.npy"] != first["train/all__inputs.npy"]
+    assert second["train/all__labels.npy"] == first["train/all__labels.npy"]
