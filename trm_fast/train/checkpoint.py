@@ -1,15 +1,15 @@
-"""Checkpoints of the whole training state, written atomically.
+"""Checkpoints of the whole training state, written atomically and verified on load.
 
     <run>/checkpoints/step_00001000/
         model.safetensors   every model tensor: weights, the puzzle-embedding table, the initial y/z buffers
         ema.safetensors     the EMA shadow (when EMA is on)
         state.pt            optimiser states, the training carry of every slot, RNG states, sampler position,
                             config and dataset manifest; loadable with torch.load(weights_only=True)
-        meta.json           step, architecture fingerprint, sha256 of each file
-    <run>/checkpoints/latest   name of the newest complete checkpoint
+        meta.json           step, config name, architecture fingerprint, size and sha256 of each file
+    <run>/checkpoints/latest   name of the newest complete checkpoint (a convenience for people and scripts)
 
-A checkpoint folder is first written under a temporary name and renamed when complete, so a crash never
-leaves a half-written checkpoint under a real name; a corrupted or truncated file is refused with its name.
+A checkpoint folder is written under a temporary name, fsynced and renamed when complete, so a crash never leaves a
+half-written checkpoint under a real name; a corrupted or truncated file is refused with its name and what is wrong.
 """
 from __future__ import annotations
 
@@ -19,13 +19,16 @@ import os
 import random
 import shutil
 import tempfile
+import time
 import warnings
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-CHECKPOINT_FILES = ("model.safetensors", "state.pt")
+FORMAT = "trm_fast-checkpoint-1"
+_PREFIX = "step_"
 
 
 def _sha256(path: str) -> str:
@@ -37,15 +40,22 @@ def _sha256(path: str) -> str:
 
 
 def architecture_fingerprint(tensors: dict[str, torch.Tensor]) -> list:
+    """Sorted [name, shape, dtype] of every tensor: two models load each other's weights iff these agree."""
     return sorted([name, list(t.shape), str(t.dtype).replace("torch.", "")] for name, t in tensors.items())
 
 
 def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared storage and non-contiguous views: give every tensor its own copy
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    # safetensors refuses shared storage and non-contiguous views: give every tensor its own compact copy
+    out = {}
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"checkpoint tensor {name!r} is a {type(t).__name__}, not a tensor")
+        out[name] = t.detach().to("cpu", copy=True).contiguous()
+    return out
 
 
-def _fsync_dir(path: str) -> None:
+def _fsync_path(path: str) -> None:
+    """fsync a file or a folder (the folder entry makes renames durable); silently skipped where unsupported."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -58,139 +68,239 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- RNG states
+
+
 def capture_rng_state() -> dict:
-    """RNG states of torch (CPU and CUDA), numpy's global generator and python's random, in a form that
-    torch.load(weights_only=True) reads back."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
+    """RNG states of torch (CPU, and the current CUDA device when CUDA is in use), numpy's global generator and
+    python's random, as tensors, lists and scalars that torch.load(weights_only=True) reads back."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": int(py_version), "state": [int(v) for v in py_internal], "gauss": py_gauss},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    # only the device this process uses: asking for every device would create a context on each of them
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state((n["name"], n["keys"].cpu().numpy().astype(np.uint32), int(n["pos"]), int(n["has_gauss"]),
+                         float(n["cached_gaussian"])))
     p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    random.setstate((int(p["version"]), tuple(int(v) for v in p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _step_of(name: str) -> int | None:
+    if not name.startswith(_PREFIX):
+        return None
+    digits = name[len(_PREFIX):]
+    return int(digits) if digits.isdigit() else None
 
 
 def save_checkpoint(run_dir: str, step: int, *, model_state: dict, ema_state: dict | None, train_state: dict,
                     keep_last: int = 3) -> str:
-    """Writes a checkpoint atomically, prunes to the newest `keep_last`, updates `latest`. Returns its folder."""
+    """Writes `<run_dir>/checkpoints/step_<step:08d>/` atomically, prunes to the newest `keep_last` complete
+    checkpoints (never the one just written), updates `latest`. Returns the folder."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     root = os.path.join(run_dir, "checkpoints")
     os.makedirs(root, exist_ok=True)
-    name = f"step_{step:08d}"
+    name = f"{_PREFIX}{int(step):08d}"
     final = os.path.join(root, name)
+    _remove_stale_temporaries(root)
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root)
     try:
         model_cpu = _contiguous_cpu(model_state)
-        save_file(model_cpu, os.path.join(tmp, "model.safetensors"))
         files = ["model.safetensors", "state.pt"]
+        save_file(model_cpu, os.path.join(tmp, "model.safetensors"))
         if ema_state is not None:
             save_file(_contiguous_cpu(ema_state), os.path.join(tmp, "ema.safetensors"))
             files.append("ema.safetensors")
         torch.save(train_state, os.path.join(tmp, "state.pt"))
+        config = train_state.get("config") if isinstance(train_state, dict) else None
         meta = {
-            "step": step,
-            "format": "trm_fast-checkpoint-1",
+            "format": FORMAT,
+            "step": int(step),
+            "config_name": config.get("name") if isinstance(config, dict) else None,
+            "torch_version": torch.__version__,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "architecture": architecture_fingerprint(model_cpu),
-            "files": {f: {"sha256": _sha256(os.path.join(tmp, f)), "bytes": os.path.getsize(os.path.join(tmp, f))} for f in files},
+            "files": {f: {"bytes": os.path.getsize(os.path.join(tmp, f)), "sha256": _sha256(os.path.join(tmp, f))}
+                      for f in files},
         }
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1)
         for f in os.listdir(tmp):
-            with open(os.path.join(tmp, f), "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        if os.path.exists(final):  # re-saving the same step: move the old one aside first
-            shutil.rmtree(final)
+            _fsync_path(os.path.join(tmp, f))
+        _fsync_path(tmp)
+        old = None
+        if os.path.exists(final):  # the same step again (e.g. a resumed run): swap, then delete the old folder
+            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=root)
+            os.replace(final, os.path.join(old, name))
         os.replace(tmp, final)
-        _fsync_dir(root)
+        _fsync_path(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    latest_tmp = os.path.join(root, ".latest.tmp")
-    with open(latest_tmp, "w") as f:
-        f.write(name + "\n")
-    os.replace(latest_tmp, os.path.join(root, "latest"))
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    _set_aside_later_checkpoints(root, int(step))
+    _atomic_write_text(os.path.join(root, "latest"), name + "\n")
+    _prune(run_dir, final, keep_last)
     return final
 
 
+def _prune(run_dir: str, final: str, keep_last: int) -> None:
+    """Deletes all but the newest `keep_last` checkpoints. Only folders that look complete (meta.json readable,
+    every file present with its recorded size: a cheap check, no hashing) count towards the kept ones, so a damaged
+    newer checkpoint never costs the last usable older one."""
+    kept = 0
+    for path in reversed(list_checkpoints(run_dir)):
+        if kept < keep_last and (path == final or _looks_complete(path)):
+            kept += 1
+        elif path != final:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _looks_complete(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            files = json.load(f)["files"]
+        return all(os.path.getsize(os.path.join(path, name)) == info["bytes"] for name, info in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _remove_stale_temporaries(root: str) -> None:
+    """Temporary folders of saves that died (one writer per run: rank 0), older than a minute."""
+    for entry in os.listdir(root):
+        if entry.startswith(f".{_PREFIX}") and (".tmp-" in entry or ".old-" in entry):
+            path = os.path.join(root, entry)
+            try:
+                if time.time() - os.path.getmtime(path) > 60:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def _set_aside_later_checkpoints(root: str, step: int) -> None:
+    """A run resumed from an older checkpoint makes the later ones a different history: rename them so that
+    `--resume auto` never mixes the two (nothing is deleted)."""
+    for entry in sorted(os.listdir(root)):
+        later = _step_of(entry)
+        if later is not None and later > step:
+            target = os.path.join(root, f"abandoned-{entry}-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(os.path.join(root, entry), target)
+            warnings.warn(f"checkpoint {os.path.join(root, entry)} is later than the step just saved ({step}) and "
+                          f"belongs to another history: moved to {target}")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
 def list_checkpoints(run_dir: str) -> list[str]:
-    """Complete checkpoint folders, oldest first."""
+    """Checkpoint folders under `<run_dir>/checkpoints` (not yet verified), oldest first."""
     root = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(root):
         return []
-    names = sorted(n for n in os.listdir(root) if n.startswith("step_") and os.path.isfile(os.path.join(root, n, "meta.json")))
-    return [os.path.join(root, n) for n in names]
+    names = sorted((s, n) for n in os.listdir(root) if (s := _step_of(n)) is not None and os.path.isdir(os.path.join(root, n)))
+    return [os.path.join(root, n) for _, n in names]
 
 
 def verify_checkpoint(path: str) -> dict:
-    """Reads meta.json and checks every file's size and sha256; raises ValueError naming what is wrong."""
+    """Reads meta.json and checks every file's size and sha256. Returns meta; raises ValueError naming the file
+    and what is wrong."""
     meta_path = os.path.join(path, "meta.json")
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: no such checkpoint folder")
     if not os.path.isfile(meta_path):
-        raise ValueError(f"{meta_path}: missing; {path!r} is not a complete trm_fast checkpoint")
+        raise ValueError(f"{meta_path}: missing, so {path} is not a complete trm_fast checkpoint")
     try:
         with open(meta_path) as f:
             meta = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: corrupted ({exc})") from None
-    for name, info in meta.get("files", {}).items():
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path}: corrupted (not valid JSON: {exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) or "architecture" not in meta:
+        raise ValueError(f"{meta_path}: not a trm_fast checkpoint description (no 'files' / 'architecture')")
+    if "model.safetensors" not in meta["files"]:
+        raise ValueError(f"{meta_path}: lists no model.safetensors")
+    for name, info in meta["files"].items():
         file_path = os.path.join(path, name)
         if not os.path.isfile(file_path):
-            raise ValueError(f"{file_path}: missing from checkpoint")
+            raise ValueError(f"{file_path}: missing from the checkpoint")
         size = os.path.getsize(file_path)
         if size != info["bytes"]:
-            raise ValueError(f"{file_path}: truncated or altered ({size} bytes, expected {info['bytes']})")
+            raise ValueError(f"{file_path}: truncated or altered ({size} bytes, meta.json records {info['bytes']})")
         if _sha256(file_path) != info["sha256"]:
-            raise ValueError(f"{file_path}: corrupted (sha256 mismatch)")
+            raise ValueError(f"{file_path}: corrupted (sha256 differs from the one meta.json records)")
     return meta
 
 
 def find_latest_checkpoint(run_dir: str) -> str | None:
-    """The newest checkpoint that verifies; corrupted ones are skipped with a warning naming them."""
+    """The newest checkpoint whose files verify. An unusable newer one is skipped with a warning naming it."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
             verify_checkpoint(path)
             return path
         except ValueError as exc:
-            warnings.warn(f"skipping unusable checkpoint: {exc}")
+            warnings.warn(f"skipping unusable checkpoint {path}: {exc}")
     return None
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """{"model", "ema" (or None), "state", "meta"} of a verified checkpoint."""
+    """{"model", "ema" (None without EMA), "state", "meta"} of a checkpoint folder, verified first."""
     meta = verify_checkpoint(path)
-    model = load_file(os.path.join(path, "model.safetensors"), device=str(map_location))
-    ema_path = os.path.join(path, "ema.safetensors")
-    ema = load_file(ema_path, device=str(map_location)) if os.path.isfile(ema_path) else None
+    device = str(torch.device(map_location))
+
+    def tensors(file_name: str):
+        file_path = os.path.join(path, file_name)
+        try:
+            return load_file(file_path, device=device)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ValueError(f"{file_path}: unreadable safetensors file ({exc})") from None
+
+    model = tensors("model.safetensors")
+    ema = tensors("ema.safetensors") if "ema.safetensors" in meta["files"] else None
+    state_path = os.path.join(path, "state.pt")
     try:
-        state = torch.load(os.path.join(path, "state.pt"), map_location=map_location, weights_only=True)
+        state = torch.load(state_path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"{os.path.join(path, 'state.pt')}: unreadable ({exc})") from None
+        raise ValueError(f"{state_path}: unreadable with torch.load(weights_only=True) ({exc})") from None
     return {"model": model, "ema": ema, "state": state, "meta": meta}
 
 
 def check_compatible(meta: dict, model: torch.nn.Module) -> None:
-    """Raises ValueError naming the first tensor whose name, shape or dtype differs from the model's."""
-    saved = {name: (shape, dtype) for name, shape, dtype in meta["architecture"]}
+    """Raises ValueError naming the first tensor whose name, shape or dtype differs between the checkpoint and the
+    model (another architecture)."""
+    model = getattr(model, "module", model)
+    saved = {name: (list(shape), dtype) for name, shape, dtype in meta["architecture"]}
     current = {name: (list(t.shape), str(t.dtype).replace("torch.", "")) for name, t in model.state_dict().items()}
     for name in sorted(set(saved) | set(current)):
         if name not in current:
-            raise ValueError(f"checkpoint tensor {name!r} does not exist in this model (another architecture?)")
+            raise ValueError(f"architecture mismatch: checkpoint tensor {name!r} does not exist in this model")
         if name not in saved:
-            raise ValueError(f"model tensor {name!r} is missing from the checkpoint (another architecture?)")
+            raise ValueError(f"architecture mismatch: model tensor {name!r} is missing from the checkpoint")
         if saved[name] != current[name]:
-            raise ValueError(f"tensor {name!r}: checkpoint has shape/dtype {saved[name]}, this model {current[name]}")
+            raise ValueError(f"architecture mismatch: tensor {name!r} has shape {saved[name][0]} {saved[name][1]} in "
+                             f"the checkpoint, {current[name][0]} {current[name][1]} in this model")
