@@ -101,10 +101,11 @@ static bool attempt(Rng& rng, int n, int min_walls, int max_walls, int min_path,
 
 }  // namespace
 
-// Generates `count` mazes with `threads` workers (each its own RNG stream derived from `seed`, results in a
-// deterministic order). Returns (inputs uint8 (count, n*n), labels uint8 (count, n*n), walls int32, path moves
+// Generates mazes number first_index .. first_index+count-1 with `threads` workers. Maze i comes from its own RNG
+// stream (seed, i), so results depend on neither the thread count nor how a long run is split into calls. Returns (inputs uint8 (count, n*n), labels uint8 (count, n*n), walls int32, path moves
 // int32, attempts int64).
-static py::tuple generate(int count, uint64_t seed, int n, int min_walls, int max_walls, int min_path, int threads) {
+static py::tuple generate(int count, uint64_t seed, int n, int min_walls, int max_walls, int min_path, int threads,
+                          uint64_t first_index) {
   if (count < 0 || n < 2 || min_walls < 0 || max_walls < min_walls || max_walls > n * n - 2 || threads < 1)
     throw std::invalid_argument("maze.generate: bad arguments (count >= 0, n >= 2, 0 <= min_walls <= max_walls <= n*n-2, threads >= 1)");
   std::vector<Maze> mazes(count);
@@ -115,10 +116,9 @@ static py::tuple generate(int count, uint64_t seed, int n, int min_walls, int ma
     for (int t = 0; t < threads; ++t) {
       pool.emplace_back([&, t] {
         std::vector<int> cells(n * n), dist(n * n), queue(n * n);
-        // maze i comes from its own stream (seed, i) and a fresh cell order: independent of the thread count
         for (int i = t; i < count; i += threads) {
-          for (int j = 0; j < n * n; ++j) cells[j] = j;
-          Rng rng(seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(i) * 0xD1B54A32D192ED03ULL + 1);
+          for (int j = 0; j < n * n; ++j) cells[j] = j;  // a fresh cell order: maze i depends on (seed, i) only
+          Rng rng(seed * 0x9E3779B97F4A7C15ULL + (first_index + static_cast<uint64_t>(i)) * 0xD1B54A32D192ED03ULL + 1);
           while (!attempt(rng, n, min_walls, max_walls, min_path, mazes[i], cells, dist, queue)) ++attempts[t];
           ++attempts[t];
         }
@@ -148,5 +148,5 @@ static py::tuple generate(int count, uint64_t seed, int n, int min_walls, int ma
 PYBIND11_MODULE(_maze, m) {
   m.doc() = "Native Maze-Hard generator (rejection sampling with BFS)";
   m.def("generate", &generate, py::arg("count"), py::arg("seed"), py::arg("n") = 30, py::arg("min_walls") = 270,
-        py::arg("max_walls") = 450, py::arg("min_path") = 110, py::arg("threads") = 1);
+        py::arg("max_walls") = 450, py::arg("min_path") = 110, py::arg("threads") = 1, py::arg("first_index") = 0);
 }

