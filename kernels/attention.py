@@ -13,11 +13,22 @@ for dK and dV, one per query block for dQ (no atomics: deterministic).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _block_and_head(L, BLOCK: tl.constexpr):
+    """(sequence block, batch*head) of this program. The grid is flat (no 65535 limit on B*H) with the blocks of one
+    head adjacent, so they share that head's K/V (or Q/dO) in L2."""
+    num_blocks = tl.cdiv(L, BLOCK)
+    pid = tl.program_id(0)
+    return pid % num_blocks, pid // num_blocks
 
 
 @triton.jit
@@ -71,8 +82,7 @@ def _attn_fwd(qkv_ptr, o_ptr, lse_ptr, cos_ptr, sin_ptr, L, H, qk_scale,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               ROPE: tl.constexpr, IEEE: tl.constexpr):
     HALF: tl.constexpr = HEAD_DIM // 2
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _block_and_head(L, BLOCK_M)
     b = (bh // H).to(tl.int64)
     h = bh % H
     row_stride = 3 * H * HEAD_DIM
@@ -109,8 +119,7 @@ def _attn_fwd(qkv_ptr, o_ptr, lse_ptr, cos_ptr, sin_ptr, L, H, qk_scale,
 
 @triton.jit
 def _attn_bwd_preprocess(o_ptr, do_ptr, delta_ptr, L, H, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _block_and_head(L, BLOCK_M)
     b = (bh // H).to(tl.int64)
     h = bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -128,8 +137,7 @@ def _attn_bwd_dkdv(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, cos_ptr, sin_p
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    ROPE: tl.constexpr, IEEE: tl.constexpr):
     HALF: tl.constexpr = HEAD_DIM // 2
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_n, bh = _block_and_head(L, BLOCK_N)
     b = (bh // H).to(tl.int64)
     h = bh % H
     row_stride = 3 * H * HEAD_DIM
@@ -175,8 +183,7 @@ def _attn_bwd_dq(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, cos_ptr, sin_ptr
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  ROPE: tl.constexpr, IEEE: tl.constexpr):
     HALF: tl.constexpr = HEAD_DIM // 2
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid_m, bh = _block_and_head(L, BLOCK_M)
     b = (bh // H).to(tl.int64)
     h = bh % H
     row_stride = 3 * H * HEAD_DIM
@@ -212,13 +219,29 @@ def _attn_bwd_dq(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, cos_ptr, sin_ptr
 
 # ---------------------------------------------------------------------------------------------- launch configs
 
-# Tile sizes per phase, chosen with ptxas -v (kernels/aot.py) for zero register spills at head dim 64.
-# The dK/dV kernel holds the most live tiles (rotated k halves, v, dk halves, dv); on sm_80 only small tiles fit.
-_FWD = {97: (64, 64, 4, 2), 916: (128, 64, 8, 2)}  # L -> (BLOCK_M, BLOCK_N, num_warps, num_stages)
-_BWD = {  # arch -> {"dkdv": ..., "dq": ...}
-    90: {"dkdv": (64, 64, 8, 2), "dq": (64, 32, 8, 2)},
-    80: {"dkdv": (16, 16, 4, 2), "dq": (64, 32, 8, 2)},
+PRESET_SEQ_LENS = (97, 916)  # Sudoku (16 puzzle tokens + 81), Maze/ARC (16 + 900)
+PRESET_HEAD_DIM = 64
+SUPPORTED_HEAD_DIMS = (32, 64, 128)  # the RoPE halves feed tl.dot, whose K must be >= 16; powers of two for arange
+PREPROCESS_BLOCK_M = 32  # delta = rowsum(dO * O): 2 x (32, hd) fp32 tiles per program
+PHASES = ("fwd", "dkdv", "dq")
+
+# (arch, L, head_dim) -> phase -> (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M tiles queries, BLOCK_N keys;
+# "fwd" and "dq" own a query block and loop over keys, "dkdv" owns a key block and loops over queries.
+# Chosen with ptxas -v (docs/attention.md has the table): zero spills on sm_90 and sm_80, wgmma on sm_90; not timed.
+ATTENTION_TABLE = {
+    (90, 97, 64): {"fwd": (64, 64, 4, 2), "dkdv": (64, 64, 8, 2), "dq": (64, 32, 8, 2)},
+    (90, 916, 64): {"fwd": (128, 64, 8, 2), "dkdv": (64, 64, 8, 2), "dq": (64, 32, 8, 2)},
+    (80, 97, 64): {"fwd": (64, 64, 4, 2), "dkdv": (16, 16, 4, 2), "dq": (64, 32, 8, 2)},
+    (80, 916, 64): {"fwd": (128, 64, 8, 2), "dkdv": (16, 16, 4, 2), "dq": (64, 32, 8, 2)},
 }
+
+
+def _fallback(arch: int, L: int, head_dim: int) -> dict:
+    """Any shape outside the table: the nearest preset's tiles, halved for head dim 128 (twice the live registers)."""
+    cfg = dict(ATTENTION_TABLE[(arch, 916 if L > 512 else 97, PRESET_HEAD_DIM)])
+    if head_dim > PRESET_HEAD_DIM:
+        cfg = {phase: (max(16, bm // 2), max(16, bn // 2), w, st) for phase, (bm, bn, w, st) in cfg.items()}
+    return cfg
 
 
 def device_arch(t: torch.Tensor) -> int:
@@ -228,37 +251,64 @@ def device_arch(t: torch.Tensor) -> int:
     return 90
 
 
-def _clip(L: int, bm: int, bn: int) -> tuple[int, int]:
-    return max(16, min(bm, triton.next_power_of_2(L))), max(16, min(bn, triton.next_power_of_2(L)))
-
-
-def attention_config(L: int, arch: int = 90) -> dict:
-    """{"fwd" | "dkdv" | "dq": {BLOCK_M, BLOCK_N, num_warps, num_stages}} for a sequence length and GPU arch."""
-    fwd = _FWD.get(L, (128, 64, 8, 2) if L > 512 else (64, 64, 4, 2))
-    cfg = {"fwd": fwd, **_BWD[90 if arch >= 90 else 80]}
-    out = {}
-    for phase, (bm, bn, warps, stages) in cfg.items():
-        bm, bn = _clip(L, bm, bn)
-        out[phase] = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+def attention_config(L: int, arch: int = 90, head_dim: int = PRESET_HEAD_DIM) -> dict:
+    """{"fwd" | "dkdv" | "dq": {BLOCK_M, BLOCK_N, num_warps, num_stages}, "table": bool} for a sequence length,
+    GPU arch (90 or 80) and head dim. Tiles are clipped to the next power of two of L (at least 16, tl.dot's minimum),
+    so short sequences launch few, small programs."""
+    arch = 90 if arch >= 90 else 80
+    key = (arch, L, head_dim)
+    cfg = ATTENTION_TABLE.get(key) or _fallback(arch, L, head_dim)
+    cap = max(16, triton.next_power_of_2(L))
+    out = {"table": key in ATTENTION_TABLE}
+    for phase in PHASES:
+        bm, bn, warps, stages = cfg[phase]
+        out[phase] = {"BLOCK_M": min(bm, cap), "BLOCK_N": min(bn, cap), "num_warps": warps, "num_stages": stages}
     return out
 
 
 # ---------------------------------------------------------------------------------------------- launchers
 
 
+def _check_buffers(qkv: torch.Tensor, num_heads: int, cos, sin, **buffers) -> tuple[int, int, int]:
+    """Shapes/dtypes/devices/contiguity of the launchers' arguments (the op validates user input earlier; this
+    guards direct kernel calls, where a wrong buffer would be silent memory corruption)."""
+    if qkv.dim() != 3 or qkv.shape[2] % (3 * num_heads) or not qkv.is_contiguous():
+        raise ValueError(f"attention kernels: qkv must be a contiguous (B, L, 3*{num_heads}*hd) tensor, "
+                         f"got {tuple(qkv.shape)} (contiguous={qkv.is_contiguous()})")
+    B, L, three_d = qkv.shape
+    hd = three_d // (3 * num_heads)
+    if hd not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"attention kernels: head dim {hd} not supported ({SUPPORTED_HEAD_DIMS})")
+    want = {"o": ((B, L, num_heads * hd), qkv.dtype), "do": ((B, L, num_heads * hd), qkv.dtype),
+            "dqkv": ((B, L, three_d), qkv.dtype), "lse": ((B * num_heads, L), torch.float32)}
+    for name, t in buffers.items():
+        shape, dtype = want[name]
+        if tuple(t.shape) != shape or t.dtype != dtype or t.device != qkv.device or not t.is_contiguous():
+            raise ValueError(f"attention kernels: {name} must be a contiguous {shape} {dtype} tensor on {qkv.device}, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
+    if cos is not None:
+        for name, t in (("cos", cos), ("sin", sin)):
+            if t is None or tuple(t.shape) != (L, hd) or t.dtype != torch.float32 or t.device != qkv.device \
+                    or not t.is_contiguous():
+                got = None if t is None else (tuple(t.shape), t.dtype, str(t.device))
+                raise ValueError(f"attention kernels: {name} must be a contiguous fp32 ({L}, {hd}) table on "
+                                 f"{qkv.device}, got {got}")
+    return B, L, hd
+
+
 def _tables(cos, sin, qkv):
     if cos is None:
-        return qkv, qkv, False  # dummies, never read
+        return qkv, qkv, False  # dummies, never read (ROPE=False)
     return cos, sin, True
 
 
 def attention_fwd(qkv: torch.Tensor, num_heads: int, cos, sin, o: torch.Tensor, lse: torch.Tensor) -> None:
-    """qkv (B, L, 3*H*hd) contiguous -> o (B, L, H*hd), lse (B*H, L) fp32 (base-2 log-sum-exp of scaled scores)."""
-    B, L, three_d = qkv.shape
-    hd = three_d // (3 * num_heads)
-    cfg = attention_config(L, device_arch(qkv))["fwd"]
+    """qkv (B, L, 3*H*hd) contiguous -> o (B, L, H*hd) and lse (B*H, L) fp32: the base-2 log-sum-exp of the
+    scores scaled by log2(e)/sqrt(hd), what the backward recomputes P from. cos/sin: fp32 (L, hd), or None."""
+    B, L, hd = _check_buffers(qkv, num_heads, cos, sin, o=o, lse=lse)
+    cfg = attention_config(L, device_arch(qkv), hd)["fwd"]
     cos, sin, rope = _tables(cos, sin, qkv)
-    grid = (triton.cdiv(L, cfg["BLOCK_M"]), B * num_heads)
+    grid = (triton.cdiv(L, cfg["BLOCK_M"]) * B * num_heads,)
     _attn_fwd[grid](qkv, o, lse, cos, sin, L, num_heads, float(hd ** -0.5 * LOG2E),
                     HEAD_DIM=hd, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], ROPE=rope,
                     IEEE=qkv.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -266,27 +316,55 @@ def attention_fwd(qkv: torch.Tensor, num_heads: int, cos, sin, o: torch.Tensor, 
 
 def attention_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, num_heads: int, cos, sin,
                   dqkv: torch.Tensor) -> None:
-    B, L, three_d = qkv.shape
-    hd = three_d // (3 * num_heads)
-    cfg = attention_config(L, device_arch(qkv))
+    """Writes d qkv (B, L, 3*H*hd), the gradient w.r.t. the UN-rotated projection output, given dO (B, L, H*hd),
+    the forward's o and lse. delta = rowsum(dO * O) first (fp32), then one program per key block for dK and dV
+    and one per query block for dQ: every output element is written by exactly one program (deterministic)."""
+    B, L, hd = _check_buffers(qkv, num_heads, cos, sin, do=do, o=o, lse=lse, dqkv=dqkv)
+    cfg = attention_config(L, device_arch(qkv), hd)
     cos, sin, rope = _tables(cos, sin, qkv)
+    BH = B * num_heads
     delta = torch.empty_like(lse)
-    pre = cfg["fwd"]["BLOCK_M"]
-    _attn_bwd_preprocess[(triton.cdiv(L, pre), B * num_heads)](o, do, delta, L, num_heads, HEAD_DIM=hd, BLOCK_M=pre,
-                                                                num_warps=4)
+    pre = min(PREPROCESS_BLOCK_M, max(16, triton.next_power_of_2(L)))
+    _attn_bwd_preprocess[(triton.cdiv(L, pre) * BH,)](o, do, delta, L, num_heads, HEAD_DIM=hd, BLOCK_M=pre, num_warps=4)
     scales = (float(hd ** -0.5 * LOG2E), float(hd ** -0.5))
     ieee = qkv.dtype == torch.float32
     c = cfg["dkdv"]
-    _attn_bwd_dkdv[(triton.cdiv(L, c["BLOCK_N"]), B * num_heads)](
+    _attn_bwd_dkdv[(triton.cdiv(L, c["BLOCK_N"]) * BH,)](
         qkv, do, lse, delta, dqkv, cos, sin, L, num_heads, *scales, HEAD_DIM=hd, BLOCK_M=c["BLOCK_M"],
         BLOCK_N=c["BLOCK_N"], ROPE=rope, IEEE=ieee, num_warps=c["num_warps"], num_stages=c["num_stages"])
     c = cfg["dq"]
-    _attn_bwd_dq[(triton.cdiv(L, c["BLOCK_M"]), B * num_heads)](
+    _attn_bwd_dq[(triton.cdiv(L, c["BLOCK_M"]) * BH,)](
         qkv, do, lse, delta, dqkv, cos, sin, L, num_heads, *scales, HEAD_DIM=hd, BLOCK_M=c["BLOCK_M"],
         BLOCK_N=c["BLOCK_N"], ROPE=rope, IEEE=ieee, num_warps=c["num_warps"], num_stages=c["num_stages"])
 
 
 # ---------------------------------------------------------------------------------------------- references
+# Plain-PyTorch transcriptions of what the kernels compute, in the kernels' packed layouts, in any float dtype
+# (float64 for gradcheck). reference.attention is the semantic oracle; these mirror the kernels' algorithm.
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on (B, L, H, hd) in fp32 (or x's dtype if wider), rounded back to x's dtype, as the
+    kernels' prologue does; (L, hd) tables."""
+    wide = x.float() if x.dtype != torch.float64 else x
+    half = x.shape[-1] // 2
+    c, s = cos[:, None, :half].to(wide.dtype), sin[:, None, :half].to(wide.dtype)
+    x1, x2 = wide[..., :half], wide[..., half:]
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+
+
+def attention_forward_reference(qkv: torch.Tensor, num_heads: int, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+    """What _attn_fwd writes: o (B, L, H*hd) and the base-2 log-sum-exp (B*H, L) of the scaled scores."""
+    B, L, three_d = qkv.shape
+    hd = three_d // (3 * num_heads)
+    q, k, v = qkv.view(B, L, 3 * num_heads, hd).split(num_heads, dim=2)
+    if cos is not None:
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+    wide = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    s = torch.einsum("blhd,bmhd->bhlm", q.to(wide), k.to(wide)) * hd ** -0.5
+    lse = torch.logsumexp(s, -1)
+    o = torch.einsum("bhlm,bmhd->blhd", torch.exp(s - lse[..., None]), v.to(wide))
+    return o.reshape(B, L, num_heads * hd).to(qkv.dtype), (lse / math.log(2.0)).reshape(B * num_heads, L)
 
 
 def attention_backward_reference(q, k, v, o, do, lse_natural):
@@ -305,33 +383,67 @@ def attention_backward_reference(q, k, v, o, do, lse_natural):
 
 
 def rope_backward_reference(d_rot: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Gradient w.r.t. the un-rotated tensor given the gradient w.r.t. the rotated one ((B, L, H, hd); (L, hd) tables)."""
+    """Gradient w.r.t. the un-rotated tensor given the gradient w.r.t. the rotated one ((B, L, H, hd); (L, hd)
+    tables): the transposed rotation, (d1, d2) -> (d1 cos + d2 sin, d2 cos - d1 sin)."""
     half = d_rot.shape[-1] // 2
-    c, s = cos[:, None, :half], sin[:, None, :half]
+    c, s = cos[:, None, :half].to(d_rot.dtype), sin[:, None, :half].to(d_rot.dtype)
     d1, d2 = d_rot[..., :half], d_rot[..., half:]
     return torch.cat((d1 * c + d2 * s, d2 * c - d1 * s), dim=-1)
+
+
+def attention_backward_transcription(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse2: torch.Tensor,
+                                     num_heads: int, cos, sin) -> torch.Tensor:
+    """What attention_bwd writes, in the packed layouts: d qkv (B, L, 3*H*hd) w.r.t. the UN-rotated projection,
+    from dO (B, L, H*hd), o and the base-2 lse (B*H, L), computed in float64 when given float64, else fp32."""
+    B, L, three_d = qkv.shape
+    hd = three_d // (3 * num_heads)
+    wide = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    q, k, v = qkv.view(B, L, 3 * num_heads, hd).split(num_heads, dim=2)
+    if cos is not None:
+        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+    shape = (B, L, num_heads, hd)
+    lse = (lse2.to(wide) * math.log(2.0)).view(B, num_heads, L)
+    dq, dk, dv = attention_backward_reference(q.to(wide), k.to(wide), v.to(wide), o.view(shape).to(wide),
+                                              do.view(shape).to(wide), lse)
+    if cos is not None:
+        dq, dk = rope_backward_reference(dq, cos, sin), rope_backward_reference(dk, cos, sin)
+    return torch.cat((dq, dk, dv), dim=2).reshape(B, L, three_d).to(qkv.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- AOT specs
 
 
-def aot_specs(arch: int = 90, dtype: str = "bf16") -> list[dict]:
+def _signatures(dtype: str) -> dict:
+    act = f"*{dtype}"
+    bwd = {"qkv_ptr": act, "do_ptr": act, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dqkv_ptr": act,
+           "cos_ptr": "*fp32", "sin_ptr": "*fp32", "L": "i32", "H": "i32", "qk_scale": "fp32", "sm_scale": "fp32"}
+    return {
+        "fwd": {"qkv_ptr": act, "o_ptr": act, "lse_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
+                "L": "i32", "H": "i32", "qk_scale": "fp32"},
+        "dkdv": bwd, "dq": bwd,
+        "preprocess": {"o_ptr": act, "do_ptr": act, "delta_ptr": "*fp32", "L": "i32", "H": "i32"},
+    }
+
+
+def aot_specs(arch: int = 90, dtype: str = "bf16", seq_lens=PRESET_SEQ_LENS, head_dim: int = PRESET_HEAD_DIM,
+              table: dict | None = None) -> list[dict]:
+    """Every attention kernel at every launch config the presets use (bf16, RoPE on), for kernels/aot.py.
+    `table` overrides the per-phase tiles ({phase: (BLOCK_M, BLOCK_N, warps, stages)}) to try candidates."""
+    kernels = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
+    sigs = _signatures(dtype)
     specs = []
-    fwd_sig = {"qkv_ptr": f"*{dtype}", "o_ptr": f"*{dtype}", "lse_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
-               "L": "i32", "H": "i32", "qk_scale": "fp32"}
-    bwd_sig = {"qkv_ptr": f"*{dtype}", "do_ptr": f"*{dtype}", "lse_ptr": "*fp32", "delta_ptr": "*fp32",
-               "dqkv_ptr": f"*{dtype}", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "L": "i32", "H": "i32",
-               "qk_scale": "fp32", "sm_scale": "fp32"}
-    for L in (97, 916):
-        cfg = attention_config(L, arch)
-        for label, fn, sig, phase in (("attn_fwd", _attn_fwd, fwd_sig, "fwd"), ("attn_bwd_dkdv", _attn_bwd_dkdv, bwd_sig, "dkdv"),
-                                      ("attn_bwd_dq", _attn_bwd_dq, bwd_sig, "dq")):
-            c = cfg[phase]
-            specs.append({"label": f"{label}[L={L},hd=64]", "fn": fn, "signature": sig,
-                          "constexprs": {"HEAD_DIM": 64, "BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"], "ROPE": True, "IEEE": False},
-                          "num_warps": c["num_warps"], "num_stages": c["num_stages"], "is_matmul": True})
-        specs.append({"label": f"attn_bwd_preprocess[L={L}]", "fn": _attn_bwd_preprocess,
-                      "signature": {"o_ptr": f"*{dtype}", "do_ptr": f"*{dtype}", "delta_ptr": "*fp32", "L": "i32", "H": "i32"},
-                      "constexprs": {"HEAD_DIM": 64, "BLOCK_M": cfg["fwd"]["BLOCK_M"]}, "num_warps": 4, "num_stages": 1,
-                      "is_matmul": False})
+    for L in seq_lens:
+        cfg = attention_config(L, arch, head_dim)
+        for phase in PHASES:
+            c = cfg[phase] if table is None else dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), table[phase]))
+            specs.append({
+                "label": f"attn_{phase}[L={L},hd={head_dim},{c['BLOCK_M']}x{c['BLOCK_N']},{dtype}]", "fn": kernels[phase],
+                "signature": sigs[phase],
+                "constexprs": {"HEAD_DIM": head_dim, "BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"], "ROPE": True,
+                               "IEEE": False},
+                "num_warps": c["num_warps"], "num_stages": c["num_stages"], "is_matmul": True})
+        pre = min(PREPROCESS_BLOCK_M, triton.next_power_of_2(L))
+        specs.append({"label": f"attn_bwd_preprocess[L={L},hd={head_dim},{dtype}]", "fn": _attn_bwd_preprocess,
+                      "signature": sigs["preprocess"], "constexprs": {"HEAD_DIM": head_dim, "BLOCK_M": pre},
+                      "num_warps": 4, "num_stages": 1, "is_matmul": False})
     return specs
