@@ -54,6 +54,34 @@ def _bfs_moves(grid: np.ndarray, start: int, goal: int, n: int) -> np.ndarray:
     return dist
 
 
+def _walk(grid: np.ndarray, dist: np.ndarray, start: int, goal: int, n: int) -> np.ndarray:
+    """The label: from the start, step to the first neighbour (up, down, left, right) one move closer to the goal."""
+    label = grid.copy()
+    cell = start
+    while cell != goal:
+        r, c = divmod(cell, n)
+        for nxt in (cell - n if r > 0 else -1, cell + n if r < n - 1 else -1, cell - 1 if c > 0 else -1, cell + 1 if c < n - 1 else -1):
+            if nxt >= 0 and dist[nxt] == dist[cell] - 1:
+                cell = nxt
+                break
+        if cell != goal:
+            label[cell] = PATH
+    return label
+
+
+def label_path(tokens: np.ndarray, n: int = SIZE) -> np.ndarray:
+    """The label of a maze (n*n tokens with one 'S' and one 'G'): one shortest path marked 'o', with the generator's
+    tie-breaking. Raises ValueError when the goal cannot be reached."""
+    grid = np.asarray(tokens, dtype=np.uint8).reshape(-1)
+    if grid.size != n * n or (grid == START).sum() != 1 or (grid == GOAL).sum() != 1:
+        raise ValueError(f"label_path: expected {n * n} tokens with exactly one start and one goal")
+    start, goal = int(np.argmax(grid == START)), int(np.argmax(grid == GOAL))
+    dist = _bfs_moves(grid, start, goal, n)
+    if dist[start] < 0:
+        raise ValueError("label_path: the goal is not reachable from the start")
+    return _walk(grid, dist, start, goal, n)
+
+
 def _python_generate(count, seed, n, min_walls, max_walls, min_path):
     rng = np.random.default_rng(seed)
     inputs, labels, walls_out, moves_out, attempts = [], [], [], [], 0
@@ -68,16 +96,7 @@ def _python_generate(count, seed, n, min_walls, max_walls, min_path):
         if dist[start] <= min_path:
             continue
         grid[start], grid[goal] = START, GOAL
-        label = grid.copy()
-        cell = start
-        while cell != goal:
-            r, c = divmod(cell, n)
-            for nxt in (cell - n if r > 0 else -1, cell + n if r < n - 1 else -1, cell - 1 if c > 0 else -1, cell + 1 if c < n - 1 else -1):
-                if nxt >= 0 and dist[nxt] == dist[cell] - 1:
-                    cell = nxt
-                    break
-            if cell != goal:
-                label[cell] = PATH
+        label = _walk(grid, dist, start, goal, n)
         inputs.append(grid)
         labels.append(label)
         walls_out.append(walls)
