@@ -358,6 +358,11 @@ def _published(model: dict, data: dict, train: dict) -> dict:
 
 _SUDOKU_TRAIN = dict(weight_decay=1.0, puzzle_emb_lr=1e-4, puzzle_emb_weight_decay=1.0, epochs=50000, eval_interval=5000)
 _ARC_TRAIN = dict(weight_decay=0.1, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1, epochs=100000, eval_interval=10000)
+# HRM as published: T = H_cycles 2, n = L_cycles 2, 4 + 4 attention blocks with RoPE, one puzzle token, Q-continue loss
+_HRM_MODEL = dict(arch="hrm", T=2, n=2, hrm_high_blocks=4, hrm_low_blocks=4, mixer="attention", pos_encoding="rope",
+                  puzzle_emb_len=1, act_continue=True)
+_HRM_SUDOKU_TRAIN = dict(weight_decay=1.0, puzzle_emb_lr=1e-4, puzzle_emb_weight_decay=1.0, epochs=20000,
+                         eval_interval=2000, ema=False)
 
 PRESETS: dict[str, dict] = {
     "sudoku-mlp": {
@@ -385,11 +390,27 @@ PRESETS: dict[str, dict] = {
         "config": _published(dict(vocab_size=12, seq_len=900, n=4, mixer="attention", pos_encoding="rope"),
                              dict(path="data/arc2concept-aug-1000"), _ARC_TRAIN),
     },
+    # ---- HRM (sapientinc/HRM: config/arch/hrm_v1.yaml, config/cfg_pretrain.yaml and its README's full-scale runs;
+    # no EMA in HRM's training) ----
     "hrm-sudoku": {
         "about": "HRM (two 4-block networks, 1-step gradient, Q-learning halting) on Sudoku-Extreme (published: 55.0%)",
-        "config": _published(dict(vocab_size=11, seq_len=81, T=2, n=2, mixer="attention", pos_encoding="rope",
-                                  arch="hrm", hrm_high_blocks=4, hrm_low_blocks=4, puzzle_emb_len=1, act_continue=True),
-                             dict(path="data/sudoku-extreme-1k-aug-1000"), _SUDOKU_TRAIN),
+        "config": _published(dict(vocab_size=11, seq_len=81, **_HRM_MODEL), dict(path="data/sudoku-extreme-1k-aug-1000"),
+                             _HRM_SUDOKU_TRAIN),
+    },
+    "hrm-maze": {
+        "about": "HRM on Maze-Hard 30x30 (published: 74.5% exact)",
+        "config": _published(dict(vocab_size=6, seq_len=900, **_HRM_MODEL), dict(path="data/maze-30x30-hard-1k"),
+                             _HRM_SUDOKU_TRAIN),
+    },
+    "hrm-arc1": {
+        "about": "HRM on ARC-AGI-1 + ConceptARC (published: 40.3% pass@2)",
+        "config": _published(dict(vocab_size=12, seq_len=900, **_HRM_MODEL), dict(path="data/arc1concept-aug-1000"),
+                             dict(_ARC_TRAIN, ema=False)),
+    },
+    "hrm-arc2": {
+        "about": "HRM on ARC-AGI-2 + ConceptARC (published: 5.0% pass@2)",
+        "config": _published(dict(vocab_size=12, seq_len=900, **_HRM_MODEL), dict(path="data/arc2concept-aug-1000"),
+                             dict(_ARC_TRAIN, ema=False)),
     },
     # ---- small presets for CPU demos and tests (generated data, built on first use) ----
     "sudoku4-tiny": {
