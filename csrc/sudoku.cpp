@@ -1,14 +1,22 @@
-// Native 9x9 Sudoku engine: a DPLL solver with constraint propagation (naked singles, hidden singles, locked
-// candidates "pointing/claiming" i.e. box-line triads) that counts solutions up to a limit and counts guesses
-// (branch decisions) to the first solution, the difficulty measure of the published Sudoku-Extreme `rating`
-// (our own solver: counts are comparable in kind, not identical to the published tool's numbers); and a generator
-// that hill-climbs unique-solution puzzles toward high guess counts.
+// Native 9x9 Sudoku engine (module trm_fast._sudoku).
 //
-// Batch functions take and return numpy arrays and release the GIL.
+// Solver: DPLL with propagation by naked singles, hidden singles and locked candidates (box/line intersections,
+// both directions), branching on the cell with fewest candidates (first in row-major order). Guesses are counted
+// as tdoku counts them (the published Sudoku-Extreme `rating`): one binary decision asserts the lowest remaining
+// digit (+1 guess); if the search goes on the digit is negated for free, and if the cell still has a choice after
+// propagation it is branched again (+1). The count reported is the number of guesses made until the first
+// solution. trm_fast/data/sudoku.py (_Rater) is the line-by-line reference of this algorithm: same solutions,
+// counts and guess counts. Propagation rules are monotone, so the fixed point does not depend on their order.
+//
+// Also: canonical forms of solved grids under the symmetry group (see canonical_form in sudoku.py), and a
+// generator that hill-climbs unique-solution puzzles toward a target guess count. Batch functions take and
+// return numpy arrays, release the GIL and split the work over threads.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -20,10 +28,15 @@ namespace {
 constexpr int N = 81;
 constexpr uint16_t ALL = 0x1FF;
 
+struct Intersection {
+  int common[3], box_rest[6], line_rest[6];
+};
+
 struct Tables {
   int units[27][9];
-  int cell_units[N][3];
   int peers[N][20];
+  Intersection inter[54];
+  std::vector<std::array<uint8_t, 9>> column_orders;  // the 1296 stack/column permutations
   Tables() {
     for (int i = 0; i < 9; ++i)
       for (int j = 0; j < 9; ++j) {
@@ -32,17 +45,42 @@ struct Tables {
         units[18 + i][j] = (i / 3 * 3 + j / 3) * 9 + (i % 3 * 3 + j % 3);  // boxes
       }
     for (int c = 0; c < N; ++c) {
-      int r = c / 9, k = c % 9, b = r / 3 * 3 + k / 3;
-      cell_units[c][0] = r;
-      cell_units[c][1] = 9 + k;
-      cell_units[c][2] = 18 + b;
-      int n = 0;
+      int r = c / 9, k = c % 9, b = r / 3 * 3 + k / 3, n = 0;
       for (int o = 0; o < N; ++o) {
         if (o == c) continue;
         int orow = o / 9, ocol = o % 9, obox = orow / 3 * 3 + ocol / 3;
         if (orow == r || ocol == k || obox == b) peers[c][n++] = o;
       }
     }
+    int n = 0;
+    for (int b = 0; b < 9; ++b)
+      for (int line = 0; line < 18; ++line) {
+        const int* box = units[18 + b];
+        const int* ln = units[line];
+        int nc = 0, nb = 0, nl = 0;
+        Intersection x{};
+        for (int i = 0; i < 9; ++i) {
+          bool on_line = std::find(ln, ln + 9, box[i]) != ln + 9;
+          if (on_line) x.common[nc++] = box[i]; else if (nb < 6) x.box_rest[nb++] = box[i];
+        }
+        if (nc != 3) continue;
+        for (int i = 0; i < 9; ++i)
+          if (std::find(box, box + 9, ln[i]) == box + 9) x.line_rest[nl++] = ln[i];
+        inter[n++] = x;
+      }
+    int perm[3] = {0, 1, 2};
+    std::vector<std::array<int, 3>> perms;
+    do perms.push_back({perm[0], perm[1], perm[2]}); while (std::next_permutation(perm, perm + 3));
+    for (auto& outer : perms)
+      for (auto& a : perms)
+        for (auto& b : perms)
+          for (auto& c : perms) {
+            const std::array<int, 3>* inner[3] = {&a, &b, &c};
+            std::array<uint8_t, 9> order;
+            for (int g = 0; g < 3; ++g)
+              for (int i = 0; i < 3; ++i) order[g * 3 + i] = static_cast<uint8_t>(outer[g] * 3 + (*inner[g])[i]);
+            column_orders.push_back(order);
+          }
   }
 };
 const Tables T;
@@ -66,15 +104,14 @@ struct State {
   std::array<uint16_t, N> cand;
   std::array<uint8_t, N> spread{};  // 1 once a fixed cell's digit has been removed from its peers
 
-  // Removes candidates until a fixed point; false on a contradiction.
+  // Eliminates until nothing changes; false on a contradiction.
   bool propagate() {
-    bool changed = true;
-    while (changed) {
-      changed = false;
+    while (true) {
+      bool changed = false;
       for (int c = 0; c < N; ++c) {  // naked singles
         uint16_t m = cand[c];
         if (!m) return false;
-        if (!spread[c] && popcount(m) == 1) {
+        if (!spread[c] && !(m & (m - 1))) {
           spread[c] = 1;
           for (int p : T.peers[c]) {
             if (cand[p] & m) {
@@ -98,43 +135,27 @@ struct State {
             if ((cand[c] & bit) && cand[c] != bit) { cand[c] = bit; changed = true; }
         }
       }
-      if (changed) continue;  // the box-line rule only when singles stall: it is the expensive one
-      for (int b = 0; b < 9; ++b) {  // locked candidates: box-line triads
-        for (int d = 0; d < 9; ++d) {
-          uint16_t bit = 1 << d;
-          int row = -1, col = -1, n = 0;
-          bool one_row = true, one_col = true, placed = false;
-          for (int c : T.units[18 + b]) {
-            if (!(cand[c] & bit)) continue;
-            if (cand[c] == bit) { placed = true; break; }  // the digit is already fixed in this box
-            ++n;
-            if (row < 0) { row = c / 9; col = c % 9; }
-            one_row &= (c / 9 == row);
-            one_col &= (c % 9 == col);
-          }
-          if (placed || n < 2) continue;
-          for (int line_kind = 0; line_kind < 2; ++line_kind) {
-            if (!(line_kind == 0 ? one_row : one_col)) continue;
-            const int* line = T.units[line_kind == 0 ? row : 9 + col];
-            for (int i = 0; i < 9; ++i) {
-              int c = line[i];
-              bool in_box = (c / 27 * 3 + (c % 9) / 3) == b;
-              if (!in_box && (cand[c] & bit) && popcount(cand[c]) > 1) {
-                cand[c] &= ~bit;
-                changed = true;
-              }
+      if (changed) continue;  // locked candidates only when singles stall: they are the expensive rule
+      for (const Intersection& x : T.inter) {
+        uint16_t inside = cand[x.common[0]] | cand[x.common[1]] | cand[x.common[2]], in_box = 0, in_line = 0;
+        for (int i = 0; i < 6; ++i) { in_box |= cand[x.box_rest[i]]; in_line |= cand[x.line_rest[i]]; }
+        // digits the box can place only on this line leave the rest of the line, and vice versa
+        for (int side = 0; side < 2; ++side) {
+          uint16_t only = inside & ~(side == 0 ? in_box : in_line);
+          if (!only) continue;
+          const int* rest = side == 0 ? x.line_rest : x.box_rest;
+          for (int i = 0; i < 6; ++i) {
+            uint16_t& m = cand[rest[i]];
+            if (m & only) {
+              m &= ~only;
+              if (!m) return false;
+              changed = true;
             }
           }
         }
       }
+      if (!changed) return true;
     }
-    return true;
-  }
-
-  bool solved() const {
-    for (uint16_t m : cand)
-      if (popcount(m) != 1) return false;
-    return true;
   }
 };
 
@@ -143,9 +164,9 @@ struct Search {
   int solutions = 0;
   long long guesses = 0, guesses_to_first = -1;
   std::array<uint16_t, N> first{};
-  Rng* rng = nullptr;  // random digit order (generation); deterministic ascending order otherwise
+  Rng* rng = nullptr;  // random digit choice (random full grids); lowest digit otherwise
 
-  void run(State s) {
+  void run(State& s) {
     if (solutions >= limit || !s.propagate()) return;
     int best = -1, best_n = 10;
     for (int c = 0; c < N; ++c) {
@@ -157,15 +178,26 @@ struct Search {
       ++solutions;
       return;
     }
-    int digits[9], n = 0;
-    for (uint16_t m = s.cand[best]; m; m &= m - 1) digits[n++] = lowbit_digit(m);
-    if (rng)
-      for (int i = n - 1; i > 0; --i) std::swap(digits[i], digits[rng->below(i + 1)]);
-    for (int i = 0; i < n && solutions < limit; ++i) {
-      ++guesses;
-      State next = s;
-      next.cand[best] = 1 << digits[i];
-      run(next);
+    branch(s, best);
+  }
+
+  void branch(State& s, int cell) {
+    while (true) {
+      uint16_t m = s.cand[cell], bit = m & -m;
+      if (rng) {  // a random candidate instead of the lowest
+        int k = rng->below(popcount(m));
+        for (int i = 0; i < k; ++i) m &= m - 1;
+        bit = m & -m;
+      }
+      ++guesses;  // assert the digit
+      State child = s;
+      child.cand[cell] = bit;
+      run(child);
+      if (solutions >= limit) return;
+      s.cand[cell] &= ~bit;  // its negation is free
+      if (!s.propagate()) return;
+      if (popcount(s.cand[cell]) == 1) { run(s); return; }
+      // still a choice: branch on the same cell again
     }
   }
 };
@@ -186,15 +218,61 @@ bool givens_consistent(const uint8_t* grid) {
   return true;
 }
 
-// (solution count up to limit, guesses to the first solution; -1 when unsolvable) and the first solution.
+// (solution count up to limit, guesses until the first solution; -1 when unsolvable) and the first solution.
 std::pair<int, long long> solve_one(const uint8_t* grid, int limit, uint8_t* solution, Rng* rng = nullptr) {
   if (!givens_consistent(grid)) return {0, -1};
   Search search{limit};
   search.rng = rng;
-  search.run(from_grid(grid));
+  State s = from_grid(grid);
+  search.run(s);
   if (search.solutions && solution)
     for (int c = 0; c < N; ++c) solution[c] = lowbit_digit(search.first[c]) + 1;
   return {search.solutions, search.guesses_to_first};
+}
+
+// Canonical form of a solved grid (see canonical_form in sudoku.py): relabel so the first row is 1..9, then the
+// smallest row-major grid over transposition x first-row source x column order, the other rows forced by sorting.
+void canonical(const uint8_t* grid, uint8_t* out) {
+  uint32_t best[8];
+  bool have = false;
+  uint8_t g[N];
+  for (int t = 0; t < 2; ++t) {
+    for (int c = 0; c < N; ++c) g[c] = t ? grid[(c % 9) * 9 + c / 9] : grid[c];
+    for (const auto& order : T.column_orders) {
+      for (int first = 0; first < 9; ++first) {
+        uint8_t relabel[10];
+        for (int j = 0; j < 9; ++j) relabel[g[first * 9 + order[j]]] = static_cast<uint8_t>(j + 1);
+        uint32_t keys[9];
+        for (int r = 0; r < 9; ++r) {
+          uint32_t k = 0;
+          for (int j = 0; j < 9; ++j) k = k * 10 + relabel[g[r * 9 + order[j]]];
+          keys[r] = k;
+        }
+        uint32_t cand[8];
+        int band = first / 3, n = 0;
+        for (int r = band * 3; r < band * 3 + 3; ++r)
+          if (r != first) cand[n++] = keys[r];
+        if (cand[0] > cand[1]) std::swap(cand[0], cand[1]);
+        uint32_t others[2][3];
+        for (int b = 0, k = 0; b < 3; ++b) {
+          if (b == band) continue;
+          std::copy(keys + b * 3, keys + b * 3 + 3, others[k]);
+          std::sort(others[k], others[k] + 3);
+          ++k;
+        }
+        int lo = others[0][0] < others[1][0] ? 0 : 1;
+        std::copy(others[lo], others[lo] + 3, cand + 2);
+        std::copy(others[1 - lo], others[1 - lo] + 3, cand + 5);
+        if (!have || std::lexicographical_compare(cand, cand + 8, best, best + 8)) {
+          std::copy(cand, cand + 8, best);
+          have = true;
+        }
+      }
+    }
+  }
+  for (int j = 0; j < 9; ++j) out[j] = static_cast<uint8_t>(j + 1);
+  for (int r = 0; r < 8; ++r)
+    for (int j = 8, k = best[r]; j >= 0; --j, k /= 10) out[(r + 1) * 9 + j] = static_cast<uint8_t>(k % 10);
 }
 
 template <typename F>
@@ -207,14 +285,15 @@ void parallel_for(int count, int threads, F fn) {
   for (auto& th : pool) th.join();
 }
 
-// Hill-climbing toward more guesses: move one clue to another cell of the solution, keep the change when the
-// puzzle stays unique and its guess count does not drop, then drop clues that uniqueness does not need.
-void make_hard(Rng& rng, int iterations, uint8_t* puzzle, uint8_t* solution, long long* guesses_out) {
+// Search for hard puzzles (simulated annealing on the guess count): from a random full grid and a minimal unique
+// puzzle, a move takes one clue to another cell of the solution and, half the time, removes one more clue; one
+// limit-2 solve tells uniqueness and the guess count together. Unique moves that do not lower the count are kept,
+// lower ones with probability exp(-drop / temperature); the hardest puzzle seen is returned (minimised when
+// that does not lower its count). Stops after
+// `iterations` moves or once a puzzle reaches `target` guesses.
+void make_hard(Rng& rng, int iterations, long long target, double temperature, uint8_t* puzzle, uint8_t* solution, long long* guesses_out) {
   uint8_t empty[N] = {0};
   solve_one(empty, 1, solution, &rng);  // a random full grid
-  uint8_t p[N];
-  for (int c = 0; c < N; ++c) p[c] = solution[c];
-  auto unique = [&](const uint8_t* g) { return solve_one(g, 2, nullptr).first == 1; };
   auto minimise = [&](uint8_t* g) {
     int order[N];
     for (int c = 0; c < N; ++c) order[c] = c;
@@ -223,38 +302,58 @@ void make_hard(Rng& rng, int iterations, uint8_t* puzzle, uint8_t* solution, lon
       if (!g[c]) continue;
       uint8_t keep = g[c];
       g[c] = 0;
-      if (!unique(g)) g[c] = keep;
+      if (solve_one(g, 2, nullptr).first != 1) g[c] = keep;
     }
   };
-  minimise(p);
-  long long best = solve_one(p, 1, nullptr).second;
-  for (int it = 0; it < iterations; ++it) {
+  uint8_t cur[N], best[N];
+  for (int c = 0; c < N; ++c) cur[c] = solution[c];
+  minimise(cur);
+  long long cur_g = solve_one(cur, 1, nullptr).second, best_g = cur_g;
+  std::copy(cur, cur + N, best);
+  for (int it = 0; it < iterations && best_g < target; ++it) {
     uint8_t q[N];
-    for (int c = 0; c < N; ++c) q[c] = p[c];
+    std::copy(cur, cur + N, q);
     int given[N], blank[N], ng = 0, nb = 0;
     for (int c = 0; c < N; ++c) (q[c] ? given[ng++] : blank[nb++]) = c;
-    if (!ng || !nb) break;
-    q[given[rng.below(ng)]] = 0;
+    if (ng < 2 || !nb) break;
+    int drop = rng.below(ng);
+    q[given[drop]] = 0;
     int add = blank[rng.below(nb)];
     q[add] = solution[add];
-    if (!unique(q)) continue;
-    minimise(q);
-    long long g = solve_one(q, 1, nullptr).second;
-    if (g >= best) {
-      best = g;
-      for (int c = 0; c < N; ++c) p[c] = q[c];
+    if (rng.below(2)) {  // and one clue fewer
+      int other = given[rng.below(ng)];
+      if (other != given[drop]) q[other] = 0;
     }
+    auto [n, g] = solve_one(q, 2, nullptr);
+    if (n != 1) continue;
+    double accept = g >= cur_g ? 1.0 : (temperature > 0 ? std::exp(static_cast<double>(g - cur_g) / temperature) : 0.0);
+    if (static_cast<double>(rng.next() >> 11) * 0x1.0p-53 >= accept) continue;
+    std::copy(q, q + N, cur);
+    cur_g = g;
+    if (g > best_g) { best_g = g; std::copy(q, q + N, best); }
   }
-  for (int c = 0; c < N; ++c) puzzle[c] = p[c];
-  *guesses_out = best;
+  uint8_t minimal[N];  // without the clues uniqueness does not need, unless that makes it easier
+  std::copy(best, best + N, minimal);
+  minimise(minimal);
+  long long minimal_g = solve_one(minimal, 1, nullptr).second;
+  if (minimal_g >= best_g) { std::copy(minimal, minimal + N, best); best_g = minimal_g; }
+  for (int c = 0; c < N; ++c) puzzle[c] = best[c];
+  *guesses_out = best_g;
+}
+
+using Grids = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+int check_grids(const Grids& grids, const char* fn) {
+  if (grids.ndim() != 2 || grids.shape(1) != N)
+    throw std::invalid_argument(std::string(fn) + ": grids must have shape (count, 81) with digits 0-9");
+  return static_cast<int>(grids.shape(0));
 }
 
 }  // namespace
 
-static py::tuple solve_batch(py::array_t<uint8_t, py::array::c_style | py::array::forcecast> puzzles, int limit, int threads) {
-  if (puzzles.ndim() != 2 || puzzles.shape(1) != N) throw std::invalid_argument("solve_batch: puzzles must be (count, 81) digits 0-9");
+static py::tuple solve_batch(Grids puzzles, int limit, int threads) {
+  int count = check_grids(puzzles, "solve_batch");
   if (limit < 1 || threads < 1) throw std::invalid_argument("solve_batch: limit and threads must be >= 1");
-  int count = static_cast<int>(puzzles.shape(0));
   py::array_t<uint8_t> solutions({count, N});
   py::array_t<int32_t> counts(count);
   py::array_t<int64_t> guesses(count);
@@ -274,19 +373,47 @@ static py::tuple solve_batch(py::array_t<uint8_t, py::array::c_style | py::array
   return py::make_tuple(solutions, counts, guesses);
 }
 
-static py::tuple generate_hard(int count, uint64_t seed, int iterations, int threads) {
+static py::array_t<uint8_t> canonical_batch(Grids grids, int threads) {
+  int count = check_grids(grids, "canonical_batch");
+  if (threads < 1) throw std::invalid_argument("canonical_batch: threads must be >= 1");
+  const uint8_t* in = grids.data();
+  for (int i = 0; i < count; ++i) {  // solved grids only: every row a permutation of 1..9
+    for (int r = 0; r < 9; ++r) {
+      uint16_t seen = 0;
+      for (int j = 0; j < 9; ++j) {
+        uint8_t d = in[i * N + r * 9 + j];
+        if (d >= 1 && d <= 9) seen |= 1 << (d - 1);
+      }
+      if (seen != ALL) throw std::invalid_argument("canonical_batch: grid " + std::to_string(i) + " is not a solved grid");
+    }
+  }
+  py::array_t<uint8_t> out({count, N});
+  uint8_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    parallel_for(count, threads, [&](int i) { canonical(in + i * N, o + i * N); });
+  }
+  return out;
+}
+
+static py::tuple generate_hard(int count, uint64_t seed, int iterations, int threads,
+                               py::array_t<int64_t, py::array::c_style | py::array::forcecast> targets,
+                               double temperature) {
   if (count < 0 || iterations < 0 || threads < 1) throw std::invalid_argument("generate_hard: bad arguments");
+  if (targets.size() != 0 && targets.size() != count)
+    throw std::invalid_argument("generate_hard: targets must be empty or hold one guess count per puzzle");
   py::array_t<uint8_t> puzzles({count, N}), solutions({count, N});
   py::array_t<int64_t> guesses(count);
   uint8_t* p = puzzles.mutable_data();
   uint8_t* s = solutions.mutable_data();
   int64_t* g = guesses.mutable_data();
+  const int64_t* tg = targets.size() ? targets.data() : nullptr;
   {
     py::gil_scoped_release release;
     parallel_for(count, threads, [&](int i) {
       Rng rng(seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(i) * 0xD1B54A32D192ED03ULL + 7);
       long long best;
-      make_hard(rng, iterations, p + i * N, s + i * N, &best);
+      make_hard(rng, iterations, tg ? tg[i] : INT64_MAX, temperature, p + i * N, s + i * N, &best);
       g[i] = best;
     });
   }
@@ -294,9 +421,13 @@ static py::tuple generate_hard(int count, uint64_t seed, int iterations, int thr
 }
 
 PYBIND11_MODULE(_sudoku, m) {
-  m.doc() = "Native 9x9 Sudoku engine: DPLL with singles and box-line triads, guess counting, hard generation";
+  m.doc() = "Native 9x9 Sudoku engine: DPLL with singles and locked candidates, tdoku-style guess counting, "
+            "canonical forms, hard-puzzle generation";
   m.def("solve_batch", &solve_batch, py::arg("puzzles"), py::arg("limit") = 2, py::arg("threads") = 1,
-        "(solutions, solution counts up to limit, guesses to the first solution (-1 if none))");
+        "(solutions, solution counts up to limit, guesses until the first solution (-1 if none))");
+  m.def("canonical_batch", &canonical_batch, py::arg("grids"), py::arg("threads") = 1,
+        "canonical forms (count, 81) of solved grids under the Sudoku symmetry group");
   m.def("generate_hard", &generate_hard, py::arg("count"), py::arg("seed"), py::arg("iterations") = 300,
-        py::arg("threads") = 1, "(puzzles, solutions, guesses): unique-solution puzzles hill-climbed toward many guesses");
+        py::arg("threads") = 1, py::arg("targets") = py::array_t<int64_t>(0), py::arg("temperature") = 0.0,
+        "(puzzles, solutions, guesses): unique-solution puzzles hill-climbed toward a guess count per puzzle");
 }

@@ -36,69 +36,107 @@ def _download(filename: str) -> str:
                          "offline? pass --source path/to/the.csv") from None
 
 
-def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = True) -> tuple[list, dict]:
-    """(list of (puzzle, solution) 9x9 int grids, counts) from a published-format CSV."""
-    from trm_fast.data.sudoku import count_solutions, is_valid_solution
+def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = True, min_difficulty: int | None = None,
+                    threads: int = 1) -> tuple[list, dict]:
+    """(list of (puzzle, solution) 9x9 int grids, counts) from a published-format CSV (`source,q,a,rating`).
 
-    rows, counts = [], {"read": 0, "skipped": 0}
+    Every row is checked: field count, 81 characters of '.' or digits (q) / digits 1-9 (a), a rating that is an
+    integer; with check_solution also that a solves q and that q's solution is unique (the native engine, in
+    parallel; the pure-Python solver otherwise). A bad row raises ValueError naming file and line, or with
+    skip_bad is skipped and counted. Rows rated below min_difficulty are left out (as the published builder does)."""
+    from trm_fast.data.sudoku import is_valid_solution, solve_and_rate
+
+    allowed_q, allowed_a = set(".0123456789"), set("123456789")
+    rows, lines, counts = [], [], {"read": 0, "skipped": 0, "below_min_difficulty": 0}
+
+    def bad(line_no: int, what: str) -> None:
+        if not skip_bad:
+            raise ValueError(f"{path}:{line_no}: {what}")
+        counts["skipped"] += 1
+
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:3]] != ["source", "q", "a"]:
             raise ValueError(f"{path}:1: expected the header 'source,q,a,rating', got {header!r}")
-        for line_no, row in enumerate(tqdm(reader, desc=os.path.basename(path), leave=False), start=2):
-            try:
-                if len(row) < 3:
-                    raise ValueError(f"expected at least 3 fields, got {len(row)}")
-                grids = []
-                for name, text in (("q", row[1]), ("a", row[2])):
-                    if len(text) != 81:
-                        raise ValueError(f"field {name} has {len(text)} characters, expected 81")
-                    bad = [c for c in text if c not in ".0123456789"]
-                    if bad:
-                        raise ValueError(f"field {name} has a bad character {bad[0]!r}")
-                    grids.append(np.array([0 if c in ".0" else int(c) for c in text], dtype=np.int64).reshape(9, 9))
-                puzzle, solution = grids
-                if check_solution and not is_valid_solution(puzzle, solution):
-                    raise ValueError("field a is not a valid solution of field q")
-                if check_solution and count_solutions(puzzle, 2) != 1:
-                    raise ValueError("the puzzle has no unique solution")
-            except ValueError as exc:
-                if not skip_bad:
-                    raise ValueError(f"{path}:{line_no}: {exc}") from None
-                counts["skipped"] += 1
+        for line_no, row in enumerate(tqdm(reader, desc=os.path.basename(path), leave=False, unit=" rows"), start=2):
+            if len(row) != len(header):
+                bad(line_no, f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
                 continue
-            rows.append((puzzle, solution))
-            counts["read"] += 1
+            q, a = row[1], row[2]
+            problem = None
+            for name, text, allowed in (("q", q, allowed_q), ("a", a, allowed_a)):
+                if len(text) != 81:
+                    problem = f"field {name} has {len(text)} characters, expected 81"
+                    break
+                wrong = next((i for i, ch in enumerate(text) if ch not in allowed), None)
+                if wrong is not None:
+                    problem = f"field {name} has a bad character {text[wrong]!r} at position {wrong + 1}"
+                    break
+            if problem is None and len(row) > 3:
+                try:
+                    rating = int(row[3])
+                except ValueError:
+                    problem = f"field rating {row[3]!r} is not an integer"
+                else:
+                    if min_difficulty is not None and rating < min_difficulty:
+                        counts["below_min_difficulty"] += 1
+                        continue
+            if problem is not None:
+                bad(line_no, problem)
+                continue
+            puzzle = (np.frombuffer(q.replace(".", "0").encode(), dtype=np.uint8) - ord("0")).astype(np.int64)
+            solution = (np.frombuffer(a.encode(), dtype=np.uint8) - ord("0")).astype(np.int64)
+            rows.append((puzzle.reshape(9, 9), solution.reshape(9, 9)))
+            lines.append(line_no)
+    if check_solution and rows:
+        rated = solve_and_rate(np.stack([p for p, _ in rows]), limit=2, threads=threads)
+        keep = []
+        for i, ((puzzle, solution), line_no) in enumerate(zip(rows, lines)):
+            if rated["counts"][i] != 1:
+                bad(line_no, "the puzzle has no solution" if rated["counts"][i] == 0 else "the puzzle has no unique solution")
+            elif not is_valid_solution(puzzle, solution):
+                bad(line_no, "field a is not a valid solution of field q")
+            else:
+                keep.append((puzzle, solution))
+        rows = keep
+    counts["read"] = len(rows)
     return rows, counts
 
 
 def build_sudoku(args) -> dict:
     from trm_fast.data.sudoku import generate_sudoku_dataset, write_sudoku_dataset
 
+    threads = getattr(args, "threads", 0) or os.cpu_count() or 1
     if args.generate:
         return generate_sudoku_dataset(args.out, size=args.size, num_train=args.generate, num_test=args.num_test,
                                        min_blanks=args.min_blanks, max_blanks=args.max_blanks or None,
-                                       aug_per_puzzle=args.aug, seed=args.seed)
+                                       aug_per_puzzle=args.aug, seed=args.seed, hard_iterations=args.hard_iterations,
+                                       threads=threads)
     if args.size != 9:
         raise ValueError("--size applies to --generate; the published CSVs are 9x9")
     if not 0 <= args.aug <= 1000:
         raise ValueError(f"--aug {args.aug}: between 0 and 1000 augmentations per puzzle")
+    if args.source and not os.path.isfile(args.source):
+        raise ValueError(f"--source {args.source!r}: no such file")
     train_path = args.source or _download("train.csv")
     test_path = args.test_source or (os.path.join(os.path.dirname(train_path), "test.csv") if args.source else _download("test.csv"))
-    if not os.path.isfile(train_path):
-        raise ValueError(f"--source {train_path!r}: no such file")
     if not os.path.isfile(test_path):
         raise ValueError(f"test CSV {test_path!r}: no such file (give --test-source)")
-    train, train_counts = read_sudoku_csv(train_path, args.skip_bad, check_solution=not args.no_check)
-    test, test_counts = read_sudoku_csv(test_path, args.skip_bad, check_solution=not args.no_check)
+    read = dict(skip_bad=args.skip_bad, check_solution=not args.no_check, min_difficulty=args.min_difficulty,
+                threads=threads)
+    train, train_counts = read_sudoku_csv(train_path, **read)
+    test, test_counts = read_sudoku_csv(test_path, **read)
+    if not train or not test:
+        raise ValueError(f"no usable rows in {train_path if not train else test_path}")
     if args.subsample:
         rng = np.random.default_rng(args.seed)
         if args.subsample > len(train):
             raise ValueError(f"--subsample {args.subsample} exceeds the {len(train)} training puzzles")
         train = [train[i] for i in sorted(rng.choice(len(train), args.subsample, replace=False))]
     summary = write_sudoku_dataset(args.out, train, test, args.aug, np.random.default_rng(args.seed))
-    summary.update(skipped_bad_rows=train_counts["skipped"] + test_counts["skipped"])
+    summary.update(skipped_bad_rows=train_counts["skipped"] + test_counts["skipped"],
+                   below_min_difficulty=train_counts["below_min_difficulty"] + test_counts["below_min_difficulty"])
     return summary
 
 
@@ -123,19 +161,28 @@ def add_data_subparser(sub) -> None:
     b.add_argument("--num-test", type=int, default=300)
     b.add_argument("--min-blanks", type=int, default=16)
     b.add_argument("--max-blanks", type=int, default=0)
+    b.add_argument("--min-difficulty", type=int, default=None, help="sudoku: keep CSV rows rated at least this")
+    b.add_argument("--hard-iterations", type=int, default=0,
+                   help="sudoku --generate --size 9: search moves per puzzle toward many guesses (0 = minimal puzzles)")
+    b.add_argument("--threads", type=int, default=0, help="native engine threads (0 = every core)")
     p.set_defaults(func=run_data_command)
+
+
+def _builder(module: str, name: str):
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"trm_fast.data.{module}"), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"the {module} dataset builder (trm_fast.data.{module}.{name}) is not available: {exc}") from None
 
 
 def run_data_command(args) -> int:
     if args.dataset == "sudoku":
         summary = build_sudoku(args)
     elif args.dataset == "maze":
-        from trm_fast.data.maze import build_maze
-
-        summary = build_maze(args)
+        summary = _builder("maze", "build_maze")(args)
     else:
-        from trm_fast.data.arc import build_arc
-
-        summary = build_arc(args, args.dataset)
+        summary = _builder("arc", "build_arc")(args, args.dataset)
     print(f"built {args.out}: {json.dumps(summary)}")
     return 0

@@ -7,7 +7,7 @@ Grids are (size, size) int arrays with 0 for a blank. Tokens (TRM_SPEC section 5
 from __future__ import annotations
 
 import itertools
-import math
+import json
 import os
 
 import numpy as np
@@ -24,39 +24,48 @@ def box_shape(size: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------- solver
 
 
+_UNIT_INDEX: dict = {}
+
+
+def _unit_index(size: int) -> list:
+    """(row, column, box) of every cell, row-major."""
+    if size not in _UNIT_INDEX:
+        br, bc = box_shape(size)
+        _UNIT_INDEX[size] = [(r, c, (r // br) * (size // bc) + c // bc) for r in range(size) for c in range(size)]
+    return _UNIT_INDEX[size]
+
+
 class _Board:
     """Bitmask candidate tracking for a backtracking search with most-constrained-cell ordering."""
 
-    def __init__(self, grid: np.ndarray):
-        self.size = grid.shape[0]
-        self.br, self.bc = box_shape(self.size)
-        self.full = (1 << self.size) - 1
-        self.rows = [0] * self.size
-        self.cols = [0] * self.size
-        self.boxes = [0] * self.size
-        self.cells = [int(v) for v in grid.ravel()]
+    def __init__(self, grid):
+        grid = np.asarray(grid)
+        self.size = size = grid.shape[0]
+        self.index = _unit_index(size)
+        self.full = (1 << size) - 1
+        self.rows = [0] * size
+        self.cols = [0] * size
+        self.boxes = [0] * size
+        self.cells = grid.ravel().tolist()
         self.ok = True
         for i, v in enumerate(self.cells):
             if v:
-                r, c = divmod(i, self.size)
+                r, c, b = self.index[i]
                 bit = 1 << (v - 1)
-                b = self.box(r, c)
                 if self.rows[r] & bit or self.cols[c] & bit or self.boxes[b] & bit:
                     self.ok = False
                 self.rows[r] |= bit
                 self.cols[c] |= bit
                 self.boxes[b] |= bit
 
-    def box(self, r: int, c: int) -> int:
-        return (r // self.br) * (self.size // self.bc) + c // self.bc
-
     def count(self, limit: int, solution: list | None) -> int:
         best, best_mask, best_n = -1, 0, self.size + 1
+        rows, cols, boxes, full = self.rows, self.cols, self.boxes, self.full
         for i, v in enumerate(self.cells):
             if v == 0:
-                r, c = divmod(i, self.size)
-                mask = self.full & ~(self.rows[r] | self.cols[c] | self.boxes[self.box(r, c)])
-                n = bin(mask).count("1")
+                r, c, b = self.index[i]
+                mask = full & ~(rows[r] | cols[c] | boxes[b])
+                n = mask.bit_count()
                 if n < best_n:
                     best, best_mask, best_n = i, mask, n
                     if n <= 1:
@@ -67,21 +76,20 @@ class _Board:
             return 1
         if best_n == 0:
             return 0
-        r, c = divmod(best, self.size)
-        b = self.box(r, c)
+        r, c, b = self.index[best]
         total = 0
         mask = best_mask
         while mask:
             bit = mask & -mask
             mask ^= bit
             self.cells[best] = bit.bit_length()
-            self.rows[r] |= bit
-            self.cols[c] |= bit
-            self.boxes[b] |= bit
+            rows[r] |= bit
+            cols[c] |= bit
+            boxes[b] |= bit
             total += self.count(limit - total, solution)
-            self.rows[r] ^= bit
-            self.cols[c] ^= bit
-            self.boxes[b] ^= bit
+            rows[r] ^= bit
+            cols[c] ^= bit
+            boxes[b] ^= bit
             self.cells[best] = 0
             if total >= limit:
                 break
@@ -105,26 +113,35 @@ def solve(grid: np.ndarray) -> np.ndarray | None:
 
 
 def random_solution(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly seeded random solved grid (random digit order at every branch)."""
-    br, bc = box_shape(size)
-    grid = np.zeros((size, size), dtype=np.int64)
+    """A random solved grid: depth-first filling in row-major order, each cell trying digits in its own random
+    order (drawn once per grid)."""
+    index = _unit_index(size)
+    orders = (np.argsort(rng.random((size * size, size)), axis=1) + 1).tolist()
+    rows, cols, boxes = [0] * size, [0] * size, [0] * size
+    cells = [0] * (size * size)
 
     def fill(i: int) -> bool:
         if i == size * size:
             return True
-        r, c = divmod(i, size)
-        b0r, b0c = r // br * br, c // bc * bc
-        used = set(grid[r]) | set(grid[:, c]) | set(grid[b0r:b0r + br, b0c:b0c + bc].ravel())
-        for d in rng.permutation(size) + 1:
-            if d not in used:
-                grid[r, c] = d
+        r, c, b = index[i]
+        used = rows[r] | cols[c] | boxes[b]
+        for d in orders[i]:
+            bit = 1 << (d - 1)
+            if not used & bit:
+                cells[i] = d
+                rows[r] |= bit
+                cols[c] |= bit
+                boxes[b] |= bit
                 if fill(i + 1):
                     return True
-        grid[r, c] = 0
+                rows[r] ^= bit
+                cols[c] ^= bit
+                boxes[b] ^= bit
+        cells[i] = 0
         return False
 
     fill(0)
-    return grid
+    return np.array(cells, dtype=np.int64).reshape(size, size)
 
 
 def make_puzzle(solution: np.ndarray, rng: np.random.Generator, min_blanks: int, max_blanks: int) -> np.ndarray | None:
@@ -159,6 +176,159 @@ def is_valid_solution(puzzle: np.ndarray, solution: np.ndarray) -> bool:
     return all(set(u.tolist()) == want for u in units) and bool(np.all((puzzle == 0) | (puzzle == solution)))
 
 
+# ---------------------------------------------------------------------------------------------- rating (DPLL)
+#
+# The difficulty measure of the published Sudoku-Extreme `rating` is the number of guesses ("backtracks" in the
+# dataset card) tdoku's DPLL solver makes. From tdoku's source (src/solver_dpll_triad_simd.cc): propagation is
+# complete unit propagation over a clause encoding of cells, box minirows/minicolumns ("triads") and band
+# configurations, which covers naked and hidden singles and locked candidates (pointing and claiming); a guess is
+# one binary decision: assert the first remaining alternative of the branching variable (num_guesses += 1), and if
+# the search goes on, negate it; the negated side is free unless more than one alternative remains, in which case
+# the same variable is branched again (another guess). tdoku branches on band configurations of one digit.
+#
+# This engine counts guesses the same way (binary decisions, the last alternative free) with propagation by naked
+# singles, hidden singles and locked candidates in both directions, but it branches on cells (fewest candidates,
+# first in row-major order, digits ascending), so its counts are of the same kind as the published ratings, not
+# equal to them. The reported count is the number of guesses made until the first solution is found (what a
+# search with limit 1 makes). csrc/sudoku.cpp implements exactly this algorithm for 9x9; this transcription is its
+# reference and the fallback when the extension is not built (same solutions, counts and guess counts).
+
+
+class _Rater:
+    """Tables for a size: units, peers, and the box/line intersections locked candidates use."""
+
+    def __init__(self, size: int):
+        br, bc = box_shape(size)
+        self.size, self.all = size, (1 << size) - 1
+        rows = [[r * size + c for c in range(size)] for r in range(size)]
+        cols = [[r * size + c for r in range(size)] for c in range(size)]
+        boxes = [[(r0 + i) * size + c0 + j for i in range(br) for j in range(bc)]
+                 for r0 in range(0, size, br) for c0 in range(0, size, bc)]
+        self.units = rows + cols + boxes
+        self.peers = [sorted({o for u in self.units if c in u for o in u} - {c}) for c in range(size * size)]
+        # (cells of the box on the line, the box's other cells, the line's other cells) for every box x line
+        self.intersections = []
+        for box in boxes:
+            for line in rows + cols:
+                common = [c for c in box if c in line]
+                if len(common) > 1:
+                    self.intersections.append((common, [c for c in box if c not in common],
+                                               [c for c in line if c not in common]))
+
+    def propagate(self, cand: list, spread: list) -> bool:
+        """Eliminates until nothing changes; False on a contradiction."""
+        full = self.all
+        while True:
+            changed = False
+            for c, m in enumerate(cand):  # naked singles
+                if not m:
+                    return False
+                if not spread[c] and m & (m - 1) == 0:
+                    spread[c] = True
+                    for p in self.peers[c]:
+                        if cand[p] & m:
+                            cand[p] &= ~m
+                            if not cand[p]:
+                                return False
+                            changed = True
+            for unit in self.units:  # hidden singles
+                once = twice = 0
+                for c in unit:
+                    twice |= once & cand[c]
+                    once |= cand[c]
+                if once != full:
+                    return False
+                lone = once & ~twice
+                while lone:
+                    bit = lone & -lone
+                    lone ^= bit
+                    for c in unit:
+                        if cand[c] & bit and cand[c] != bit:
+                            cand[c] = bit
+                            changed = True
+            if changed:
+                continue
+            for common, box_rest, line_rest in self.intersections:  # locked candidates, both directions
+                inside = 0
+                for c in common:
+                    inside |= cand[c]
+                in_box = in_line = 0
+                for c in box_rest:
+                    in_box |= cand[c]
+                for c in line_rest:
+                    in_line |= cand[c]
+                for rest, only in ((line_rest, inside & ~in_box), (box_rest, inside & ~in_line)):
+                    if only:  # digits the box (line) can only place here: gone from the rest of the line (box)
+                        for c in rest:
+                            if cand[c] & only:
+                                cand[c] &= ~only
+                                if not cand[c]:
+                                    return False
+                                changed = True
+            if not changed:
+                return True
+
+    def search(self, grid: np.ndarray, limit: int) -> tuple[int, int, list | None]:
+        """(solutions counted up to limit, guesses until the first solution or -1, the first solution)."""
+        size = self.size
+        cand = [self.all if v == 0 else 1 << (int(v) - 1) for v in np.asarray(grid).ravel()]
+        out = {"solutions": 0, "guesses": 0, "first_guesses": -1, "first": None}
+
+        def run(cand, spread):
+            if out["solutions"] >= limit or not self.propagate(cand, spread):
+                return
+            best, best_n = -1, size + 1
+            for c, m in enumerate(cand):
+                n = bin(m).count("1")
+                if 1 < n < best_n:
+                    best, best_n = c, n
+                    if n == 2:
+                        break
+            if best < 0:
+                if out["solutions"] == 0:
+                    out["first"], out["first_guesses"] = list(cand), out["guesses"]
+                out["solutions"] += 1
+                return
+            branch(cand, spread, best)
+
+        def branch(cand, spread, cell):
+            bit = cand[cell] & -cand[cell]
+            out["guesses"] += 1  # assert the lowest digit
+            child = list(cand)
+            child[cell] = bit
+            child_spread = list(spread)
+            run(child, child_spread)
+            if out["solutions"] >= limit:
+                return
+            cand[cell] &= ~bit  # its negation is free
+            if not self.propagate(cand, spread):
+                return
+            if cand[cell] & (cand[cell] - 1):
+                branch(cand, spread, cell)  # still a choice: branch on the same cell again
+            else:
+                run(cand, spread)
+
+        run(cand, [False] * (size * size))
+        first = None if out["first"] is None else [m.bit_length() for m in out["first"]]
+        return out["solutions"], out["first_guesses"], first
+
+
+_RATERS: dict = {}
+
+
+def rate(grid: np.ndarray, limit: int = 2) -> tuple[int, int, np.ndarray | None]:
+    """Pure-Python DPLL of any supported size: (solutions up to limit, guesses until the first solution (-1 if
+    none), first solution or None). Same algorithm and counts as the native engine."""
+    grid = np.asarray(grid)
+    size = grid.shape[0]
+    if size not in _RATERS:
+        _RATERS[size] = _Rater(size)
+    if not _Board(grid).ok:  # contradictory givens
+        return 0, -1, None
+    n, guesses, first = _RATERS[size].search(grid, limit)
+    return n, guesses, None if first is None else np.array(first, dtype=np.int64).reshape(size, size)
+
+
 # ---------------------------------------------------------------------------------------------- symmetries
 
 
@@ -182,6 +352,7 @@ def augment(puzzle: np.ndarray, solution: np.ndarray, rng: np.random.Generator) 
 
 
 def _group_line_orders(n_groups: int, group: int) -> np.ndarray:
+    """Every line order allowed by the boxes: permutations of the groups and of the lines within each group."""
     orders = []
     for outer in itertools.permutations(range(n_groups)):
         for inner in itertools.product(*[list(itertools.permutations(range(group)))] * n_groups):
@@ -189,33 +360,53 @@ def _group_line_orders(n_groups: int, group: int) -> np.ndarray:
     return np.array(orders)
 
 
+_COLUMN_ORDERS: dict = {}
+
+
 def canonical_form(solution: np.ndarray) -> bytes:
-    """A canonical key of a solved grid under the Sudoku symmetry group: the lexicographically smallest grid over
-    all band/row/stack/column permutations (and transposition for square boxes), each relabelled so that its first
-    row reads 1..size. Exhaustive: 4x4 (128 arrangements) and 6x6 (3456); 9x9 needs the native engine."""
+    """The canonical key of a solved grid under the Sudoku symmetry group: the lexicographically smallest grid
+    (row-major) over all relabellings, band/row/stack/column permutations and, for square boxes only, transposition.
+    Exact, computed without enumerating the group:
+    - any arrangement can be relabelled so that its first row reads 1..size, the smallest row there is, so the
+      minimum starts with 1..size and its relabelling is fixed by the arrangement's first row;
+    - enumerate the first row's source (transpose x row) and the column order (stack and column permutations):
+      2 x 9 x 1296 = 23,328 candidates for 9x9, 6 x 72 = 432 for 6x6, 2 x 4 x 8 = 64 for 4x4;
+    - for each, the rest of the row order is forced by sorting (rows of a solved grid are distinct): the first
+      band's other rows in increasing order, then the other bands ordered by their smallest row, rows sorted within.
+    Returns the canonical grid's digits as bytes (size*size of them)."""
     solution = np.asarray(solution)
     size = solution.shape[0]
     br, bc = box_shape(size)
-    if size == 9:
-        raise ValueError("exhaustive canonical forms are for 4x4 and 6x6 grids; 9x9 uses trm_fast.data.sudoku's native engine")
-    row_orders = _group_line_orders(size // br, br)
-    col_orders = _group_line_orders(size // bc, bc)
-    grids = [solution, solution.T] if br == bc else [solution]
+    if solution.shape != (size, size) or sorted(np.unique(solution).tolist()) != list(range(1, size + 1)):
+        raise ValueError(f"canonical_form takes a solved {size}x{size} grid (digits 1..{size}), got shape {solution.shape}")
+    native = _native() if size == 9 else None
+    if native is not None:
+        return bytes(native.canonical_batch(solution.reshape(1, 81).astype(np.uint8), 1)[0])
+    if (br, bc) not in _COLUMN_ORDERS:
+        _COLUMN_ORDERS[(br, bc)] = _group_line_orders(size // bc, bc)
+    col_orders = _COLUMN_ORDERS[(br, bc)]  # (C, size)
+    base = np.int64(size + 1) ** np.arange(size - 1, -1, -1, dtype=np.int64)  # a row as one base-(size+1) number
     best = None
-    for grid in grids:
-        permuted = grid[row_orders][:, :, None, :]  # (R, size, 1, size)
-        permuted = np.take_along_axis(
-            np.broadcast_to(permuted, (len(row_orders), size, len(col_orders), size)),
-            np.broadcast_to(col_orders[None, None], (len(row_orders), size, len(col_orders), size)), axis=3,
-        ).transpose(0, 2, 1, 3).reshape(-1, size, size)
-        # relabel so the first row is 1..size
-        inverse = np.zeros((len(permuted), size + 1), dtype=np.int64)
-        np.put_along_axis(inverse, permuted[:, 0, :], np.arange(1, size + 1)[None].repeat(len(permuted), 0), axis=1)
-        relabelled = np.take_along_axis(inverse, permuted.reshape(len(permuted), -1), axis=1)
-        candidate = relabelled[np.lexsort(relabelled.T[::-1])[0]]
-        if best is None or tuple(candidate) < tuple(best):
-            best = candidate
-    return bytes(best.astype(np.uint8))
+    for grid in ([solution, solution.T] if br == bc else [solution]):
+        permuted = grid[:, col_orders].transpose(1, 0, 2)  # (C, size rows, size cols)
+        for first in range(size):
+            inverse = np.zeros((len(col_orders), size + 1), dtype=np.int64)
+            np.put_along_axis(inverse, permuted[:, first, :], np.arange(1, size + 1)[None].repeat(len(col_orders), 0), axis=1)
+            relabelled = np.take_along_axis(inverse[:, None, :], permuted, axis=2)  # first row now 1..size
+            keys = relabelled @ base  # (C, size) one number per source row
+            band = first // br
+            rest = np.sort(np.delete(keys[:, band * br:(band + 1) * br], first % br, axis=1), axis=1)
+            others = [np.sort(keys[:, b * br:(b + 1) * br], axis=1) for b in range(size // br) if b != band]
+            if others:
+                stacked = np.stack(others, axis=1)  # (C, bands-1, br)
+                stacked = np.take_along_axis(stacked, np.argsort(stacked[:, :, 0], axis=1)[:, :, None], axis=1)
+                rest = np.concatenate([rest, stacked.reshape(len(keys), -1)], axis=1)
+            candidate = rest[np.lexsort(rest.T[::-1])[0]]
+            if best is None or tuple(candidate) < tuple(best):
+                best = candidate
+    rows = [int(k) for k in [int(np.arange(1, size + 1) @ base)] + list(best)]
+    digits = [(k // int(b)) % (size + 1) for k in rows for b in base]
+    return bytes(digits)
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -293,24 +484,30 @@ def grid_to_text(grid: np.ndarray) -> str:
 
 def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: int, min_blanks: int,
                             max_blanks: int | None = None, aug_per_puzzle: int = 0, test_class_fraction: float = 0.2,
-                            seed: int = 0, progress: bool = True) -> dict:
+                            seed: int = 0, progress: bool = True, hard_iterations: int = 0, threads: int = 1) -> dict:
     """Builds train/test splits of generated puzzles with unique solutions in the on-disk format.
 
-    Solution grids are sorted into equivalence classes under the symmetry group (`canonical_form`); a seeded
-    fraction of the classes is held out for the test split, so no test solution grid is equivalent to any training
-    grid. Each training puzzle forms a group with its `aug_per_puzzle` augmentations (which stay in its class).
-    Returns a summary dict."""
+    4x4 and 6x6: solution grids are sorted into equivalence classes under the symmetry group (`canonical_form`;
+    there are 2 and 49 classes); a seeded fraction of the classes is held out for the test split, so no test
+    solution grid is equivalent to any training grid. 9x9 (5.5e9 classes): minimal unique puzzles from the native
+    generator (`hard_iterations` > 0 searches toward many guesses; pure-Python generation where the engine is not
+    built), and any test grid equivalent to a training grid is replaced. Each training puzzle forms a group with its
+    `aug_per_puzzle` augmentations (which stay in its class). Returns a summary dict."""
     from tqdm.auto import tqdm
 
-    if size not in (4, 6):
-        raise ValueError(f"generated datasets with held-out symmetry classes are built here for 4x4 and 6x6, not {size}x{size}")
+    box_shape(size)
     max_blanks = max_blanks if max_blanks is not None else min_blanks
     if not 0 <= min_blanks <= max_blanks < size * size:
         raise ValueError(f"blanks range [{min_blanks}, {max_blanks}] is invalid for {size}x{size} grids")
+    if num_train < 1 or num_test < 0:
+        raise ValueError(f"need at least one training puzzle and a non-negative test count, got {num_train}, {num_test}")
     rng = np.random.default_rng(seed)
+    if size == 9:
+        return _generate_9x9(out_dir, num_train, num_test, min_blanks, max_blanks, aug_per_puzzle, rng, seed, progress,
+                             hard_iterations, threads)
     # Which classes go to test: discover classes from a pool of random grids, hold out a seeded fraction.
     pool = {}
-    for _ in range(400 if size <= 6 else 0):
+    for _ in range(400):
         grid = random_solution(size, rng)
         pool.setdefault(canonical_form(grid), grid)
     classes = sorted(pool)
@@ -319,7 +516,12 @@ def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: i
 
     train, test = [], []
     bar = tqdm(total=num_train + num_test, desc=f"generate {size}x{size} sudoku", disable=not progress, leave=False)
+    attempts, failures = 0, 0
     while len(train) < num_train or len(test) < num_test:
+        attempts += 1
+        if attempts > 50 * (num_train + num_test) + 1000 and failures > attempts // 2:
+            raise ValueError(f"could not make {size}x{size} puzzles with at least {min_blanks} blanks and a unique "
+                             f"solution ({failures} of {attempts} tries failed): lower --min-blanks")
         solution = random_solution(size, rng)
         is_test = canonical_form(solution) in test_classes
         target = test if is_test else train
@@ -327,6 +529,7 @@ def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: i
             continue
         puzzle = make_puzzle(solution, rng, min_blanks, max_blanks)
         if puzzle is None:
+            failures += 1
             continue
         target.append((puzzle, solution))
         bar.update(1)
@@ -334,10 +537,61 @@ def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: i
 
     summary = {"size": size, "classes_seen": len(classes), "test_classes": len(test_classes)}
     summary.update(write_sudoku_dataset(out_dir, train, test, aug_per_puzzle, rng, progress=False))
-    blanks = [int((p == 0).sum()) for p, _ in train + test]
+    return _blank_summary(summary, train + test)
+
+
+def _blank_summary(summary: dict, pairs: list) -> dict:
+    blanks = [int((p == 0).sum()) for p, _ in pairs]
     summary["mean_blanks"] = float(np.mean(blanks))
     summary["min_blanks"] = int(min(blanks))
     return summary
+
+
+def _generate_9x9(out_dir, num_train, num_test, min_blanks, max_blanks, aug, rng, seed, progress, hard_iterations,
+                  threads) -> dict:
+    from tqdm.auto import tqdm
+
+    native = _native()
+    if native is None:
+        _fallback_warning("generating 9x9 puzzles")
+
+    def make(count: int, stream: int) -> list:
+        pairs = []
+        bar = tqdm(total=count, desc="generate 9x9 sudoku", disable=not progress, leave=False)
+        while len(pairs) < count:
+            want = count - len(pairs)
+            if native is not None:
+                made = generate_hard_sudoku(want, seed=seed * 1000003 + stream, iterations=hard_iterations,
+                                            threads=threads)
+                stream += 1
+                batch = list(zip(made["puzzles"], made["solutions"]))
+            else:
+                solution = random_solution(9, rng)
+                puzzle = make_puzzle(solution, rng, min_blanks, max_blanks if max_blanks > min_blanks else 64)
+                batch = [] if puzzle is None else [(puzzle, solution)]
+            kept = [(p, s) for p, s in batch if (p == 0).sum() >= min_blanks]
+            pairs += kept
+            bar.update(len(kept))
+            if native is not None and not kept:
+                raise ValueError(f"generated 9x9 puzzles have fewer than {min_blanks} blanks: lower --min-blanks "
+                                 "(minimal puzzles have about 56-60)")
+        bar.close()
+        return pairs[:count]
+
+    train = make(num_train, 0)
+    train_keys = set(canonical_forms(np.stack([s for _, s in train]), threads))
+    test, replaced = [], 0
+    while len(test) < num_test:
+        batch = make(num_test - len(test), 10_000 + replaced + len(test))
+        keys = canonical_forms(np.stack([s for _, s in batch]), threads)
+        fresh = [pair for pair, key in zip(batch, keys) if key not in train_keys]
+        replaced += len(batch) - len(fresh)
+        test += fresh
+    summary = {"size": 9, "test_grids_replaced_as_equivalent_to_training": replaced}
+    if native is not None and train:
+        summary["train_guesses_mean"] = float(solve_and_rate(np.stack([p for p, _ in train]), threads=threads)["guesses"].mean())
+    summary.update(write_sudoku_dataset(out_dir, train, test, aug, rng, progress=False))
+    return _blank_summary(summary, train + test)
 
 
 def write_sudoku_dataset(out_dir: str, train: list, test: list, aug: int, rng: np.random.Generator,
@@ -368,6 +622,8 @@ def write_sudoku_dataset(out_dir: str, train: list, test: list, aug: int, rng: n
                                    mean_puzzle_examples=1.0, total_puzzles=n, sets=["all"])
             write_split(os.path.join(tmp, split), meta, {"all": puzzle_set})
             summary[f"{split}_examples"] = n
+        with open(os.path.join(tmp, "identifiers.json"), "w") as f:  # as the published builder: id 0 only
+            json.dump(["<blank>"], f)
     return summary
 
 
@@ -383,40 +639,73 @@ def _native():
         return None
 
 
+_WARNED = False
+
+
+def _fallback_warning(what: str) -> None:
+    global _WARNED
+    if not _WARNED:
+        import warnings
+
+        warnings.warn(f"trm_fast._sudoku (the native engine) is not built: {what} with the pure-Python transcription "
+                      "(same results, about 100x slower). Install a C++ compiler and reinstall trm_fast to build it.")
+        _WARNED = True
+
+
 def solve_and_rate(puzzles: np.ndarray, limit: int = 2, threads: int = 1) -> dict:
-    """For 9x9 puzzles (N, 81) or (N, 9, 9) with 0 for blanks: the first solution, the number of solutions (up to
-    `limit`) and the guess count to the first solution (branch decisions of a DPLL solver with naked/hidden singles
-    and box-line triads; -1 when unsolvable). Native; the pure-Python fallback (with a warning) gives no guess
-    counts (-1)."""
-    puzzles = np.asarray(puzzles).reshape(-1, 81)
+    """For 9x9 puzzles (N, 81) or (N, 9, 9) with 0 for blanks: the first solution (zeros if none), the number of
+    solutions counted up to `limit` (2 answers uniqueness), and the rating: guesses made until the first solution
+    (tdoku-style binary decisions, see _Rater; -1 when unsolvable). Native engine with threads; otherwise the
+    pure-Python transcription (one warning)."""
+    puzzles = np.asarray(puzzles)
+    if puzzles.size % 81 or not np.issubdtype(puzzles.dtype, np.integer):
+        raise ValueError(f"puzzles must be integer 9x9 grids, (N, 81) or (N, 9, 9); got shape {puzzles.shape} "
+                         f"dtype {puzzles.dtype}")
+    puzzles = puzzles.reshape(-1, 81)
     if puzzles.size and (puzzles.min() < 0 or puzzles.max() > 9):
         raise ValueError("puzzles must hold digits 0-9 (0 = blank)")
     native = _native()
     if native is not None:
         solutions, counts, guesses = native.solve_batch(puzzles.astype(np.uint8), limit, threads)
-        return {"solutions": solutions, "counts": counts, "guesses": guesses}
-    import warnings
-
-    warnings.warn("trm_fast._sudoku (the native engine) is not built: using the pure-Python solver, "
-                  "which is slow and gives no guess counts")
-    solutions = np.zeros_like(puzzles)
+        return {"solutions": solutions.astype(np.int64), "counts": counts, "guesses": guesses}
+    _fallback_warning("solving and rating")
+    solutions = np.zeros(puzzles.shape, dtype=np.int64)
     counts = np.zeros(len(puzzles), dtype=np.int32)
+    guesses = np.full(len(puzzles), -1, dtype=np.int64)
     for i, p in enumerate(puzzles):
-        grid = p.reshape(9, 9)
-        counts[i] = count_solutions(grid, limit)
-        s = solve(grid) if counts[i] else None
-        if s is not None:
-            solutions[i] = s.ravel()
-    return {"solutions": solutions, "counts": counts, "guesses": np.full(len(puzzles), -1, dtype=np.int64)}
+        counts[i], guesses[i], first = rate(p.reshape(9, 9), limit)
+        if first is not None:
+            solutions[i] = first.ravel()
+    return {"solutions": solutions, "counts": counts, "guesses": guesses}
 
 
-def generate_hard_sudoku(count: int, seed: int = 0, iterations: int = 3000, threads: int = 1) -> dict:
-    """9x9 puzzles with unique solutions, hill-climbed toward high guess counts: from a random solved grid and a
-    minimal puzzle, repeatedly move one clue to another cell, keep the move when the puzzle stays unique and its
-    guess count does not drop, and drop the clues uniqueness no longer needs. Native engine required."""
+def canonical_forms(solutions: np.ndarray, threads: int = 1) -> list[bytes]:
+    """canonical_form of many solved grids (N, size, size); natively for 9x9 where the engine is built."""
+    solutions = np.asarray(solutions)
+    if solutions.ndim != 3 or solutions.shape[1] != solutions.shape[2]:
+        raise ValueError(f"canonical_forms takes solved grids of shape (N, size, size), got {solutions.shape}")
+    native = _native()
+    if solutions.shape[1] == 9 and native is not None and len(solutions):
+        return [bytes(row) for row in native.canonical_batch(solutions.reshape(-1, 81).astype(np.uint8), threads)]
+    return [canonical_form(g) for g in solutions]
+
+
+def generate_hard_sudoku(count: int, seed: int = 0, iterations: int = 3000, threads: int = 1,
+                         target_guesses=None, temperature: float = 0.0) -> dict:
+    """9x9 puzzles with unique solutions searched toward many guesses (csrc/sudoku.cpp make_hard): a random solved
+    grid and a minimal unique puzzle, then `iterations` moves (one clue to another cell of the solution, half the
+    time one clue fewer), kept when the puzzle stays unique and its guess count does not drop (or, with
+    temperature T > 0, drops by k with probability exp(-k/T)); the hardest puzzle seen is returned, minimised.
+    `target_guesses` (an int, or one per puzzle, e.g. drawn from a wanted distribution) stops a puzzle's search
+    once it is reached. Native engine required."""
     native = _native()
     if native is None:
         raise ValueError("generating hard 9x9 puzzles needs the native engine (trm_fast._sudoku): install a C++ "
                          "compiler and reinstall trm_fast")
-    puzzles, solutions, guesses = native.generate_hard(count, seed, iterations, threads)
-    return {"puzzles": puzzles.reshape(-1, 9, 9), "solutions": solutions.reshape(-1, 9, 9), "guesses": guesses}
+    if target_guesses is None:
+        targets = np.zeros(0, dtype=np.int64)
+    else:
+        targets = np.broadcast_to(np.asarray(target_guesses, dtype=np.int64), (count,)).copy()
+    puzzles, solutions, guesses = native.generate_hard(count, seed, iterations, threads, targets, temperature)
+    return {"puzzles": puzzles.reshape(-1, 9, 9).astype(np.int64), "solutions": solutions.reshape(-1, 9, 9).astype(np.int64),
+            "guesses": guesses}
