@@ -10,6 +10,9 @@ on the un-rotated qkv.
 
 Forward saves only O and the log-sum-exp (fp32). Backward: delta = rowsum(dO * O); one kernel per key block
 for dK and dV, one per query block for dQ (no atomics: deterministic).
+
+Launch configs come from ATTENTION_TABLE (per arch, L, head dim; no autotuning); aot_specs() lists every kernel at
+every preset config for kernels/aot.py. docs/attention.md has the design notes and the ptxas resource table.
 """
 from __future__ import annotations
 
@@ -231,8 +234,8 @@ PHASES = ("fwd", "dkdv", "dq")
 ATTENTION_TABLE = {
     (90, 97, 64): {"fwd": (64, 64, 4, 2), "dkdv": (64, 64, 8, 2), "dq": (64, 32, 8, 2)},
     (90, 916, 64): {"fwd": (128, 64, 8, 2), "dkdv": (64, 64, 8, 2), "dq": (64, 32, 8, 2)},
-    (80, 97, 64): {"fwd": (64, 64, 4, 2), "dkdv": (16, 16, 4, 2), "dq": (64, 32, 8, 2)},
-    (80, 916, 64): {"fwd": (128, 64, 8, 2), "dkdv": (16, 16, 4, 2), "dq": (64, 32, 8, 2)},
+    (80, 97, 64): {"fwd": (64, 64, 4, 2), "dkdv": (16, 64, 8, 2), "dq": (64, 32, 8, 2)},
+    (80, 916, 64): {"fwd": (128, 64, 8, 2), "dkdv": (16, 64, 8, 2), "dq": (64, 32, 8, 2)},
 }
 
 
@@ -251,17 +254,20 @@ def device_arch(t: torch.Tensor) -> int:
     return 90
 
 
-def attention_config(L: int, arch: int = 90, head_dim: int = PRESET_HEAD_DIM) -> dict:
+def attention_config(L: int, arch: int = 90, head_dim: int = PRESET_HEAD_DIM, elem_bytes: int = 2) -> dict:
     """{"fwd" | "dkdv" | "dq": {BLOCK_M, BLOCK_N, num_warps, num_stages}, "table": bool} for a sequence length,
-    GPU arch (90 or 80) and head dim. Tiles are clipped to the next power of two of L (at least 16, tl.dot's minimum),
-    so short sequences launch few, small programs."""
+    GPU arch (90 or 80), head dim and input element size. 4-byte inputs (fp32, exact "ieee" dots without tensor
+    cores: tests and fp32 runs) halve both tiles, which otherwise spill heavily. Tiles are clipped to the next power
+    of two of L (at least 16, tl.dot's minimum), so short sequences launch few, small programs."""
     arch = 90 if arch >= 90 else 80
     key = (arch, L, head_dim)
     cfg = ATTENTION_TABLE.get(key) or _fallback(arch, L, head_dim)
     cap = max(16, triton.next_power_of_2(L))
+    shrink = 2 if elem_bytes >= 4 else 1
     out = {"table": key in ATTENTION_TABLE}
     for phase in PHASES:
         bm, bn, warps, stages = cfg[phase]
+        bm, bn = max(16, bm // shrink), max(16, bn // shrink)
         out[phase] = {"BLOCK_M": min(bm, cap), "BLOCK_N": min(bn, cap), "num_warps": warps, "num_stages": stages}
     return out
 
@@ -306,7 +312,7 @@ def attention_fwd(qkv: torch.Tensor, num_heads: int, cos, sin, o: torch.Tensor, 
     """qkv (B, L, 3*H*hd) contiguous -> o (B, L, H*hd) and lse (B*H, L) fp32: the base-2 log-sum-exp of the
     scores scaled by log2(e)/sqrt(hd), what the backward recomputes P from. cos/sin: fp32 (L, hd), or None."""
     B, L, hd = _check_buffers(qkv, num_heads, cos, sin, o=o, lse=lse)
-    cfg = attention_config(L, device_arch(qkv), hd)["fwd"]
+    cfg = attention_config(L, device_arch(qkv), hd, qkv.element_size())["fwd"]
     cos, sin, rope = _tables(cos, sin, qkv)
     grid = (triton.cdiv(L, cfg["BLOCK_M"]) * B * num_heads,)
     _attn_fwd[grid](qkv, o, lse, cos, sin, L, num_heads, float(hd ** -0.5 * LOG2E),
@@ -320,7 +326,7 @@ def attention_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: tor
     the forward's o and lse. delta = rowsum(dO * O) first (fp32), then one program per key block for dK and dV
     and one per query block for dQ: every output element is written by exactly one program (deterministic)."""
     B, L, hd = _check_buffers(qkv, num_heads, cos, sin, do=do, o=o, lse=lse, dqkv=dqkv)
-    cfg = attention_config(L, device_arch(qkv), hd)
+    cfg = attention_config(L, device_arch(qkv), hd, qkv.element_size())
     cos, sin, rope = _tables(cos, sin, qkv)
     BH = B * num_heads
     delta = torch.empty_like(lse)
@@ -433,14 +439,14 @@ def aot_specs(arch: int = 90, dtype: str = "bf16", seq_lens=PRESET_SEQ_LENS, hea
     sigs = _signatures(dtype)
     specs = []
     for L in seq_lens:
-        cfg = attention_config(L, arch, head_dim)
+        cfg = attention_config(L, arch, head_dim, 4 if dtype == "fp32" else 2)
         for phase in PHASES:
             c = cfg[phase] if table is None else dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), table[phase]))
             specs.append({
                 "label": f"attn_{phase}[L={L},hd={head_dim},{c['BLOCK_M']}x{c['BLOCK_N']},{dtype}]", "fn": kernels[phase],
                 "signature": sigs[phase],
                 "constexprs": {"HEAD_DIM": head_dim, "BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"], "ROPE": True,
-                               "IEEE": False},
+                               "IEEE": dtype == "fp32"},
                 "num_warps": c["num_warps"], "num_stages": c["num_stages"], "is_matmul": True})
         pre = min(PREPROCESS_BLOCK_M, triton.next_power_of_2(L))
         specs.append({"label": f"attn_bwd_preprocess[L={L},hd={head_dim},{dtype}]", "fn": _attn_bwd_preprocess,

@@ -115,21 +115,25 @@ def test_hand_written_backward_gradcheck_fp64(rope):
 
 
 def test_preset_constexprs_run_in_interpreter():
-    """The real launch configs of the Sudoku preset (L = 97, 8 heads of 64, the table's tiles), batch 1."""
+    """The real launch configs of the Sudoku preset (L = 97, 8 heads of 64, the table's 2-byte tiles), batch 1.
+    fp16 stands in for bf16 (the interpreter's bf16 arithmetic is unreliable); fp32 would select halved tiles."""
     B, L, H, hd = 1, 97, 8, 64
-    cfg = K.attention_config(L, 90, hd)
-    assert cfg["table"] and cfg["fwd"]["BLOCK_M"] == K.ATTENTION_TABLE[(90, 97, 64)]["fwd"][0]
-    qkv = randn(B, L, 3 * H * hd, seed=5)
+    cfg = K.attention_config(L, 90, hd, elem_bytes=2)
+    assert cfg["table"]
+    for phase in K.PHASES:
+        assert (cfg[phase]["BLOCK_M"], cfg[phase]["BLOCK_N"]) == K.ATTENTION_TABLE[(90, L, hd)][phase][:2]
+    qkv = randn(B, L, 3 * H * hd, seed=5, dtype=torch.float16)
     cos, sin = _tables(L, hd)
-    o, lse = poisoned(B, L, H * hd), poisoned(B * H, L)
+    o, lse = poisoned(B, L, H * hd, dtype=torch.float16), poisoned(B * H, L)
     K.attention_fwd(qkv, H, cos, sin, o, lse)
     o_ref, lse_ref = K.attention_forward_reference(qkv, H, cos, sin)
-    assert_close(o, o_ref, name="o")
-    assert_close(lse, lse_ref, name="lse")
-    do = randn(B, L, H * hd, seed=6)
-    dqkv = poisoned(B, L, 3 * H * hd)
+    assert_close(o, o_ref, atol=2e-3, rtol=2e-3, name="o")
+    assert_close(lse, lse_ref, atol=2e-3, rtol=1e-3, name="lse")
+    do = randn(B, L, H * hd, seed=6, dtype=torch.float16)
+    dqkv = poisoned(B, L, 3 * H * hd, dtype=torch.float16)
     K.attention_bwd(do, qkv, o, lse, H, cos, sin, dqkv)
-    assert_close(dqkv, K.attention_backward_transcription(do, qkv, o, lse, H, cos, sin), atol=2e-5, rtol=1e-4, name="dqkv")
+    want = K.attention_backward_transcription(do.float(), qkv.float(), o.float(), lse, H, cos, sin)
+    assert_close(dqkv, want, atol=5e-3, rtol=5e-3, name="dqkv")
 
 
 def test_launch_table():
@@ -139,6 +143,7 @@ def test_launch_table():
             assert cfg["table"], (arch, L)
             for phase in K.PHASES:
                 assert cfg[phase]["BLOCK_M"] >= 16 and cfg[phase]["BLOCK_N"] >= 16
+    assert K.attention_config(916, 90, 64, elem_bytes=4)["fwd"]["BLOCK_M"] == K.ATTENTION_TABLE[(90, 916, 64)]["fwd"][0] // 2
     small = K.attention_config(17, 90, 32)  # fallback, clipped to the sequence
     assert not small["table"] and all(small[p]["BLOCK_M"] <= 32 and small[p]["BLOCK_N"] <= 32 for p in K.PHASES)
     assert K.attention_config(1, 80, 128)["fwd"]["BLOCK_M"] == 16
