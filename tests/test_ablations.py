@@ -160,19 +160,35 @@ def test_single_latent_has_no_y_state():
     assert len(reset) == 1 and torch.equal(reset[0][1], z[1]) and torch.equal(reset[0][0], carry[0][0])
 
 
-def test_multiscale_carries_n_plus_one_features_and_is_trm_at_n_1():
+def test_multiscale_carries_n_plus_one_features_as_the_authors_define_them():
     config = tiny_row("multiscale-latent")
     model = build_model(config.model)
     n = config.model.n
-    assert len(model.initial_carry(2, "cpu")) == n + 1
+    carry = model.initial_carry(3, "cpu")
+    assert len(carry) == n + 1 and not torch.equal(carry[1], carry[2])  # each feature starts from its own vector
     counts, out = count_block_grads(model, config)
     assert len(out.carry) == n + 1 and counts["net"][1] == (n + 1) * config.model.num_blocks
-    assert not torch.equal(out.carry[1], out.carry[2])  # separate features, not copies
-    one = tiny_row("multiscale-latent", "model.n=1")
-    model = build_model(one.model)
-    trm = TRM(one.model)
-    trm.load_state_dict(model.state_dict())
-    inputs, ids = _batch(one)
+    # trm_hier6: the i-th z update reads the sum of all z features and overwrites z_i; y reads that sum
+    inputs, ids = _batch(config)
+    x, (y, *zs), ops, rope = model.prepare(carry, inputs, ids)
+    with torch.no_grad():
+        for _ in range(config.model.T):
+            for i in range(n):
+                zs[i] = model.net(sum(zs[1:], zs[0]), y + x, ops, rope)
+            y = model.net(y, sum(zs[1:], zs[0]), ops, rope)
+        out = model(carry, inputs, ids)
+    for got, want in zip(out.carry, [y] + zs):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    reset = model.reset_carry(torch.tensor([True, False, False]), out.carry)
+    assert all(torch.equal(r[0], c[0]) and torch.equal(r[1], o[1]) for r, c, o in zip(reset, carry, out.carry))
+
+
+def test_multiscale_with_one_feature_is_trm():
+    config = tiny_row("multiscale-latent", "model.n=1")
+    model = build_model(config.model)
+    trm = TRM(config.model)
+    trm.load_state_dict({k: v for k, v in model.state_dict().items() if k != "z_inits"})
+    inputs, ids = _batch(config)
     carry = model.initial_carry(3, "cpu")
     torch.testing.assert_close(model(carry, inputs, ids).logits, trm(carry, inputs, ids).logits, rtol=0, atol=0)
 
