@@ -1,7 +1,7 @@
 """Sudoku engine: exact solver and uniqueness on famous puzzles, the DPLL rater (Python transcription == native,
 tdoku-style guess counting), canonical forms (exact, invariant, separating; 2 and 49 classes), generated
 datasets with inequivalent train/test grids, hard-puzzle generation toward targets, CSV rows, parsing."""
-import itertools
+import re
 
 import numpy as np
 import pytest
@@ -273,3 +273,68 @@ def test_parse_and_format_round_trip():
     assert "+" in text and "|" in text
     assert np.array_equal(S.parse_puzzle(text), grid)
     assert S.grid_to_text(grid) == ARTO_INKALA
+
+
+# ---------------------------------------------------------------------------------------------- CSV rows and CLI
+
+
+def _csv_rows():
+    rows = []
+    for text in (ARTO_INKALA, PLATINUM_BLONDE):
+        solution = S.solve(S.parse_puzzle(text))
+        rows.append(f"src,{text},{S.grid_to_text(solution)},7")
+    return rows
+
+
+@pytest.mark.parametrize("bad_row, message", [
+    ("src,{q},{a}", "expected 4 fields (source,q,a,rating), got 3"),
+    ("src,{q},{a_bad},7", "field a has a bad character '.' at position 1"),
+    ("src,{q},{a},hard", "field rating 'hard' is not an integer"),
+    ("src,{q_unsolvable},{a},7", "the puzzle has no solution"),
+])
+def test_csv_bad_rows(tmp_path, bad_row, message):
+    from trm_fast.data.build import read_sudoku_csv
+
+    good = _csv_rows()
+    _, q, a, _ = good[0].split(",")
+    peers_free = next(d for d in "123456789" if d not in q[:9] and d != a[1])  # consistent, but wrong
+    row = bad_row.format(q=q, a=a, a_bad="." + a[1:], q_unsolvable=q[0] + peers_free + q[2:])
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(["source,q,a,rating", good[1], row, good[1]]) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"train.csv:3: {message}")):
+        read_sudoku_csv(str(path))
+    rows, counts = read_sudoku_csv(str(path), skip_bad=True)
+    assert len(rows) == 2 and counts["skipped"] == 1
+
+
+def test_csv_min_difficulty(tmp_path):
+    from trm_fast.data.build import read_sudoku_csv
+
+    rows = _csv_rows()
+    path = tmp_path / "t.csv"
+    path.write_text("source,q,a,rating\n" + rows[0] + "\n" + rows[1].replace(",7", ",30") + "\n")
+    kept, counts = read_sudoku_csv(str(path), min_difficulty=10)
+    assert len(kept) == 1 and counts["below_min_difficulty"] == 1
+
+
+def test_cli_offline_download_and_generate_9x9(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    from trm_fast.cli import main
+
+    real_import = builtins.__import__
+
+    def no_hub(name, *args, **kwargs):
+        if name == "huggingface_hub":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_hub)
+    assert main(["data", "build", "sudoku", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "huggingface_hub is not installed" in err and "Traceback" not in err
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    assert main(["data", "build", "sudoku", "--generate", "6", "--num-test", "2", "--size", "9", "--min-blanks", "45",
+                 "--aug", "1", "--out", str(tmp_path / "g9"), "--threads", "2"]) == 0
+    meta, sets = read_split(str(tmp_path / "g9" / "train"))
+    assert meta.seq_len == 81 and len(sets["all"].inputs) == 12
