@@ -1,100 +1,139 @@
-"""`trm-fast bench {ops,step,memory,eval} [--preset P] [--quick] [--out DIR]`: results as JSON + markdown under
-benchmarks/results/ (named <device>-<date>-<kind>), with PNG charts, device and versions, and the issue's
-targets printed next to what was measured."""
+"""`trm-fast bench {ops,step,memory,eval} [--preset P[,P...]] [--quick] [--out DIR]`
+
+Every contender runs in the same process; each command merges its rows into `<out>/<device>-<date>.json` (device,
+driver, torch/triton versions, commit, ceilings, every figure), re-renders `<device>-<date>.md` and the PNG charts
+from the whole file, and prints its table with the issues' targets next to what was measured."""
 from __future__ import annotations
 
 import os
+import sys
+import time
 
-import torch
+from trm_fast.bench import report
+from trm_fast.bench.timing import Deadline, copy_bandwidth_gbs, datasheet_peak_tflops, matmul_tflops, on_gpu
 
-from trm_fast.bench.common import (bar_chart, copy_bandwidth_gbs, environment, markdown_table, matmul_tflops,
-                                   write_results)
-
-DEFAULT_PRESETS = ["sudoku-att", "sudoku-mlp", "maze", "arc1"]
-TARGETS = [
-    "whole step (sudoku-mlp, sudoku-att at 768): >= 2x eager and >= 1.3x torch.compile",
-    "sudoku-att >= 40% MFU; sudoku-mlp against a per-matmul roofline (token mixing is memory-bound)",
-    "every fused op >= torch.compile and Liger at D = 512",
-    "memory-bound kernels >= 80% of the measured device-to-device copy bandwidth",
-    "level 2 saves <= 1/16 of eager's bytes (sudoku presets, batch 768)",
-]
+DEFAULT_OUT = os.path.join("benchmarks", "results")
 
 
-def _batches(presets, quick, cpu):
-    if cpu:
-        return {p: 4 for p in presets}
-    return {p: (192 if quick or p in ("maze", "arc1", "arc2") else 768) for p in presets}
+def _presets(args, default: list[str]) -> list[str]:
+    from trm_fast.config import PRESETS
+
+    names = [p.strip() for p in args.preset.split(",") if p.strip()] if args.preset else default
+    unknown = [p for p in names if p not in PRESETS]
+    if unknown:
+        raise ValueError(f"--preset: unknown preset(s) {', '.join(unknown)}; available: {', '.join(sorted(PRESETS))}")
+    return names
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--levels {text!r}: expected a comma-separated list of 0, 1, 2") from None
+    if not levels or any(lv not in (0, 1, 2) for lv in levels):
+        raise ValueError(f"--levels {text!r}: recomputation levels are 0, 1 and 2")
+    return levels
+
+
+def _ceilings(kind: str) -> dict:
+    """The device's measured ceilings (GPU only), taken in this same run."""
+    if not on_gpu():
+        return {}
+    out = {"datasheet_bf16_tflops": datasheet_peak_tflops()}
+    if kind in ("ops", "step"):
+        out["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
+        out["matmul_tflops"] = matmul_tflops()
+        print(f"ceilings: bf16 matmul {out['matmul_tflops']:.0f} TFLOP/s (datasheet {out['datasheet_bf16_tflops']}), "
+              f"device copy {out['copy_bandwidth_gbs']:.0f} GB/s")
+    return out
 
 
 def run_bench(args) -> int:
-    cpu = not torch.cuda.is_available()
-    presets = [args.preset] if args.preset else (DEFAULT_PRESETS[:3] if args.quick else DEFAULT_PRESETS)
-    batches = _batches(presets, args.quick, cpu)
-    out = args.out
-    env = environment()
-    print(f"trm-fast bench {args.kind} on {env['device']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']})")
-    if cpu:
-        print("no CUDA device: eager and torch.compile on the CPU at reduced width (wall-clock medians); "
-              "trm_fast's Triton kernels are timed on GPUs only")
-    payload = {"environment": env, "kind": args.kind, "quick": args.quick, "targets": TARGETS}
+    from trm_fast.bench.step import STEP_PRESETS_GPU, STEP_PRESETS_QUICK, default_batch
+
+    if args.batch is not None and args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    started = time.time()
+    deadline = Deadline(args.budget_s)
+    env = report.environment()
+    print(f"trm-fast bench {args.kind} on {env['device']} (torch {env['torch']}, triton {env['triton']}, "
+          f"commit {env['commit']}){' --quick' if args.quick else ''}")
+    if not on_gpu():
+        print("no CUDA device: eager and torch.compile run on the CPU at reduced sizes with wall-clock medians; "
+              "trm_fast's Triton kernels and Liger-Kernel are timed on GPUs only")
+    levels = _levels(args.levels)
+    overrides = list(args.set or [])
+    ceilings = _ceilings(args.kind)
+    notes: list[str] = []
+    only = [c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders else None
+
     if args.kind == "ops":
-        from trm_fast.bench.ops import run_ops
+        from trm_fast.bench.ops import op_shapes, run_ops
 
-        seq = args.seq or 97
-        rows = run_ops(batches[presets[0]] if cpu else (192 if args.quick else 768), seq, args.quick, not args.no_autotune)
-        payload.update(rows=rows, copy_bandwidth_gbs=copy_bandwidth_gbs())
-        cols = ["op", "shape", "mode", "contender", "ms", "speedup_vs_eager"]
-        both = [r for r in rows if r["mode"] == "fwd+bwd" and r["contender"] != "eager"]
-        chart_labels = sorted({r["op"] for r in both})
-        series = {c: [next((r["speedup_vs_eager"] for r in both if r["op"] == op and r["contender"] == c), None)
-                      for op in chart_labels] for c in sorted({r["contender"] for r in both})}
-    elif args.kind == "step":
-        from trm_fast.bench.step import run_step
+        shapes = op_shapes(args.quick, _presets(args, []) if args.preset else None, args.batch)
+        op_names = [o.strip() for o in args.ops.split(",")] if args.ops else None
+        if op_names:
+            from trm_fast.bench.ops import OP_NAMES
 
-        rows = run_step(presets, batches, args.quick, matmul_tflops())
-        payload.update(rows=rows)
-        cols = ["preset", "batch", "contender", "ms_per_step", "tokens_per_s", "mfu_datasheet", "mfu_measured_matmul",
-                "peak_memory_bytes", "saved_for_backward_bytes", "speedup_vs_eager"]
-        chart_labels = presets
-        names = sorted({r["contender"] for r in rows if r["contender"] != "eager"})
-        series = {c: [next((r["speedup_vs_eager"] for r in rows if r["preset"] == p and r["contender"] == c), None)
-                      for p in presets] for c in names}
-    elif args.kind == "eval":
-        from trm_fast.bench.step import run_eval
-
-        rows = run_eval(presets, batches, args.quick)
-        payload.update(rows=rows)
-        cols = ["preset", "contender", "batch", "supervision_steps", "ms_per_batch", "puzzles_per_s"]
-        chart_labels = presets
-        series = {c: [next((r["puzzles_per_s"] for r in rows if r["preset"] == p and r["contender"] == c), None)
-                      for p in presets] for c in sorted({r["contender"] for r in rows})}
+            bad = [o for o in op_names if o not in OP_NAMES]
+            if bad:
+                raise ValueError(f"--ops: unknown op(s) {', '.join(bad)}; ops are {', '.join(OP_NAMES)}")
+        rows = run_ops(shapes, args.quick, not args.no_autotune, ceilings, deadline, notes, only, op_names)
     else:
-        from trm_fast.bench.step import run_memory
+        if args.kind == "eval":
+            from trm_fast.bench.eval import EVAL_PRESETS, EVAL_PRESETS_QUICK
 
-        rows = run_memory(presets, batches)
-        payload.update(rows=rows)
-        cols = ["preset", "batch", "contender", "saved_bytes", "fraction_of_eager"]
-        chart_labels = presets
-        series = {c: [next((r["fraction_of_eager"] for r in rows if r["preset"] == p and r["contender"] == c), None)
-                      for p in presets] for c in sorted({r["contender"] for r in rows})}
-    payload["markdown"] = (f"# trm-fast bench {args.kind}\n\n{env}\n\n" + markdown_table(rows, cols)
-                           + "\n\nTargets (reported, not asserted):\n" + "\n".join(f"- {t}" for t in TARGETS) + "\n")
-    paths = write_results(args.kind, payload, out)
-    ylabel = {"ops": "speed-up vs eager", "step": "speed-up vs eager", "eval": "puzzles / s",
-              "memory": "saved bytes / eager"}[args.kind]
-    png = bar_chart(paths["json"][:-5] + ".png", chart_labels, series, ylabel, f"trm-fast bench {args.kind} ({env['device']})")
-    print(markdown_table(rows, cols))
-    print("targets (reported, not asserted):\n" + "\n".join(f"  - {t}" for t in TARGETS))
-    print(f"results: {paths['json']}, {paths['md']}, chart {png}")
+            presets = _presets(args, EVAL_PRESETS_QUICK if args.quick else EVAL_PRESETS)
+        else:
+            presets = _presets(args, STEP_PRESETS_QUICK if args.quick or not on_gpu() else STEP_PRESETS_GPU)
+        batches = {p: args.batch or default_batch(p, args.quick) for p in presets}
+        if args.kind == "step":
+            from trm_fast.bench.step import run_step
+
+            rows = run_step(presets, batches, args.quick, levels, overrides, ceilings, deadline, notes, only)
+        elif args.kind == "memory":
+            from trm_fast.bench.memory import run_memory
+
+            rows = run_memory(presets, batches, levels, overrides, deadline, notes, only)
+        else:
+            from trm_fast.bench.eval import run_eval
+
+            rows = run_eval(presets, batches, args.quick, overrides, deadline, notes, only)
+
+    run = {"kind": args.kind, "argv": sys.argv[1:], "quick": args.quick, "seconds": round(time.time() - started, 1),
+           "date": env["date"]}
+    payload = report.merge_results(args.out, args.kind, rows, ceilings, notes, run)
+    stem = payload["_path"][:-len(".json")]
+    md_path = stem + ".md"
+    report._atomic_write(md_path, report.render_markdown(payload))
+    charts = report.render_charts(payload, stem)
+    print()
+    print(report.markdown_table(rows, report.COLUMNS[args.kind]))
+    for note in dict.fromkeys(notes):
+        print(f"note: {note}")
+    print("\ntargets (reported, never asserted):")
+    print(report.targets_text(payload["targets"]))
+    print(f"\nresults: {payload['_path']}\nreport: {md_path}\ncharts: {', '.join(charts) or 'none'}")
+    print(f"done in {time.time() - started:.0f} s")
     return 0
 
 
 def add_bench_subparser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks against eager PyTorch, torch.compile and Liger-Kernel")
     p.add_argument("kind", choices=["ops", "step", "memory", "eval"])
-    p.add_argument("--preset", help="one preset (default: sudoku-att, sudoku-mlp, maze[, arc1])")
-    p.add_argument("--quick", action="store_true", help="fewer repeats, batch 192, no max-autotune")
-    p.add_argument("--seq", type=int, help="sequence length for `ops` (default 97)")
-    p.add_argument("--no-autotune", action="store_true", help="skip torch.compile max-autotune")
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--preset", help="preset(s), comma-separated (default: sudoku-att, sudoku-mlp, maze, arc1, arc2 "
+                   "for step/memory; sudoku-mlp, sudoku-att, arc1 for eval; for ops: the Sudoku and Maze/ARC shapes)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repeats, batch 192 on GPU, Sudoku shapes only for ops; tiny shapes on CPU")
+    p.add_argument("--batch", type=int, help="batch size for every preset (default: 768 Sudoku, 192 Maze/ARC)")
+    p.add_argument("--levels", default="0,1,2", help="recomputation levels to run for trm_fast (default 0,1,2)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="config override applied to every preset (repeatable), e.g. model.num_puzzle_identifiers=1000")
+    p.add_argument("--no-autotune", action="store_true", help="ops: skip torch.compile max-autotune")
+    p.add_argument("--contenders", help="comma-separated subset besides eager (always run: the ratios' baseline), "
+                   "e.g. compile,trm_fast (trm_fast selects every level)")
+    p.add_argument("--ops", help="ops: comma-separated subset of add_rms_norm, swiglu, add_rms_norm_seq, "
+                   "swiglu_token_mix, attention_rope, loss_head")
+    p.add_argument("--budget-s", type=float, help="skip contenders that would start after this many seconds")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.set_defaults(func=run_bench)

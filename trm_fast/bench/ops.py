@@ -1,104 +1,293 @@
-"""Per-op benchmark: residual+norm (both axes), SwiGLU, token-mixing SwiGLU, attention with RoPE and the loss head,
-forward / backward / both, at the presets' shapes, for every contender side by side:
-eager reference, torch.compile (default, and max-autotune on GPU), Liger-Kernel where it has the op, trm_fast."""
+"""Per-op benchmark: residual+norm (channel and sequence axis), SwiGLU, token-mixing SwiGLU, attention with RoPE and
+the loss head, forward / backward / both, at the presets' shapes, every contender in the same run:
+
+    eager                   the plain-PyTorch reference (trm_fast.kernels.reference), as the published code runs it
+    compile                 torch.compile of that reference (default mode)
+    compile-max-autotune    torch.compile(mode="max-autotune-no-cudagraphs") of it (GPU only)
+    liger                   Liger-Kernel where it has the op (optional import; GPU only)
+    trm_fast                get_ops("triton") (GPU only)
+
+Each row also carries the op's FLOPs (counted once on the eager reference), the achieved TFLOP/s, and for the
+memory-bound norms the achieved bandwidth over the fewest bytes the op must move, as a fraction of the measured
+device-to-device copy bandwidth. A contender that cannot run an op is skipped with a note, never fatal.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
-from trm_fast.bench.common import measure
+from trm_fast.bench.timing import Deadline, measure_op, measure_op_cudagraph, on_gpu, selected
+from trm_fast.config import swiglu_hidden
 from trm_fast.kernels import reference as R
 
 
-def _liger():
-    try:
-        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
-        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+@dataclass(frozen=True)
+class OpShape:
+    name: str  # which presets use it
+    batch: int
+    seq: int  # sequence length including the 16 puzzle tokens
+    hidden: int = 512
+    heads: int = 8
+    vocab: int = 11
+    puzzle_len: int = 16
+    mixer_ops: bool = True  # the MLP-mixer's ops (token-mixing SwiGLU, sequence-axis norm) belong to this shape
 
-        return LigerRMSNormFunction, LigerSiLUMulFunction
-    except Exception:  # absent, or built for another torch
+    @property
+    def label(self) -> str:
+        return f"{self.batch}x{self.seq}x{self.hidden}"
+
+
+def op_shapes(quick: bool, presets: list[str] | None = None, batch: int | None = None) -> list[OpShape]:
+    """Sudoku (L = 16 + 81, batch 768) and Maze/ARC (L = 16 + 900, batch 192) on GPU; reduced on CPU."""
+    if on_gpu():
+        shapes = {"sudoku": OpShape("sudoku", 768, 97), "maze": OpShape("maze", 192, 916, vocab=6, mixer_ops=False)}
+    elif quick:
+        shapes = {"sudoku": OpShape("sudoku", 2, 24, hidden=64, heads=2, puzzle_len=4)}
+    else:
+        shapes = {"sudoku": OpShape("sudoku", 4, 97), "maze": OpShape("maze", 1, 916, vocab=6, mixer_ops=False)}
+    wanted = ["sudoku"] if quick else list(shapes)
+    if presets:
+        wanted = list(dict.fromkeys("sudoku" if p.startswith("sudoku") else "maze" for p in presets))
+    out = [shapes[w] for w in wanted if w in shapes]
+    if batch:
+        out = [OpShape(**{**s.__dict__, "batch": batch}) for s in out]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- Liger-Kernel
+
+
+def liger_functions() -> dict:
+    """Liger-Kernel's autograd Functions for the ops it has ({} when it is absent or does not import)."""
+    found = {}
+    for key, module, name in (("rms_norm", "liger_kernel.ops.rms_norm", "LigerRMSNormFunction"),
+                              ("fused_add_rms_norm", "liger_kernel.ops.fused_add_rms_norm", "LigerFusedAddRMSNormFunction"),
+                              ("silu_mul", "liger_kernel.ops.swiglu", "LigerSiLUMulFunction"),
+                              ("rope", "liger_kernel.ops.rope", "LigerRopeFunction")):
+        try:
+            found[key] = getattr(__import__(module, fromlist=[name]), name)
+        except Exception:  # absent, or built against another torch/triton
+            pass
+    return found
+
+
+def _liger_add_rms_norm(liger, hidden, device):
+    ones = torch.ones(hidden, device=device)  # Liger's norms have a gain; TRM's have none
+    if "fused_add_rms_norm" in liger:
+        fn = liger["fused_add_rms_norm"]
+        return lambda x, r: fn.apply(x, r, ones.to(x.dtype), R.RMS_EPS, 0.0, "llama", False)[0]
+    if "rms_norm" in liger:
+        fn = liger["rms_norm"]
+        return lambda x, r: fn.apply(r + x, ones.to(x.dtype), R.RMS_EPS, 0.0, "llama", False)
+    return None
+
+
+def _liger_swiglu(liger):
+    if "silu_mul" not in liger:
         return None
+    fn = liger["silu_mul"]
+
+    def swiglu(x, w_gate_up, w_down):
+        gate, up = R.linear(x, w_gate_up).chunk(2, dim=-1)
+        return R.linear(fn.apply(gate, up), w_down)
+
+    return swiglu
 
 
-def op_cases(batch: int, seq: int, hidden: int = 512, heads: int = 8, device="cpu", dtype=torch.float32):
-    """(name, reference fn, trm_fast fn or None, liger fn or None, input factory) per op."""
-    from trm_fast.config import swiglu_hidden
+def _liger_attention(liger, cos, sin, heads):
+    if "rope" not in liger:
+        return None
+    fn = liger["rope"]
 
-    I, Im = swiglu_hidden(hidden), swiglu_hidden(seq)
+    def attention(x, w_qkv, w_o):
+        B, L, D = x.shape
+        qkv = R.linear(x, w_qkv).view(B, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)  # (3, B, H, L, hd)
+        q, k = fn.apply(qkv[0], qkv[1], cos[None].to(x.dtype), sin[None].to(x.dtype))
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, qkv[2], is_causal=False)
+        return R.linear(o.transpose(1, 2).reshape(B, L, D), w_o)
+
+    return attention
+
+
+# ---------------------------------------------------------------------------------------------- the ops
+
+
+OP_NAMES = ("add_rms_norm", "swiglu", "add_rms_norm_seq", "swiglu_token_mix", "attention_rope", "loss_head")
+
+
+@dataclass
+class OpCase:
+    name: str
+    reference: object
+    make_inputs: object  # () -> list of tensors (activations in the forward dtype, fp32 master weights)
+    trm_fast: object = None
+    liger: object = None
+    norm_elements: int = 0  # for memory-bound ops: elements of one (B, L, D) activation, for the byte floor
+    note: str = ""
+
+
+def op_cases(shape: OpShape, device: str, dtype: torch.dtype, notes: list[str]) -> list[OpCase]:
+    from trm_fast.train.losses import IGNORE_LABEL, supervision_loss
+
+    B, L, D, H = shape.batch, shape.seq, shape.hidden, shape.heads
+    I, Im = swiglu_hidden(D), swiglu_hidden(L)
     g = torch.Generator().manual_seed(0)
-    rnd = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)
-    w = lambda *s: (torch.randn(*s, generator=g) / s[1] ** 0.5).to(device)  # fp32 master weights
-    cos, sin = (t.to(device) for t in R.rope_cos_sin(seq, hidden // heads))
-    fast = None
-    if device != "cpu":
-        from trm_fast.ops import get_ops
+    act = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)
+    weight = lambda o, i: (torch.randn(o, i, generator=g) / i**0.5).to(device)
+    cos, sin = (t.to(device) for t in R.rope_cos_sin(L, D // H))
+    labels = torch.randint(1, shape.vocab, (B, L - shape.puzzle_len), generator=g).to(device)
+    labels[:, :3] = IGNORE_LABEL  # some unsupervised tokens, as in real data
 
-        fast = get_ops("triton")
-    liger = _liger() if device != "cpu" else None
-    x_shape = (batch, seq, hidden)
+    fast = None
+    if on_gpu():
+        try:
+            from trm_fast.ops import get_ops
+
+            fast = get_ops("triton")
+        except Exception as exc:
+            notes.append(f"trm_fast skipped: get_ops('triton') failed ({type(exc).__name__}: {str(exc)[:120]})")
+    else:
+        notes.append("trm_fast and Liger-Kernel (Triton kernels) are timed on GPUs only; this CPU run times eager "
+                     "and torch.compile")
+    liger = liger_functions() if on_gpu() else {}
+    if on_gpu() and not liger:
+        notes.append("Liger-Kernel not installed (optional): its column is absent")
+
+    def loss_head(y, w_lm, w_q, b_q):
+        logits = R.linear(y, w_lm)[:, shape.puzzle_len:]
+        q = R.linear(y[:, 0], w_q, b_q).float()
+        return supervision_loss(logits, labels, q[:, 0], q[:, 1]).total
+
+    act_pair = lambda: [act(B, L, D), act(B, L, D)]
     cases = [
-        ("add_rms_norm", R.add_rms_norm, fast and fast.add_rms_norm,
-         liger and (lambda x, r: liger[0].apply(r + x, torch.ones(hidden, device=device, dtype=dtype), 1e-5, 0.0, "llama", True)),
-         lambda: [rnd(*x_shape), rnd(*x_shape)]),
-        ("add_rms_norm_seq", R.add_rms_norm_seq, fast and fast.add_rms_norm_seq, None, lambda: [rnd(*x_shape), rnd(*x_shape)]),
-        ("swiglu", R.swiglu, fast and fast.swiglu,
-         liger and (lambda x, wgu, wd: R.linear(liger[1].apply(*R.linear(x, wgu).chunk(2, -1)), wd)),
-         lambda: [rnd(*x_shape, scale=0.5), w(2 * I, hidden), w(hidden, I)]),
-        ("swiglu_token_mix", R.swiglu_token_mix, fast and fast.swiglu_token_mix, None,
-         lambda: [rnd(*x_shape, scale=0.5), w(2 * Im, seq), w(seq, Im)]),
-        ("attention_rope", lambda x, a, b: R.attention(x, a, b, cos, sin, heads),
-         fast and (lambda x, a, b: fast.attention(x, a, b, cos, sin, heads)), None,
-         lambda: [rnd(*x_shape, scale=0.5), w(3 * hidden, hidden), w(hidden, hidden)]),
-        ("loss_head_stablemax", lambda y, wl: R.stablemax_cross_entropy(R.linear(y, wl), labels, labels >= 0).sum(),
-         None, None, lambda: [rnd(*x_shape), w(12, hidden)]),
+        OpCase("add_rms_norm", R.add_rms_norm, act_pair, fast and fast.add_rms_norm,
+               _liger_add_rms_norm(liger, D, device), norm_elements=B * L * D),
+        OpCase("swiglu", R.swiglu, lambda: [act(B, L, D, scale=0.5), weight(2 * I, D), weight(D, I)],
+               fast and fast.swiglu, _liger_swiglu(liger)),
     ]
-    labels = torch.randint(0, 12, (batch, seq), generator=g).to(device)
+    if shape.mixer_ops:
+        cases += [
+            OpCase("add_rms_norm_seq", R.add_rms_norm_seq, act_pair, fast and fast.add_rms_norm_seq,
+                   norm_elements=B * L * D),
+            OpCase("swiglu_token_mix", R.swiglu_token_mix, lambda: [act(B, L, D, scale=0.5), weight(2 * Im, L), weight(L, Im)],
+                   fast and fast.swiglu_token_mix),
+        ]
+    cases += [
+        OpCase("attention_rope", lambda x, a, b: R.attention(x, a, b, cos, sin, H),
+               lambda: [act(B, L, D, scale=0.5), weight(3 * D, D), weight(D, D)],
+               fast and (lambda x, a, b: fast.attention(x, a, b, cos, sin, H)), _liger_attention(liger, cos, sin, H)),
+        OpCase("loss_head", loss_head,
+               lambda: [act(B, L, D), weight(shape.vocab, D), weight(2, D) * 0.1, torch.full((2,), -5.0, device=device)],
+               note="trm_fast runs the reference loss head (stablemax in float64 over a vocabulary of at most 12; no "
+                    "fused kernel); Liger's fused linear cross-entropy is a softmax loss, not this one"),
+    ]
     return cases
 
 
-def _modes(fn, make_inputs):
-    """Callables for forward, backward (from a kept graph) and both."""
-    inputs = [t.requires_grad_(True) for t in make_inputs()]
+def _modes(fn, base: list[torch.Tensor]):
+    """Callables for forward (no grad), backward (through a kept graph) and both, and the forward output, on fresh
+    leaf copies of the case's inputs (every contender sees the same values)."""
+    inputs = [t.detach().clone().requires_grad_(True) for t in base]
     out = fn(*inputs)
-    dy = torch.randn_like(out)
+    dy = torch.ones_like(out) if out.dim() == 0 else torch.randn_like(out)
 
     def fwd():
         with torch.no_grad():
-            fn(*inputs)
+            return fn(*inputs)
 
     def bwd():
-        torch.autograd.grad(out, inputs, dy, retain_graph=True)
+        torch.autograd.grad(out, inputs, dy, retain_graph=True, allow_unused=True)
 
     def both():
-        o = fn(*inputs)
-        torch.autograd.grad(o, inputs, torch.ones_like(o) if o.dim() == 0 else dy)
+        torch.autograd.grad(fn(*inputs), inputs, dy, allow_unused=True)
 
-    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": both}
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": both}, out.detach()
 
 
-def run_ops(batch: int, seq: int, quick: bool, autotune: bool, log=print) -> list[dict]:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+def _flops(fn, base: list[torch.Tensor]) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = [t.detach().clone().requires_grad_(True) for t in base]
+    with FlopCounterMode(display=False) as fwd_counter:
+        out = fn(*inputs)
+    with FlopCounterMode(display=False) as bwd_counter:
+        torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
+    f, b = fwd_counter.get_total_flops(), bwd_counter.get_total_flops()
+    return {"fwd": f, "bwd": b, "fwd+bwd": f + b}
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def run_ops(shapes: list[OpShape], quick: bool, autotune: bool, ceilings: dict, deadline: Deadline,
+            notes: list[str], only: list[str] | None = None, op_names: list[str] | None = None, log=print) -> list[dict]:
+    device = "cuda" if on_gpu() else "cpu"
+    dtype = torch.bfloat16 if on_gpu() else torch.float32
+    copy_gbs = ceilings.get("copy_bandwidth_gbs")
+    if autotune and not on_gpu():
+        notes.append("torch.compile max-autotune is run on GPUs only")
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     rows = []
-    for name, ref, fast, liger, make in op_cases(batch, seq, device=device, dtype=dtype):
-        contenders = {"eager": ref, "compile": torch.compile(ref)}
-        if autotune and device == "cuda":
-            contenders["compile-max-autotune"] = torch.compile(ref, mode="max-autotune-no-cudagraphs")
-        if liger is not None:
-            contenders["liger"] = liger
-        if fast is not None:
-            contenders["trm_fast"] = fast
-        results = {}
-        for contender, fn in contenders.items():
-            try:
-                for mode, call in _modes(fn, make).items():
-                    results[(contender, mode)] = measure(call, warmup=2 if quick else 5, reps=5 if quick else 20)
-            except Exception as exc:  # a contender that cannot run this op is reported, not fatal
-                log(f"  {name}: {contender} skipped ({type(exc).__name__}: {str(exc)[:120]})")
-        for (contender, mode), ms in results.items():
-            eager = results.get(("eager", mode))
-            rows.append({"op": name, "shape": f"{batch}x{seq}x512", "mode": mode, "contender": contender, "ms": ms,
-                         "speedup_vs_eager": eager / ms if eager else None})
-        log(f"  {name}: " + ", ".join(f"{c}/{m} {ms:.3f} ms" for (c, m), ms in results.items() if m == "fwd+bwd"))
-    if _liger() is None:
-        log("  Liger-Kernel not installed (optional): its column is absent")
+    for shape in shapes:
+        for case in op_cases(shape, device, dtype, notes):
+            if op_names and case.name not in op_names:
+                continue
+            if case.note:
+                notes.append(f"{case.name}: {case.note}")
+            contenders = {"eager": case.reference, "compile": torch.compile(case.reference)}
+            if autotune and on_gpu():
+                contenders["compile-max-autotune"] = torch.compile(case.reference, mode="max-autotune-no-cudagraphs")
+            if case.liger is not None:
+                contenders["liger"] = case.liger
+            if case.trm_fast is not None:
+                contenders["trm_fast"] = case.trm_fast
+            contenders = {k: v for k, v in contenders.items() if k == "eager" or selected(k, only)}
+            base = case.make_inputs()
+            flops = _flops(case.reference, base)
+            elt = torch.tensor([], dtype=dtype).element_size()
+            # fewest bytes: fwd reads x and residual and writes y (+ fp32 rstd per row); bwd reads dy and y and writes dx
+            floor = {"fwd": 3 * case.norm_elements * elt, "bwd": 3 * case.norm_elements * elt}
+            floor["fwd+bwd"] = floor["fwd"] + floor["bwd"]
+            timings, reference_out = {}, None
+            for contender, fn in contenders.items():
+                if deadline.expired():
+                    notes.append(f"{case.name} {shape.label}: {contender} not run (the --budget-s time was used up)")
+                    continue
+                try:
+                    calls, out = _modes(fn, base)
+                    if contender == "eager":
+                        reference_out = out
+                    err = _rel_err(out, reference_out) if reference_out is not None else None
+                    for mode, call in calls.items():
+                        ms = measure_op(call, quick)
+                        graph_ms = None
+                        if mode == "fwd" and on_gpu():
+                            try:
+                                graph_ms = measure_op_cudagraph(call, quick)
+                            except Exception as exc:
+                                notes.append(f"{case.name} {contender}: CUDA-graph timing failed ({type(exc).__name__})")
+                        timings[(contender, mode)] = (ms, graph_ms, err)
+                except Exception as exc:
+                    msg = f"{case.name} {shape.label}: {contender} skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+                    notes.append(msg)
+                    log("  " + msg)
+                finally:
+                    if contender.startswith("compile"):
+                        torch._dynamo.reset()  # compiled graphs of this op are not needed again
+            for (contender, mode), (ms, graph_ms, err) in timings.items():
+                eager = timings.get(("eager", mode))
+                row = {"op": case.name, "shape": shape.label, "preset_shape": shape.name, "mode": mode,
+                       "contender": contender, "ms": ms, "ms_cudagraph": graph_ms,
+                       "speedup_vs_eager": eager[0] / ms if eager else None,
+                       "flops": flops[mode], "tflops": flops[mode] / (ms * 1e-3) / 1e12 if flops[mode] else None,
+                       "rel_err_vs_eager": err}
+                if case.norm_elements:
+                    row["gbs"] = floor[mode] / (ms * 1e-3) / 1e9
+                    row["copy_bw_fraction"] = row["gbs"] / copy_gbs if copy_gbs else None
+                rows.append(row)
+            summary = ", ".join(f"{c} {t[0]:.3f} ms" for (c, m), t in timings.items() if m == "fwd+bwd")
+            log(f"  {case.name} {shape.label} fwd+bwd: {summary}")
     return rows

@@ -1,163 +1,242 @@
-"""Whole-step, evaluation and memory benchmarks per preset, every contender in the same run:
-eager (the reference model run as the published code runs it: bf16 casts, SDPA attention), compiled (that model
-under whole-model torch.compile, as the published code does), and trm_fast (Triton ops, recompute levels 0-2)."""
+"""Whole training step per preset: one optimizer step of the published scheme (a supervision step of every slot:
+forward of all T cycles, the loss, backward through the last cycle, AdamATan2, the sparse puzzle-embedding update
+and the EMA), every contender in the same run:
+
+    eager          the reference model run as the published code runs it (backend torch: bf16 casts, SDPA attention)
+    compile        that model under whole-model torch.compile, as the published code runs it
+    trm_fast-L<k>  backend triton at recomputation level k (GPU only)
+
+Model FLOPs are counted once, on the eager reference with FlopCounterMode (it cannot see custom ops), and the same
+count is used for every contender. MFU is reported against the datasheet dense-bf16 peak and against a bf16 matmul
+measured in the same run; `roofline_fraction` is the time the step's matmuls would take at the measured ceilings
+(each matmul at max(flops / matmul rate, bytes / copy bandwidth), so the MLP-mixer's narrow token-mixing matmuls
+count as memory-bound) divided by the measured step time.
+"""
 from __future__ import annotations
 
 import copy
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from trm_fast.bench.common import datasheet_peak_tflops, measure, peak_memory
+from trm_fast.bench.timing import Deadline, datasheet_peak_tflops, measure_calls, on_gpu, peak_memory, selected
 from trm_fast.config import TRMConfig
-from trm_fast.memory import saved_bytes_per_step
 from trm_fast.model import build_model
-from trm_fast.train.act import SupervisionState, supervision_step
-from trm_fast.train.ema import EMA
-from trm_fast.train.optim import SparseSignSGD, build_dense_optimizer
 
+# The same structure at a width a CPU finishes in seconds.
 CPU_SHRINK = ["model.hidden_size=64", "model.num_heads=2", "model.puzzle_emb_dim=64", "model.n=2", "model.T=2"]
+STEP_PRESETS_GPU = ["sudoku-att", "sudoku-mlp", "maze", "arc1", "arc2"]
+STEP_PRESETS_QUICK = ["sudoku-att", "sudoku-mlp", "maze"]
 
 
-def bench_config(preset: str, cpu: bool) -> TRMConfig:
+def default_batch(preset: str, quick: bool) -> int:
+    """768 (the published global batch) for Sudoku, 192 (the published per-GPU share) for Maze/ARC; 192 for every
+    preset with --quick; small on a CPU."""
+    if not on_gpu():
+        return 2 if quick else 8
+    if quick:
+        return 192
+    return 768 if preset.startswith("sudoku") else 192
+
+
+def bench_config(preset: str, overrides: list[str] | None = None) -> TRMConfig:
     config = TRMConfig.preset(preset)
-    if cpu:  # the same structure at a width a CPU finishes in seconds
-        config = config.override(CPU_SHRINK + (["model.seq_len=64"] if config.model.seq_len > 100 else []))
-    return config
+    if not on_gpu() and config.model.hidden_size > 64:
+        config = config.override(CPU_SHRINK + (["model.seq_len=48"] if config.model.seq_len > 100 else []))
+    return config.override(list(overrides or []))
 
 
-def contenders(config: TRMConfig, device: str, levels=(0, 1, 2)) -> dict:
-    out = {"eager": config.override(["model.backend=torch"]), "compile": config.override(["model.backend=torch"])}
-    if device == "cuda":
-        for level in levels:
-            out[f"trm_fast-L{level}"] = config.override(["model.backend=triton", f"model.recompute={level}"])
+def contender_configs(config: TRMConfig, levels=(0, 1, 2)) -> dict[str, tuple[TRMConfig, bool]]:
+    """name -> (config, torch.compile the model?)"""
+    torch_cfg = config.override(["model.backend=torch", "model.recompute=0"])
+    out = {"eager": (torch_cfg, False)}
+    if on_gpu():
+        out.update({f"trm_fast-L{lv}": (config.override(["model.backend=triton", f"model.recompute={lv}"]), False)
+                    for lv in levels[:1]})
+    out["compile"] = (torch_cfg, True)
+    if on_gpu():
+        out.update({f"trm_fast-L{lv}": (config.override(["model.backend=triton", f"model.recompute={lv}"]), False)
+                    for lv in levels[1:]})
     return out
 
 
-class StepRunner:
-    """One optimizer step of the published scheme on fixed random data: forward of all T cycles, backward,
-    AdamATan2, the sparse puzzle update and the EMA."""
+def random_batch(m, batch: int, device, seed: int = 1) -> dict:
+    """Random tokens and labels (all supervised) for a ModelConfig `m`; sample i gets puzzle id i modulo the table."""
+    g = torch.Generator().manual_seed(seed)
+    return {"inputs": torch.randint(0, m.vocab_size, (batch, m.seq_len), generator=g).to(device),
+            "labels": torch.randint(1, m.vocab_size, (batch, m.seq_len), generator=g).to(device),
+            "puzzle_identifiers": (torch.arange(batch) % m.num_puzzle_identifiers).to(device)}
 
-    def __init__(self, config: TRMConfig, batch: int, device: str, compile_model: bool):
+
+class StepRunner:
+    """One optimizer step of the published scheme on fixed random data, callable repeatedly (the carry advances, so
+    halted slots restart as in training)."""
+
+    def __init__(self, config: TRMConfig, batch: int, device, compile_model: bool):
+        from trm_fast.train.act import SupervisionState
+        from trm_fast.train.ema import EMA
+        from trm_fast.train.optim import SparseSignSGD, build_dense_optimizer
+
         torch.manual_seed(0)
+        t = config.train
         self.model = build_model(copy.deepcopy(config.model)).to(device)
+        self.model.train()
         self.forward = torch.compile(self.model) if compile_model else self.model
-        self.opt = build_dense_optimizer(config.train, self.model.parameters())
-        self.sparse = SparseSignSGD(self.model.puzzle_emb, 1e-4, 0.1) if self.model.puzzle_emb is not None else None
-        self.ema = EMA(self.model, 0.999)
-        m = config.model
-        g = torch.Generator().manual_seed(1)
-        self.batch = {"inputs": torch.randint(0, m.vocab_size, (batch, m.seq_len), generator=g).to(device),
-                      "labels": torch.randint(1, m.vocab_size, (batch, m.seq_len), generator=g).to(device),
-                      "puzzle_identifiers": torch.zeros(batch, dtype=torch.long, device=device)}
-        self.state = SupervisionState.fresh(self.model, batch, m.seq_len, device)
+        self.dense = build_dense_optimizer(t, [p for p in self.model.parameters() if p.requires_grad])
+        emb = getattr(self.model, "puzzle_emb", None)
+        self.sparse = SparseSignSGD(emb, t.puzzle_emb_lr, t.puzzle_emb_weight_decay) if emb is not None else None
+        self.ema = EMA(self.model, t.ema_rate) if t.ema else None
+        self.batch = random_batch(config.model, batch, device)
+        self.state = SupervisionState.fresh(self.model, batch, config.model.seq_len, device)
         self.slots = torch.arange(batch, device=device)
+        self.loss_kind = t.loss
+        self.global_batch = batch
         self.steps = 0
 
     def __call__(self):
+        from trm_fast.train.act import supervision_step
+
         result = supervision_step(self.forward, self.state, self.batch, step=self.steps, seed=0, slot_index=self.slots,
-                                  training=True)
-        (result.loss.total / len(self.slots)).backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        if self.sparse:
+                                  training=True, loss_kind=self.loss_kind)
+        (result.loss.total / self.global_batch).backward()
+        self.dense.step()
+        self.dense.zero_grad(set_to_none=True)
+        if self.sparse is not None:
             self.sparse.step()
-        self.ema.update()
+        if self.ema is not None:
+            self.ema.update()
         self.state = result.state
         self.steps += 1
 
 
-def model_flops(config: TRMConfig, batch: int, device: str) -> int:
-    """FLOPs of one training step counted on the eager reference (FlopCounterMode cannot see custom ops)."""
+# ---------------------------------------------------------------------------------------------- FLOPs and roofline
+
+_MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+            torch.ops.aten.baddbmm.default}
+
+
+class MatmulLedger(TorchDispatchMode):
+    """Records (flops, fewest bytes) of every matmul that runs: the operands read once and the output written once."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[int, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _MATMULS:
+            a, b = (args[1], args[2]) if func in (torch.ops.aten.addmm.default, torch.ops.aten.baddbmm.default) else args[:2]
+            batch = a.shape[0] if a.dim() == 3 else 1
+            m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+            nbytes = sum(t.numel() * t.element_size() for t in (a, b, out))
+            self.calls.append((2 * batch * m * k * n, nbytes))
+        return out
+
+
+def _cpu_attention_flops() -> dict:
+    """FlopCounterMode counts the CUDA SDPA kernels but not the CPU one: the same formulas for the CPU op."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda query, key, value, *args, out_shape=None, **kwargs: fc.sdpa_flop_count(query, key, value))
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            lambda grad_out, query, key, value, *args, out_shape=None, **kwargs:
+            fc.sdpa_backward_flop_count(grad_out, query, key, value))
+    return mapping
+
+
+def count_step(runner: StepRunner) -> dict:
+    """Runs one step of `runner` (an eager reference model) under FlopCounterMode and the matmul ledger."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    runner = StepRunner(config.override(["model.backend=torch"]), batch, device, compile_model=False)
-    with FlopCounterMode(display=False) as counter:
+    ledger = MatmulLedger()
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()) as counter, ledger:
         runner()
-    return int(counter.get_total_flops())
+    return {"flops": int(counter.get_total_flops()), "matmuls": ledger.calls}
 
 
-def run_step(presets: list[str], batches: dict[str, int], quick: bool, measured_tflops: float | None, log=print) -> list[dict]:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def model_flops(config: TRMConfig, batch: int, device) -> int:
+    """FLOPs of one training step (forward of all T cycles, loss, backward) counted on the eager reference."""
+    runner = StepRunner(config.override(["model.backend=torch", "model.recompute=0"]), batch, device, compile_model=False)
+    return count_step(runner)["flops"]
+
+
+def roofline_ms(counted: dict, matmul_tflops: float | None, copy_gbs: float | None) -> float | None:
+    """Step time if every matmul ran at its roofline and the rest of the counted FLOPs (attention) at the matmul
+    rate; elementwise work is not charged (so it is a lower bound)."""
+    if not matmul_tflops or not copy_gbs:
+        return None
+    rate, bw = matmul_tflops * 1e12, copy_gbs * 1e9
+    mm_flops = sum(f for f, _ in counted["matmuls"])
+    seconds = sum(max(f / rate, b / bw) for f, b in counted["matmuls"]) + max(0, counted["flops"] - mm_flops) / rate
+    return seconds * 1e3
+
+
+def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, overrides: list[str], ceilings: dict,
+             deadline: Deadline, notes: list[str], only: list[str] | None = None, log=print) -> list[dict]:
+    from trm_fast.memory import saved_bytes_per_step
+
+    device = torch.device("cuda" if on_gpu() else "cpu")
     peak = datasheet_peak_tflops()
+    if not on_gpu():
+        notes.append("CPU: the presets at reduced width (" + ", ".join(CPU_SHRINK) + "), eager and torch.compile only")
+    warmup, reps = (2, 5) if quick else (3, 10)
     rows = []
     for preset in presets:
-        config = bench_config(preset, device == "cpu")
+        config = bench_config(preset, overrides)
         batch = batches[preset]
-        flops = model_flops(config, batch, device)
         tokens = batch * config.model.total_seq_len
-        eager_ms = None
-        for name, cfg in contenders(config, device).items():
+        results, counted = {}, None
+        for name, (cfg, compile_model) in contender_configs(config, levels).items():
+            if not selected(name, only):
+                continue
+            if deadline.expired():
+                notes.append(f"{preset}@{batch}: {name} not run (the --budget-s time was used up)")
+                continue
             try:
-                runner = StepRunner(cfg, batch, device, compile_model=(name == "compile"))
-                ms = measure(runner, warmup=2 if quick else 5, reps=3 if quick else 10)
+                runner = StepRunner(cfg, batch, device, compile_model)
+                if name == "eager":  # the count is also the eager contender's first warm-up step
+                    counted = count_step(runner)
+                ms = measure_calls(runner, warmup, reps)
                 mem = peak_memory(runner)
-                # saved-tensor hooks make torch.compile fall back to eager, so the compiled model's saved bytes
-                # cannot be counted this way; its peak GPU memory is the comparable figure
-                saved = None if name == "compile" else saved_bytes_per_step(runner.model, batch, device)
+                # saved-tensor hooks would make torch.compile fall back to eager: the compiled model's saved bytes
+                # are not counted this way (bench memory reports what it holds after the forward instead)
+                saved = None if compile_model else saved_bytes_per_step(runner.model, batch, device)
             except Exception as exc:
-                log(f"  {preset}: {name} skipped ({type(exc).__name__}: {str(exc)[:160]})")
+                msg = f"{preset}@{batch}: {name} skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                notes.append(msg)
+                log("  " + msg)
                 continue
-            eager_ms = ms if name == "eager" else eager_ms
-            tflops = flops / (ms * 1e-3) / 1e12
-            row = {"preset": preset, "batch": batch, "contender": name, "ms_per_step": ms, "steps_per_s": 1e3 / ms,
-                   "tokens_per_s": tokens / (ms * 1e-3), "model_tflops": tflops,
-                   "mfu_datasheet": tflops / peak if peak else None,
-                   "mfu_measured_matmul": tflops / measured_tflops if measured_tflops else None,
-                   "peak_memory_bytes": mem, "saved_for_backward_bytes": saved,
-                   "speedup_vs_eager": eager_ms / ms if eager_ms else None, "flops_per_step": flops}
-            rows.append(row)
-            log(f"  {preset} {name}: {ms:.2f} ms/step, {row['tokens_per_s']:.0f} tokens/s"
-                + (f", saved {saved / 1e6:.1f} MB" if saved is not None else "")
-                + (f", x{row['speedup_vs_eager']:.2f} vs eager" if row["speedup_vs_eager"] else ""))
-    return rows
-
-
-def run_eval(presets: list[str], batches: dict[str, int], quick: bool, log=print) -> list[dict]:
-    """Puzzles per second with all halt_max_steps supervision steps."""
-    from trm_fast.eval.evaluate import run_puzzles
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = []
-    for preset in presets:
-        config = bench_config(preset, device == "cpu")
-        batch = batches[preset]
-        steps = config.model.halt_max_steps if not (quick and device == "cpu") else 2
-        for name, cfg in contenders(config, device, levels=(0,)).items():
-            model = build_model(copy.deepcopy(cfg.model)).to(device).eval()
-            fwd = torch.compile(model) if name == "compile" else model
-            inputs = torch.randint(0, cfg.model.vocab_size, (batch, cfg.model.seq_len), device=device)
-            ids = torch.zeros(batch, dtype=torch.long, device=device)
-            try:
-                ms = measure(lambda: run_puzzles(fwd, inputs, ids, steps), warmup=1, reps=3 if quick else 5)
-            except Exception as exc:
-                log(f"  {preset}: {name} skipped ({type(exc).__name__}: {str(exc)[:160]})")
-                continue
-            rows.append({"preset": preset, "contender": name, "batch": batch, "supervision_steps": steps,
-                         "ms_per_batch": ms, "puzzles_per_s": batch / (ms * 1e-3)})
-            log(f"  {preset} {name}: {batch / (ms * 1e-3):.1f} puzzles/s ({steps} steps)")
-    return rows
-
-
-def run_memory(presets: list[str], batches: dict[str, int], log=print) -> list[dict]:
-    """Bytes saved for backward per supervision step (saved-tensor hooks; no GPU needed), per contender/level."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = []
-    for preset in presets:
-        config = bench_config(preset, device == "cpu")
-        batch = batches[preset]
-        variants = {"eager": config.override(["model.backend=torch"])}
-        backend = "triton" if device == "cuda" else "torch"
-        for level in (0, 1, 2):
-            variants[f"trm_fast-L{level}" if backend == "triton" else f"reference-L{level}"] = config.override(
-                [f"model.backend={backend}", f"model.recompute={level}"])
-        eager_bytes = None
-        for name, cfg in variants.items():
-            model = build_model(copy.deepcopy(cfg.model)).to(device)
-            saved = saved_bytes_per_step(model, batch, device)
-            eager_bytes = saved if name == "eager" else eager_bytes
-            rows.append({"preset": preset, "batch": batch, "contender": name, "saved_bytes": saved,
-                         "fraction_of_eager": saved / eager_bytes if eager_bytes else None})
-            log(f"  {preset} {name}: {saved / 1e6:.2f} MB saved for backward ({saved / eager_bytes:.3f} of eager)")
-    log("  torch.compile: not counted here (saved-tensor hooks make it fall back to eager); "
-        "`trm-fast bench step` on a GPU reports its peak memory")
+            finally:
+                if compile_model:
+                    torch._dynamo.reset()
+            results[name] = {"ms": ms, "peak": mem, "saved": saved}
+            log(f"  {preset}@{batch} {name}: {ms:.2f} ms/step" + (f", peak {mem / 2**30:.2f} GiB" if mem else "")
+                + (f", saved {saved / 2**20:.1f} MiB" if saved is not None else ""))
+            del runner
+            if on_gpu():
+                torch.cuda.empty_cache()
+        if counted is None and results:
+            counted = count_step(StepRunner(contender_configs(config)["eager"][0], batch, device, False))
+        flops = counted["flops"] if counted else None
+        roof = roofline_ms(counted, ceilings.get("matmul_tflops"), ceilings.get("copy_bandwidth_gbs")) if counted else None
+        eager_ms = results.get("eager", {}).get("ms")
+        compile_ms = results.get("compile", {}).get("ms")
+        for name, r in results.items():
+            ms = r["ms"]
+            tflops = flops / (ms * 1e-3) / 1e12 if flops else None
+            rows.append({
+                "preset": preset, "batch": batch, "contender": name, "ms_per_step": ms, "steps_per_s": 1e3 / ms,
+                "tokens_per_s": tokens / (ms * 1e-3), "flops_per_step": flops, "model_tflops": tflops,
+                "mfu_datasheet": tflops / peak if tflops and peak else None,
+                "mfu_measured_matmul": tflops / ceilings["matmul_tflops"] if tflops and ceilings.get("matmul_tflops") else None,
+                "roofline_ms": roof, "roofline_fraction": roof / ms if roof else None,
+                "peak_memory_bytes": r["peak"], "saved_for_backward_bytes": r["saved"],
+                "speedup_vs_eager": eager_ms / ms if eager_ms else None,
+                "speedup_vs_compile": compile_ms / ms if compile_ms else None,
+            })
     return rows

@@ -1,0 +1,113 @@
+"""Memory per preset, every contender on the same config:
+
+    saved_bytes               bytes saved for backward by one supervision step, counted with saved-tensor hooks
+                              (trm_fast.memory.saved_bytes_per_step; needs no GPU). Not countable for torch.compile:
+                              saved-tensor hooks make it fall back to eager.
+    held_after_forward_bytes  GPU: what the forward leaves allocated for the backward (memory_allocated after the
+                              forward minus before it): the figure that also covers the compiled model.
+    peak_memory_bytes         GPU: torch.cuda.max_memory_allocated over one whole optimizer step (after a first step
+                              has created the optimiser state), puzzle table and optimiser states included.
+    predicted_peak_bytes      trm_fast.memory.estimate at the contender's level and backend.
+
+Contenders: eager (reference, level 0), reference-L1/L2 (reference path with recomputation), compile (GPU), and
+trm_fast-L0/L1/L2 (backend triton, GPU).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from trm_fast.bench.step import StepRunner, bench_config
+from trm_fast.bench.timing import Deadline, on_gpu, peak_memory, selected
+from trm_fast.model import build_model
+
+
+def _variants(config, levels) -> dict:
+    """name -> (config, backend, level, compiled)"""
+    out = {"eager": (config.override(["model.backend=torch", "model.recompute=0"]), "torch", 0, False)}
+    for lv in levels:
+        if lv:
+            out[f"reference-L{lv}"] = (config.override(["model.backend=torch", f"model.recompute={lv}"]), "torch", lv, False)
+    if on_gpu():
+        out["compile"] = (out["eager"][0], "torch", 0, True)
+        for lv in levels:
+            out[f"trm_fast-L{lv}"] = (config.override(["model.backend=triton", f"model.recompute={lv}"]), "triton", lv, False)
+    return out
+
+
+def held_after_forward(model, batch: int, device, compiled: bool) -> int | None:
+    """GPU bytes the training forward (with loss) leaves allocated for its backward."""
+    if not on_gpu():
+        return None
+    from trm_fast.bench.step import random_batch
+    from trm_fast.train.losses import supervision_loss
+
+    fwd = torch.compile(model) if compiled else model
+    b = random_batch(model.config, batch, device)
+    carry = model.initial_carry(batch, device)
+    for _ in range(2 if compiled else 1):  # a compiled model's first call compiles
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        out = fwd(carry, b["inputs"], b["puzzle_identifiers"])
+        loss = supervision_loss(out.logits, b["labels"], out.q_halt, out.q_continue).total
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated() - before
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if getattr(model, "puzzle_emb", None) is not None:
+            model.puzzle_emb.pending.clear()
+        del out, loss
+    return int(held)
+
+
+def run_memory(presets: list[str], batches: dict[str, int], levels, overrides: list[str], deadline: Deadline,
+               notes: list[str], only: list[str] | None = None, log=print) -> list[dict]:
+    from trm_fast.memory import estimate, saved_bytes_per_step
+
+    device = torch.device("cuda" if on_gpu() else "cpu")
+    if not on_gpu():
+        notes.append("CPU: bytes saved for backward only (saved-tensor hooks); peak and held-after-forward bytes and "
+                     "the compiled model are measured on GPUs")
+    notes.append("torch.compile: saved bytes not countable with saved-tensor hooks (they make it fall back to eager); "
+                 "compare its held_after_forward_bytes and peak_memory_bytes")
+    rows = []
+    for preset in presets:
+        config = bench_config(preset, overrides)
+        batch = batches[preset]
+        eager_bytes = None
+        for name, (cfg, backend, level, compiled) in _variants(config, levels).items():
+            if name != "eager" and not selected(name, only):
+                continue
+            if deadline.expired():
+                notes.append(f"{preset}@{batch}: {name} not run (the --budget-s time was used up)")
+                continue
+            try:
+                model = build_model(copy.deepcopy(cfg.model)).to(device)
+                saved = None if compiled else saved_bytes_per_step(model, batch, device)
+                held = held_after_forward(model, batch, device, compiled)
+                del model
+                peak = None
+                if on_gpu():
+                    runner = StepRunner(cfg, batch, device, compiled)
+                    runner()  # creates the optimiser state
+                    peak = peak_memory(runner)
+                    del runner
+                    torch.cuda.empty_cache()
+                predicted = estimate(cfg, batch, device.type, backend)["levels"][level]["peak"] if not compiled else None
+            except Exception as exc:
+                msg = f"{preset}@{batch}: {name} skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                notes.append(msg)
+                log("  " + msg)
+                continue
+            finally:
+                if compiled:
+                    torch._dynamo.reset()
+            if name == "eager":
+                eager_bytes = saved
+            rows.append({"preset": preset, "batch": batch, "contender": name, "saved_bytes": saved,
+                         "fraction_of_eager": saved / eager_bytes if saved is not None and eager_bytes else None,
+                         "held_after_forward_bytes": held, "peak_memory_bytes": peak, "predicted_peak_bytes": predicted})
+            log(f"  {preset}@{batch} {name}: " + ", ".join(
+                f"{k} {v / 2**20:.1f} MiB" for k, v in (("saved", saved), ("held", held), ("peak", peak)) if v is not None))
+    return rows
