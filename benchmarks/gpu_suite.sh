@@ -1,59 +1,133 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite on a bare machine with no network (system python with torch and triton).
-#   benchmarks/gpu_suite.sh --quick OUTDIR     GPU tests + ops at D=512 + training step for sudoku-att, sudoku-mlp
-#                                             and maze at 192 (meant to finish in under 8 minutes on one H100)
-#   benchmarks/gpu_suite.sh --stage N OUTDIR   the full suite in stages of at most ~9 minutes:
-#                                             1 GPU tests, 2 ops, 3 step (sudoku), 4 step (maze, arc1), 5 memory + eval
-# Compile caches live under OUTDIR (TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR) so later stages reuse them.
-# Liger-Kernel is installed from a wheel carried in .whl/ when present; its columns are skipped otherwise.
-set -euo pipefail
+# The GPU benchmark suite for a bare machine with no network (system python with torch and triton).
+#
+#   benchmarks/gpu_suite.sh --quick OUTDIR      GPU tests, ops at the Sudoku shape (D = 512, batch 768; max-autotune
+#                                              for single ops only), and the training step of sudoku-att, sudoku-mlp
+#                                              and maze at batch 192: meant to end within 8 minutes on one H100 with
+#                                              cold compile caches (each part has a time budget and a hard limit)
+#   benchmarks/gpu_suite.sh --stage N OUTDIR    the full suite, one stage of at most 9 minutes per call:
+#       1  GPU tests; ops at the Sudoku shape (eager, trm_fast, Liger, torch.compile)
+#       2  ops: torch.compile max-autotune at the Sudoku shape; the Maze/ARC shape (L = 916, batch 192)
+#       3  training step, sudoku-att and sudoku-mlp at batch 768
+#       4  training step, maze and arc1 at batch 192
+#       5  memory: sudoku-att, sudoku-mlp at 768; maze, arc1 at 192
+#       6  evaluation throughput (16 supervision steps): sudoku-mlp, sudoku-att at 768; arc1 at 192
+#   --pip    make trm_fast importable with `pip install --no-deps --no-build-isolation -e .` (builds the optional
+#            C++ data engines) instead of the default, a symlinked package layout on PYTHONPATH (instant, no build)
+#
+# Results (merged JSON, markdown, PNG charts) go to OUTDIR/results, logs to OUTDIR/*.log, compile caches to
+# OUTDIR/cache (TRITON_CACHE_DIR, TORCHINDUCTOR_CACHE_DIR), so later stages on the same machine reuse them.
+# Liger-Kernel is installed from a wheel carried in the tree (.whl/liger_kernel-*.whl) when present.
+# Through the device tool: carry [".whl"], put OUTDIR outside $OUT (it returns at most 8 files), then e.g.
+#   benchmarks/gpu_suite.sh --quick /tmp/suite; tar czf $OUT/suite.tgz -C /tmp/suite results $(cd /tmp/suite && ls *.log)
+set -uo pipefail
+
 QUICK=0
 STAGE=""
 OUT=""
+USE_PIP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
-    --stage) STAGE="$2"; shift ;;
+    --stage) STAGE="${2:-}"; shift ;;
+    --pip) USE_PIP=1 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -*) echo "gpu_suite.sh: unknown option $1" >&2; exit 2 ;;
     *) OUT="$1" ;;
   esac
   shift
 done
-[ -n "$OUT" ] || { echo "usage: $0 [--quick] [--stage N] OUTDIR" >&2; exit 2; }
-cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
+if [ -z "$OUT" ] || { [ "$QUICK" = 0 ] && [ -z "$STAGE" ]; }; then
+  echo "usage: $0 --quick OUTDIR | $0 --stage N OUTDIR   (N = 1..6; --pip to install with pip)" >&2
+  exit 2
+fi
+SUITE_START=$(date +%s)
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+mkdir -p "$OUT/results" "$OUT/cache"
 OUT=$(cd "$OUT" && pwd)
-export TRITON_CACHE_DIR="$OUT/triton_cache" TORCHINDUCTOR_CACHE_DIR="$OUT/inductor_cache" PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR="$OUT/cache/triton" TORCHINDUCTOR_CACHE_DIR="$OUT/cache/inductor" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+LOG="$OUT/suite.log"
+say() { echo "[gpu_suite $(( $(date +%s) - SUITE_START ))s] $*" | tee -a "$LOG"; }
 
-if ! $PY -c "import trm_fast.kernels" 2>/dev/null; then
-  $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || {
-    # no setuptools/pip: expose the package layout through a symlinked copy
-    mkdir -p "$OUT/site" && rm -rf "$OUT/site/trm_fast" && cp -r trm_fast "$OUT/site/trm_fast"
-    rm -rf "$OUT/site/trm_fast/kernels" && ln -s "$(pwd)/kernels" "$OUT/site/trm_fast/kernels"
-    export PYTHONPATH="$OUT/site${PYTHONPATH:+:$PYTHONPATH}"
-  }
-fi
-if ls .whl/liger_kernel*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-deps --no-index .whl/liger_kernel*.whl && echo "Liger-Kernel installed from .whl/"
+# ---- trm_fast importable with the system python. Every part runs from OUTDIR: `python -m` puts the working
+# directory first on sys.path, and the tree's own trm_fast/ (without kernels/ inside) would shadow the layout below.
+if (cd "$OUT" && $PY -c "import trm_fast.kernels.reference") 2>/dev/null; then
+  say "trm_fast already importable: $(cd "$OUT" && $PY -c 'import trm_fast; print(trm_fast.__file__)')"
+elif [ "$USE_PIP" = 1 ]; then
+  say "installing trm_fast: pip install --no-deps --no-build-isolation --no-index -e ."
+  if ! $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1; then
+    say "pip install failed (see install.log)"; exit 1
+  fi
 else
-  echo "Liger-Kernel wheel absent (.whl/liger_kernel*.whl): its columns are skipped"
+  # the installed layout without a build: trm_fast/* plus kernels/ as trm_fast/kernels, all symlinks into the tree
+  SITE="$OUT/site"
+  rm -rf "$SITE" && mkdir -p "$SITE/trm_fast"
+  for entry in "$REPO"/trm_fast/*; do ln -s "$entry" "$SITE/trm_fast/$(basename "$entry")"; done
+  rm -f "$SITE/trm_fast/kernels" && ln -s "$REPO/kernels" "$SITE/trm_fast/kernels"
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  say "trm_fast on PYTHONPATH through $SITE (symlinks into $REPO; the optional C++ data engines are not built)"
 fi
-$PY -c "import torch, triton; print('device', torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__)"
+(cd "$OUT" && $PY -c "import trm_fast.kernels.reference, trm_fast.bench.cli") || { say "trm_fast does not import"; exit 1; }
 
-bench() { $PY -m trm_fast bench "$@" --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"; }
-gpu_tests() { $PY -m pytest -q -m gpu tests/test_kernels.py 2>&1 | tee "$OUT/gpu_tests.log"; }
+# ---- optional Liger-Kernel from a carried wheel
+shopt -s nullglob
+WHEELS=(.whl/liger_kernel*.whl)
+if [ ${#WHEELS[@]} -gt 0 ]; then
+  if $PY -m pip install -q --no-deps --no-index --no-build-isolation "${WHEELS[@]}" >>"$OUT/install.log" 2>&1; then
+    say "Liger-Kernel installed from ${WHEELS[*]}"
+  else
+    say "Liger-Kernel wheel ${WHEELS[*]} did not install (see install.log): its columns are skipped"
+  fi
+else
+  say "Liger-Kernel wheel absent (.whl/liger_kernel-*.whl; carry .whl to bring one): its columns are skipped"
+fi
+$PY - <<'EOF' 2>&1 | tee -a "$LOG"
+import subprocess, torch, triton
+try:
+    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                            text=True).stdout.strip()
+except OSError:
+    driver = "no nvidia-smi"
+print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE", "| torch", torch.__version__,
+      "| triton", triton.__version__, "| driver", driver)
+EOF
+
+cd "$OUT"
+STATUS=0
+# run LIMIT_S NAME CMD...: a part with a hard limit; a part that fails or times out is reported and the suite goes on
+run() {
+  local limit=$1 name=$2; shift 2
+  say "start $name (hard limit ${limit}s)"
+  timeout --signal=TERM --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then say "$name: stopped at its ${limit}s limit"; STATUS=1
+  elif [ "$rc" != 0 ]; then say "$name: exit status $rc"; STATUS=1
+  else say "done $name"; fi
+}
+# `timeout` runs programs, not shell functions: the commands are spelled out
+BENCH=("$PY" -m trm_fast bench)
+RES=(--out "$OUT/results")
+GPU_TESTS=("$PY" -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests")
 
 if [ "$QUICK" = 1 ]; then
-  gpu_tests
-  bench ops --quick
-  for p in sudoku-att sudoku-mlp maze; do bench step --quick --preset "$p"; done
-  exit 0
+  run 110 gpu_tests "${GPU_TESTS[@]}"
+  run 160 bench_ops "${BENCH[@]}" ops --quick --budget-s 110 "${RES[@]}"
+  run 175 bench_step "${BENCH[@]}" step --quick --preset sudoku-att,sudoku-mlp,maze --budget-s 115 "${RES[@]}"
+else
+  case "$STAGE" in
+    1) run 240 gpu_tests "${GPU_TESTS[@]}"
+       run 280 bench_ops "${BENCH[@]}" ops --preset sudoku-att --no-autotune --budget-s 220 "${RES[@]}" ;;
+    2) run 260 bench_ops_autotune "${BENCH[@]}" ops --preset sudoku-att --contenders compile-max-autotune --budget-s 200 "${RES[@]}"
+       run 260 bench_ops_maze "${BENCH[@]}" ops --preset maze --no-autotune --budget-s 200 "${RES[@]}" ;;
+    3) run 530 bench_step "${BENCH[@]}" step --preset sudoku-att,sudoku-mlp --budget-s 420 "${RES[@]}" ;;
+    4) run 530 bench_step "${BENCH[@]}" step --preset maze,arc1 --budget-s 420 "${RES[@]}" ;;
+    5) run 530 bench_memory "${BENCH[@]}" memory --preset sudoku-att,sudoku-mlp,maze,arc1 --budget-s 420 "${RES[@]}" ;;
+    6) run 530 bench_eval "${BENCH[@]}" eval --preset sudoku-mlp,sudoku-att,arc1 --budget-s 420 "${RES[@]}" ;;
+    *) echo "gpu_suite.sh: --stage must be 1..6, got '$STAGE'" >&2; exit 2 ;;
+  esac
 fi
-case "$STAGE" in
-  1) gpu_tests; $PY -m pytest -q tests/test_kernels.py -k "fast_trm" 2>&1 | tee -a "$OUT/gpu_tests.log" ;;
-  2) bench ops; bench ops --seq 916 --no-autotune ;;
-  3) bench step --preset sudoku-att; bench step --preset sudoku-mlp ;;
-  4) bench step --preset maze; bench step --preset arc1 ;;
-  5) for p in sudoku-att sudoku-mlp maze; do bench memory --preset "$p"; done; bench eval --preset sudoku-att; bench eval --preset arc1 ;;
-  *) echo "give --quick or --stage 1..5" >&2; exit 2 ;;
-esac
+say "finished in $(( $(date +%s) - SUITE_START ))s; results in $OUT/results:"
+ls -l "$OUT/results" | tee -a "$LOG"
+exit $STATUS

@@ -222,72 +222,95 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
+# Cheap contenders first, so a run cut short by --budget-s still has every op's eager / trm_fast / Liger figures.
+CONTENDER_ORDER = ("eager", "trm_fast", "liger", "compile", "compile-max-autotune")
+
+
+def _time_contender(fn, base, quick: bool, notes: list[str], label: str) -> tuple[dict, torch.Tensor]:
+    calls, out = _modes(fn, base)
+    timings = {}
+    for mode, call in calls.items():
+        ms = measure_op(call, quick)
+        graph_ms = None
+        if mode == "fwd" and on_gpu():
+            try:
+                graph_ms = measure_op_cudagraph(call, quick)
+            except Exception as exc:
+                notes.append(f"{label}: CUDA-graph timing failed ({type(exc).__name__})")
+        timings[mode] = (ms, graph_ms)
+    return timings, out
+
+
 def run_ops(shapes: list[OpShape], quick: bool, autotune: bool, ceilings: dict, deadline: Deadline,
             notes: list[str], only: list[str] | None = None, op_names: list[str] | None = None, log=print) -> list[dict]:
     device = "cuda" if on_gpu() else "cpu"
     dtype = torch.bfloat16 if on_gpu() else torch.float32
+    elt = torch.tensor([], dtype=dtype).element_size()
     copy_gbs = ceilings.get("copy_bandwidth_gbs")
     if autotune and not on_gpu():
         notes.append("torch.compile max-autotune is run on GPUs only")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    rows = []
+    cases = []  # (shape, case, inputs, flops, {contender: fn})
     for shape in shapes:
         for case in op_cases(shape, device, dtype, notes):
             if op_names and case.name not in op_names:
                 continue
             if case.note:
                 notes.append(f"{case.name}: {case.note}")
-            contenders = {"eager": case.reference, "compile": torch.compile(case.reference)}
-            if autotune and on_gpu():
-                contenders["compile-max-autotune"] = torch.compile(case.reference, mode="max-autotune-no-cudagraphs")
-            if case.liger is not None:
-                contenders["liger"] = case.liger
-            if case.trm_fast is not None:
-                contenders["trm_fast"] = case.trm_fast
-            contenders = {k: v for k, v in contenders.items() if k == "eager" or selected(k, only)}
+            contenders = {"eager": case.reference, "trm_fast": case.trm_fast, "liger": case.liger,
+                          "compile": lambda ref=case.reference: torch.compile(ref),
+                          "compile-max-autotune": (lambda ref=case.reference: torch.compile(ref, mode="max-autotune-no-cudagraphs"))
+                          if autotune and on_gpu() else None}
+            contenders = {k: v for k, v in contenders.items() if v is not None and (k == "eager" or selected(k, only))}
             base = case.make_inputs()
-            flops = _flops(case.reference, base)
-            elt = torch.tensor([], dtype=dtype).element_size()
-            # fewest bytes: fwd reads x and residual and writes y (+ fp32 rstd per row); bwd reads dy and y and writes dx
-            floor = {"fwd": 3 * case.norm_elements * elt, "bwd": 3 * case.norm_elements * elt}
-            floor["fwd+bwd"] = floor["fwd"] + floor["bwd"]
-            timings, reference_out = {}, None
-            for contender, fn in contenders.items():
-                if deadline.expired():
-                    notes.append(f"{case.name} {shape.label}: {contender} not run (the --budget-s time was used up)")
-                    continue
-                try:
-                    calls, out = _modes(fn, base)
-                    if contender == "eager":
-                        reference_out = out
-                    err = _rel_err(out, reference_out) if reference_out is not None else None
-                    for mode, call in calls.items():
-                        ms = measure_op(call, quick)
-                        graph_ms = None
-                        if mode == "fwd" and on_gpu():
-                            try:
-                                graph_ms = measure_op_cudagraph(call, quick)
-                            except Exception as exc:
-                                notes.append(f"{case.name} {contender}: CUDA-graph timing failed ({type(exc).__name__})")
-                        timings[(contender, mode)] = (ms, graph_ms, err)
-                except Exception as exc:
-                    msg = f"{case.name} {shape.label}: {contender} skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
-                    notes.append(msg)
-                    log("  " + msg)
-                finally:
-                    if contender.startswith("compile"):
-                        torch._dynamo.reset()  # compiled graphs of this op are not needed again
-            for (contender, mode), (ms, graph_ms, err) in timings.items():
-                eager = timings.get(("eager", mode))
+            cases.append((shape, case, base, _flops(case.reference, base), contenders))
+    results = {}  # (op, shape label, contender) -> ({mode: (ms, graph_ms)}, rel_err)
+    reference_out = {}
+    for contender in CONTENDER_ORDER:
+        for shape, case, base, _, contenders in cases:
+            if contender not in contenders:
+                continue
+            label = f"{case.name} {shape.label} {contender}"
+            if deadline.expired():
+                notes.append(f"{label}: not run (the --budget-s time was used up)")
+                continue
+            fn = contenders[contender]
+            try:
+                fn = fn() if contender.startswith("compile") else fn
+                timings, out = _time_contender(fn, base, quick, notes, label)
+            except Exception as exc:
+                first = str(exc).splitlines()[0][:160] if str(exc) else ""
+                notes.append(f"{label}: skipped ({type(exc).__name__}: {first})")
+                log(f"  {label}: skipped ({type(exc).__name__}: {first})")
+                continue
+            finally:
+                if contender.startswith("compile"):
+                    torch._dynamo.reset()  # compiled graphs of this op are not needed again
+            key = (case.name, shape.label)
+            if contender == "eager":
+                reference_out[key] = out
+            err = _rel_err(out, reference_out[key]) if key in reference_out else None
+            results[(*key, contender)] = (timings, err)
+            log(f"  {label}: " + ", ".join(f"{m} {t[0]:.3f} ms" for m, t in timings.items()))
+    rows = []
+    for shape, case, _, flops, contenders in cases:
+        # fewest bytes of the norms: fwd reads x and residual, writes y; bwd reads dy and y, writes dx (the fp32
+        # per-row statistics, under 1% of that at these widths, are left out)
+        rows_bytes = 3 * case.norm_elements * elt
+        floor = {"fwd": rows_bytes, "bwd": rows_bytes, "fwd+bwd": 2 * rows_bytes}
+        eager = results.get((case.name, shape.label, "eager"))
+        for contender in contenders:
+            if (case.name, shape.label, contender) not in results:
+                continue
+            timings, err = results[(case.name, shape.label, contender)]
+            for mode, (ms, graph_ms) in timings.items():
                 row = {"op": case.name, "shape": shape.label, "preset_shape": shape.name, "mode": mode,
                        "contender": contender, "ms": ms, "ms_cudagraph": graph_ms,
-                       "speedup_vs_eager": eager[0] / ms if eager else None,
+                       "speedup_vs_eager": eager[0][mode][0] / ms if eager else None,
                        "flops": flops[mode], "tflops": flops[mode] / (ms * 1e-3) / 1e12 if flops[mode] else None,
                        "rel_err_vs_eager": err}
                 if case.norm_elements:
                     row["gbs"] = floor[mode] / (ms * 1e-3) / 1e9
                     row["copy_bw_fraction"] = row["gbs"] / copy_gbs if copy_gbs else None
                 rows.append(row)
-            summary = ", ".join(f"{c} {t[0]:.3f} ms" for (c, m), t in timings.items() if m == "fwd+bwd")
-            log(f"  {case.name} {shape.label} fwd+bwd: {summary}")
     return rows

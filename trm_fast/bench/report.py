@@ -51,14 +51,15 @@ def environment() -> dict:
                                            capture_output=True, text=True, timeout=20).stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
             pass
-    env["commit"] = None
+    env["commit"] = os.environ.get("TRM_FAST_COMMIT") or None  # for a copied tree without .git
     try:
         repo = os.path.dirname(os.path.abspath(__file__))
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=repo,
                                 timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True, cwd=repo, timeout=10).stdout.strip()
-        env["commit"] = (commit + ("+dirty" if dirty else "")) or None
+        if commit:
+            env["commit"] = commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
     return env

@@ -176,6 +176,18 @@ def roofline_ms(counted: dict, matmul_tflops: float | None, copy_gbs: float | No
     return seconds * 1e3
 
 
+def _step_jobs(presets, overrides, levels, only) -> list[tuple[str, str, TRMConfig, bool]]:
+    """(preset, contender, config, compiled) in the order they run: eager and trm_fast level 0 of every preset first,
+    then the compiled baseline, then the other levels, so a run cut short by --budget-s keeps the main figures."""
+    jobs = []
+    for preset in presets:
+        for name, (cfg, compiled) in contender_configs(bench_config(preset, overrides), levels).items():
+            if name == "eager" or selected(name, only):
+                jobs.append((preset, name, cfg, compiled))
+    rank = lambda name: 0 if name == "eager" else 1 if name == f"trm_fast-L{levels[0]}" else 2 if name == "compile" else 3
+    return sorted(jobs, key=lambda j: rank(j[1]))  # stable: presets keep their order within a pass
+
+
 def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, overrides: list[str], ceilings: dict,
              deadline: Deadline, notes: list[str], only: list[str] | None = None, log=print) -> list[dict]:
     from trm_fast.memory import saved_bytes_per_step
@@ -185,48 +197,46 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
     if not on_gpu():
         notes.append("CPU: the presets at reduced width (" + ", ".join(CPU_SHRINK) + "), eager and torch.compile only")
     warmup, reps = (2, 5) if quick else (3, 10)
-    rows = []
-    for preset in presets:
-        config = bench_config(preset, overrides)
+    results: dict[str, dict] = {p: {} for p in presets}
+    counted: dict[str, dict] = {}
+    for preset, name, cfg, compile_model in _step_jobs(presets, overrides, levels, only):
         batch = batches[preset]
-        tokens = batch * config.model.total_seq_len
-        results, counted = {}, None
-        for name, (cfg, compile_model) in contender_configs(config, levels).items():
-            if not selected(name, only):
-                continue
-            if deadline.expired():
-                notes.append(f"{preset}@{batch}: {name} not run (the --budget-s time was used up)")
-                continue
-            try:
-                runner = StepRunner(cfg, batch, device, compile_model)
-                if name == "eager":  # the count is also the eager contender's first warm-up step
-                    counted = count_step(runner)
-                ms = measure_calls(runner, warmup, reps)
-                mem = peak_memory(runner)
-                # saved-tensor hooks would make torch.compile fall back to eager: the compiled model's saved bytes
-                # are not counted this way (bench memory reports what it holds after the forward instead)
-                saved = None if compile_model else saved_bytes_per_step(runner.model, batch, device)
-            except Exception as exc:
-                msg = f"{preset}@{batch}: {name} skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-                notes.append(msg)
-                log("  " + msg)
-                continue
-            finally:
-                if compile_model:
-                    torch._dynamo.reset()
-            results[name] = {"ms": ms, "peak": mem, "saved": saved}
-            log(f"  {preset}@{batch} {name}: {ms:.2f} ms/step" + (f", peak {mem / 2**30:.2f} GiB" if mem else "")
-                + (f", saved {saved / 2**20:.1f} MiB" if saved is not None else ""))
-            del runner
+        if deadline.expired():
+            notes.append(f"{preset}@{batch}: {name} not run (the --budget-s time was used up)")
+            continue
+        try:
+            runner = StepRunner(cfg, batch, device, compile_model)
+            if name == "eager":  # the count is also the eager contender's first warm-up step
+                counted[preset] = count_step(runner)
+            ms = measure_calls(runner, warmup, reps)
+            mem = peak_memory(runner)
+            # saved-tensor hooks would make torch.compile fall back to eager: the compiled model's saved bytes are
+            # not counted this way (bench memory reports what it holds after the forward instead)
+            saved = None if compile_model else saved_bytes_per_step(runner.model, batch, device)
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            notes.append(f"{preset}@{batch}: {name} skipped ({type(exc).__name__}: {first})")
+            log(f"  {preset}@{batch}: {name} skipped ({type(exc).__name__}: {first})")
+            continue
+        finally:
+            runner = None
+            if compile_model:
+                torch._dynamo.reset()
             if on_gpu():
                 torch.cuda.empty_cache()
-        if counted is None and results:
-            counted = count_step(StepRunner(contender_configs(config)["eager"][0], batch, device, False))
-        flops = counted["flops"] if counted else None
-        roof = roofline_ms(counted, ceilings.get("matmul_tflops"), ceilings.get("copy_bandwidth_gbs")) if counted else None
-        eager_ms = results.get("eager", {}).get("ms")
-        compile_ms = results.get("compile", {}).get("ms")
-        for name, r in results.items():
+        results[preset][name] = {"ms": ms, "peak": mem, "saved": saved}
+        log(f"  {preset}@{batch} {name}: {ms:.2f} ms/step" + (f", peak {mem / 2**30:.2f} GiB" if mem else "")
+            + (f", saved {saved / 2**20:.1f} MiB" if saved is not None else ""))
+    rows = []
+    for preset in presets:
+        batch, tokens = batches[preset], batches[preset] * bench_config(preset, overrides).model.total_seq_len
+        if not results[preset]:
+            continue
+        flops = counted[preset]["flops"] if preset in counted else None
+        roof = roofline_ms(counted[preset], ceilings.get("matmul_tflops"), ceilings.get("copy_bandwidth_gbs")) if flops else None
+        eager_ms = results[preset].get("eager", {}).get("ms")
+        compile_ms = results[preset].get("compile", {}).get("ms")
+        for name, r in results[preset].items():
             ms = r["ms"]
             tflops = flops / (ms * 1e-3) / 1e12 if flops else None
             rows.append({
