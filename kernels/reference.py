@@ -13,8 +13,45 @@ import torch.nn.functional as F
 RMS_EPS = 1e-5
 
 
+_HAS_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(a, b, out_dtype=...) (CUDA)
+
+
+class _CastedLinear(torch.autograd.Function):
+    """x @ weight.T with a low-precision x and an fp32 master weight. Unlike F.linear(x, weight.to(x.dtype)), whose
+    backward rounds each use's weight gradient to x's dtype before it reaches the fp32 master, this returns the
+    weight gradient in fp32 (bf16 products, fp32 accumulation): a weight used 2(n+1) times in the recursion sums
+    fp32 contributions. It also saves the fp32 master (a parameter, no copy) instead of a cast copy per use."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out @ weight.to(grad_out.dtype)
+        if ctx.needs_input_grad[1]:
+            g2, x2 = grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1])
+            if g2.is_cuda and _HAS_MM_OUT_DTYPE:
+                grad_w = torch.mm(g2.t(), x2, out_dtype=torch.float32)
+            else:
+                grad_w = g2.t().float() @ x2.float()
+            grad_w = grad_w.to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).float().sum(0)
+        return grad_x, grad_w, grad_b
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T with the fp32 master weight cast to the activation dtype (the published CastedLinear)."""
+    """x @ weight.T with the fp32 master weight cast to the activation dtype (the published CastedLinear).
+    With a lower-precision x the weight gradient comes back in fp32 (see _CastedLinear); with equal dtypes this is
+    plain F.linear."""
+    if x.dtype != weight.dtype and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _CastedLinear.apply(x, weight, bias)
     return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 

@@ -38,19 +38,48 @@ class PuzzleEmbedding(nn.Module):
 
     The table is a buffer (it is neither in parameters() nor in the EMA). In a grad-enabled forward the rows of
     the batch are gathered into a leaf tensor that records its gradient; the sparse optimiser reads and clears
-    `pending` (a list of (ids, rows) pairs: one per forward, so gradient accumulation works)."""
+    `pending` (a list of (ids, rows) pairs: one per forward, so gradient accumulation works).
+
+    `keep_on_host()` pins the table in host memory (train.puzzle_emb_device=cpu): moving the model to a GPU then
+    leaves it there, a forward gathers only the batch's rows and copies them over, and the sparse optimiser updates
+    those rows in place on the host."""
 
     def __init__(self, num_ids: int, dim: int):
         super().__init__()
         self.register_buffer("weight", torch.zeros(num_ids, dim))
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.on_host = False
+
+    def keep_on_host(self) -> "PuzzleEmbedding":
+        table = self.weight.detach().to("cpu")
+        if torch.cuda.is_available():
+            table = table.pin_memory()  # page-locked: the row copies to the GPU are asynchronous DMA
+        self.weight = table
+        self.on_host = True
+        return self
+
+    def _apply(self, fn, recurse=True):
+        if not self.on_host:
+            return super()._apply(fn, recurse)
+        table = self._buffers.pop("weight")  # .to(device) / .cuda() / .half() leave the host table as it is
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            self._buffers["weight"] = table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.min() < 0 or ids.max() >= self.weight.shape[0]:
+        capturing = ids.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not capturing and ids.numel() and (ids.min() < 0 or ids.max() >= self.weight.shape[0]):
             raise ValueError(
                 f"puzzle identifier out of range [0, {self.weight.shape[0]}): got min {int(ids.min())}, max {int(ids.max())}"
             )
-        rows = self.weight.index_select(0, ids.to(self.weight.device)).to(ids.device)
+        if self.weight.device == ids.device:
+            rows = self.weight.index_select(0, ids)
+        else:  # host table: gather the batch's rows on the host, one (pinned, asynchronous) copy to the device
+            rows = self.weight.index_select(0, ids.to(self.weight.device))
+            if self.weight.is_pinned():
+                rows = rows.pin_memory()
+            rows = rows.to(ids.device, non_blocking=True)
         if torch.is_grad_enabled() and self.training:
             rows = rows.detach().requires_grad_(True)
             self.pending.append((ids, rows))
@@ -121,7 +150,8 @@ class TRM(nn.Module):
             raise ValueError(f"inputs must have shape (batch, {self.config.seq_len}), got {tuple(inputs.shape)}")
         if inputs.dtype.is_floating_point:
             raise ValueError(f"inputs must be integer token ids, got dtype {inputs.dtype}")
-        if inputs.numel() and (inputs.min() < 0 or inputs.max() >= self.config.vocab_size):
+        capturing = inputs.is_cuda and torch.cuda.is_current_stream_capturing()  # no host sync inside a CUDA graph
+        if not capturing and inputs.numel() and (inputs.min() < 0 or inputs.max() >= self.config.vocab_size):
             raise ValueError(
                 f"input token out of range [0, {self.config.vocab_size}): min {int(inputs.min())}, max {int(inputs.max())}"
             )
