@@ -20,11 +20,11 @@ def build_config(args) -> TRMConfig:
 
 
 def cmd_train(args) -> int:
-    from trm_fast.train.distributed import init_distributed
+    from trm_fast.train.distributed import init_distributed, shutdown
     from trm_fast.train.trainer import train
 
     config = build_config(args)
-    init_distributed()
+    init_distributed(config.train.device)  # under torchrun: NCCL for a CUDA run, gloo for a CPU one
     if args.print_config:
         print(config.to_json())
         return 0
@@ -32,7 +32,10 @@ def cmd_train(args) -> int:
         from trm_fast.memory import plan_for_budget
 
         config = plan_for_budget(config, args.memory_budget, log=print)
-    summary = train(config, resume=args.resume, progress=not args.no_progress)
+    try:
+        summary = train(config, resume=args.resume, progress=not args.no_progress)
+    finally:
+        shutdown()
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary, f, indent=2, default=str)

@@ -148,21 +148,23 @@ class SparseSignSGD:
         self.weight_decay = weight_decay
 
     def _collect(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        weight = self.embedding.weight
+        """All (ids, gradients) since the last step, of every rank, on the table's device."""
         ids, grads = [], []
         for batch_ids, rows in self.embedding.pending:
             n = batch_ids.numel()
             # a forward without backward still names its rows: zero gradient (the row decays, as in the published
             # code) and, more importantly, every rank contributes tensors of the same shape to the collectives
             grad = rows.grad if rows.grad is not None else torch.zeros_like(rows)
-            ids.append(batch_ids.reshape(n).to(device=weight.device, dtype=torch.int64))
-            grads.append(grad.reshape(n, -1).to(device=weight.device, dtype=torch.float32))
+            ids.append(batch_ids.reshape(n).to(device=rows.device, dtype=torch.int64))
+            grads.append(grad.reshape(n, -1).to(torch.float32))
         if not ids:
             return None
         ids, grads = torch.cat(ids), torch.cat(grads)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # on the compute device (NCCL needs CUDA tensors), even when the table lives in host memory
             ids, grads = _all_gather_rows(ids), _all_gather_rows(grads)
-        return ids, grads
+        device = self.embedding.weight.device
+        return ids.to(device), grads.to(device)
 
     @torch.no_grad()
     def step(self, lr: float | None = None) -> None:

@@ -112,7 +112,10 @@ class Trainer:
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", torch.cuda.current_device())
         torch.manual_seed(cfg_t.seed)
-        self.data = load_data(config, log=self.log)
+        from trm_fast.train.distributed import rank_zero_first
+
+        with rank_zero_first():  # an embedded recipe is built once, by rank 0, before the others read it
+            self.data = load_data(config, log=self.log)
         fit_model_to_data(config, self.data.train_meta, log=self.log)
         self.total_steps = total_train_steps(config, self.data.train_meta)
 
@@ -175,7 +178,9 @@ class Trainer:
         from trm_fast.train.checkpoint import check_compatible, find_latest_checkpoint, load_checkpoint, restore_rng_state
 
         if path == "auto":
-            path = find_latest_checkpoint(self.run_dir)
+            from trm_fast.train.distributed import broadcast_object
+
+            path = broadcast_object(find_latest_checkpoint(self.run_dir) if self.rank == 0 else None)  # one choice for all
             if path is None:
                 self.log(f"resume auto: no checkpoint under {self.run_dir}/checkpoints, starting fresh")
                 return
@@ -199,7 +204,9 @@ class Trainer:
             self.state = scatter_supervision_state(self, state["supervision"])
         else:
             self.state = SupervisionState.from_state_dict(state["supervision"], self.device)
-        restore_rng_state(state["rng"])
+        from trm_fast.train.distributed import rng_state_for_rank
+
+        restore_rng_state(rng_state_for_rank(state, self.rank, self.world_size))
         self.step = int(state["step"])
         self.log(f"resumed from {path} at step {self.step}")
 
@@ -224,17 +231,20 @@ class Trainer:
 
     def carry_step(self, batch: dict) -> dict:
         """One optimizer step of the published scheme: one supervision step of every slot."""
+        from trm_fast.train.distributed import sync_gradients
+
         t = self.config.train
         metrics = {}
         parts = []
         for start in range(0, self.local_batch, self.micro_batch):
             stop = start + self.micro_batch
             micro = {k: v[start:stop] for k, v in batch.items()}
-            result = supervision_step(
-                self.forward_model, self.state.slice(start, stop), micro, step=self.step, seed=t.seed,
-                slot_index=self.slot_index[start:stop], training=True, loss_kind=t.loss,
-            )
-            (result.loss.total * self.loss_scale).backward()
+            with sync_gradients(self.forward_model, now=stop == self.local_batch):  # DDP all-reduces once per step
+                result = supervision_step(
+                    self.forward_model, self.state.slice(start, stop), micro, step=self.step, seed=t.seed,
+                    slot_index=self.slot_index[start:stop], training=True, loss_kind=t.loss,
+                )
+                (result.loss.total * self.loss_scale).backward()
             parts.append(result.state)
             _accumulate(metrics, result.metrics)
             _accumulate(metrics, {"lm_loss": result.loss.lm, "halt_loss": result.loss.halt, "loss_rows": torch.tensor(stop - start)})
