@@ -90,7 +90,7 @@ def _predict_from_labels(split, answer=lambda grid: grid):
     return np.stack(preds)
 
 
-def test_build_splits_groups_and_ground_truth_scores_full_marks(tmp_path):
+def test_build_splits_groups_and_ground_truth_scores_full_marks(tmp_path, monkeypatch):
     summary = build_arc(_args(_folder(tmp_path / "src"), tmp_path / "ds"), "arc1")
     assert summary["tasks"] == 4 and summary["puzzles"] == 4 * 4 and summary["eval_tasks"] == 2
     meta, train = read_split(str(tmp_path / "ds" / "train"))
@@ -121,10 +121,14 @@ def test_build_splits_groups_and_ground_truth_scores_full_marks(tmp_path):
     by_input = evaluate_arc(str(tmp_path / "ds"), test.labels, np.zeros(len(puzzles)),
                             puzzle_ids=test.puzzle_identifiers[puzzles], inputs=test.inputs)
     assert by_input["pass@1"] == 1.0
-    # deterministic: the same seed gives the same arrays
+    # deterministic: the same seed gives the same arrays, also when built through memory-mapped scratch files
+    import trm_fast.data.arc as arc_module
+
+    monkeypatch.setattr(arc_module, "SCRATCH_ABOVE_BYTES", 0)
     build_arc(_args(tmp_path / "src", tmp_path / "ds2"), "arc1")
     _, again = read_split(str(tmp_path / "ds2" / "train"))
-    assert np.array_equal(again["all"].inputs, train.inputs)
+    assert np.array_equal(again["all"].inputs, train.inputs) and np.array_equal(again["all"].labels, train.labels)
+    assert not [f for _, _, files in os.walk(tmp_path / "ds2") for f in files if "scratch" in f]
 
 
 def test_augmentations_are_deduplicated(tmp_path):

