@@ -1,49 +1,127 @@
-"""Checkpoint interop with the published code: key mapping both ways, the torch.compile prefix, round trips."""
+"""Checkpoint interop with the published code: its key names and shapes, the torch.compile prefix, its puzzle and
+initial-state buffers, its all_config.yaml; import/export round trips through the CLI; bad input named."""
+import os
+
 import pytest
 import torch
+import yaml
 
 from trm_fast.cli import main
 from trm_fast.config import TRMConfig
-from trm_fast.convert import published_to_trm_fast, trm_fast_to_published
+from trm_fast.convert import (config_from_published, config_to_published, published_to_trm_fast,
+                              trm_fast_to_published)
 from trm_fast.model import build_model
 
 
+def published_names_and_shapes(preset):
+    """What the published TinyRecursiveReasoningModel_ACTV1 holds, written from its code's facts (CastedLinear weights
+    are (out, in); the token-mixing SwiGLU works on seq_len + 16 positions) for the Sudoku presets, vocab 11."""
+    D, L, P = 512, 81 + 16, 5
+    inner = {"embed_tokens.embedding_weight": (11, D), "lm_head.weight": (11, D), "q_head.weight": (2, D),
+             "q_head.bias": (2,), "puzzle_emb.weights": (P, D), "H_init": (D,), "L_init": (D,)}
+    for i in range(2):
+        if preset == "sudoku-mlp":
+            inner[f"L_level.layers.{i}.mlp_t.gate_up_proj.weight"] = (2 * 512, L)  # I = 512 for L = 97
+            inner[f"L_level.layers.{i}.mlp_t.down_proj.weight"] = (L, 512)
+        else:
+            inner[f"L_level.layers.{i}.self_attn.qkv_proj.weight"] = (3 * D, D)
+            inner[f"L_level.layers.{i}.self_attn.o_proj.weight"] = (D, D)
+        inner[f"L_level.layers.{i}.mlp.gate_up_proj.weight"] = (2 * 1536, D)
+        inner[f"L_level.layers.{i}.mlp.down_proj.weight"] = (D, 1536)
+    return {"_orig_mod.model.inner." + k: v for k, v in inner.items()}
+
+
 @pytest.mark.parametrize("preset", ["sudoku-att", "sudoku-mlp"])
-def test_mapping_round_trip_and_published_names(preset):
-    model = build_model(TRMConfig.preset(preset).model)
+def test_export_layout_is_the_published_one_and_round_trips(preset):
+    config = TRMConfig.preset(preset)
+    config.model.num_puzzle_identifiers = 5
+    model = build_model(config.model)
+    with torch.no_grad():
+        model.puzzle_emb.weight.normal_()
     state = model.state_dict()
-    published = trm_fast_to_published(state, compiled=True)
-    assert "_orig_mod.model.inner.H_init" in published and "_orig_mod.model.inner.puzzle_emb.weights" in published
-    block = "mlp_t" if preset == "sudoku-mlp" else "self_attn.qkv_proj"
-    assert any(f"L_level.layers.1.{block}" in k for k in published)
+    published = trm_fast_to_published(state)  # compiled prefix by default
+    assert {k: tuple(v.shape) for k, v in published.items()} == published_names_and_shapes(preset)
+    assert published["_orig_mod.model.inner.H_init"].dtype == torch.bfloat16
     back = published_to_trm_fast(published)
-    assert back.keys() == state.keys()
-    assert all(torch.equal(back[k], state[k]) for k in state)
-    # the sparse embedding's per-batch buffers of the published layout are ignored
-    published["model.inner.puzzle_emb.local_weights"] = torch.zeros(3, 512)
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+    plain = trm_fast_to_published(state, compiled=False)
+    assert all(k.startswith("model.inner.") for k in plain)
+    assert published_to_trm_fast(plain).keys() == state.keys()
+    # the sparse embedding's per-batch buffers, if a state_dict carries them, are ignored
+    published["_orig_mod.model.inner.puzzle_emb.local_weights"] = torch.zeros(3, 512)
     assert published_to_trm_fast(published).keys() == state.keys()
 
 
 def test_unknown_keys_are_named():
-    with pytest.raises(ValueError, match="H_level"):
+    with pytest.raises(ValueError, match="H_level.*HRM"):
         published_to_trm_fast({"model.inner.H_level.layers.0.mlp.down_proj.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="embed_pos.*learned"):
+        published_to_trm_fast({"_orig_mod.model.inner.embed_pos.embedding_weight": torch.zeros(1)})
 
 
-def test_cli_export_then_import(tmp_path, capsys):
+@pytest.mark.parametrize("preset", ["sudoku-mlp", "sudoku-att", "maze", "arc1"])
+def test_all_config_round_trip(preset):
+    config = TRMConfig.preset(preset)
+    dumped = yaml.safe_load(yaml.safe_dump(config_to_published(config)))
+    back = config_from_published(dumped, TRMConfig())
+    for field in ("T", "n", "num_blocks", "hidden_size", "num_heads", "expansion", "mixer", "pos_encoding",
+                  "puzzle_emb_dim", "puzzle_emb_len", "halt_max_steps", "halt_exploration_prob", "act_continue"):
+        assert getattr(back.model, field) == getattr(config.model, field), field
+    for field in ("lr", "beta2", "weight_decay", "puzzle_emb_lr", "lr_warmup_steps", "ema_rate", "loss"):
+        assert getattr(back.train, field) == getattr(config.train, field), field
+    assert back.data.global_batch_size == config.data.global_batch_size
+    with pytest.raises(ValueError, match="not the published TRM"):
+        config_from_published({"arch": {"name": "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"}}, TRMConfig())
+
+
+def test_import_a_published_run_folder_without_a_preset(tmp_path):
+    """A checkpoint as the published script leaves it: <checkpoint_path>/step_N plus all_config.yaml (Hydra dump
+    with keys trm_fast does not use)."""
+    from trm_fast.train.checkpoint import find_latest_checkpoint, load_checkpoint
+
+    config = TRMConfig.preset("sudoku-mlp").override(["model.num_puzzle_identifiers=3", "model.n=4"])
+    model = build_model(config.model)
+    with torch.no_grad():
+        model.puzzle_emb.weight.uniform_()
+    folder = tmp_path / "checkpoints" / "Sudoku-extreme-1k-aug-1000-ACT-torch" / "pretrain_mlp_t_sudoku"
+    folder.mkdir(parents=True)
+    torch.save(trm_fast_to_published(model.state_dict()), folder / "step_21700")
+    dump = config_to_published(config)
+    dump.update({"data_paths": ["data/sudoku-extreme-1k-aug-1000"], "checkpoint_path": str(folder),
+                 "project_name": "Sudoku-extreme-1k-aug-1000-ACT-torch", "run_name": "pretrain_mlp_t_sudoku"})
+    dump["arch"]["loss"]["extra"] = 1
+    (folder / "all_config.yaml").write_text(yaml.safe_dump(dump))
+    assert main(["convert", "import", "--published", str(folder / "step_21700"), "--out", str(tmp_path / "imp")]) == 0
+    ckpt = load_checkpoint(find_latest_checkpoint(str(tmp_path / "imp")))
+    assert ckpt["state"]["config"]["model"]["n"] == 4 and ckpt["state"]["config"]["model"]["mixer"] == "mlp"
+    for name, value in model.state_dict().items():
+        assert torch.equal(ckpt["model"][name], value), name
+
+
+def test_cli_export_then_import_and_errors(tmp_path, capsys):
     from trm_fast.train.checkpoint import find_latest_checkpoint, load_checkpoint
     from trm_fast.train.trainer import train
 
     config = TRMConfig.preset("sudoku4-tiny").override([f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2"])
     train(config, progress=False, log=lambda *a: None)
-    exported = tmp_path / "published.pt"
-    assert main(["convert", "export", "--ckpt", str(tmp_path / "run"), "--out", str(exported), "--compiled", "--no-ema"]) == 0
+    exported = tmp_path / "exported" / "step_2"
+    assert main(["convert", "export", "--ckpt", str(tmp_path / "run"), "--out", str(exported), "--no-ema"]) == 0
     state = torch.load(exported, weights_only=True)
     assert all(k.startswith("_orig_mod.model.inner.") for k in state)
-    # importing needs a preset of the same architecture: the tiny preset
-    assert main(["convert", "import", "--published", str(exported), "--preset", "sudoku4-tiny", "--out", str(tmp_path / "imp")]) == 0
+    assert (tmp_path / "exported" / "all_config.yaml").is_file()
+    # all_config.yaml beside the file names the architecture: no preset needed
+    assert main(["convert", "import", "--published", str(exported), "--out", str(tmp_path / "imp")]) == 0
     original = load_checkpoint(find_latest_checkpoint(str(tmp_path / "run")))["model"]
     imported = load_checkpoint(find_latest_checkpoint(str(tmp_path / "imp")))["model"]
     assert all(torch.equal(original[k], imported[k]) for k in original)
+    assert main(["eval", "--ckpt", str(tmp_path / "imp"), "--device", "cpu"]) == 0  # seq_len and data came along
+    capsys.readouterr()
+    # without all_config.yaml the preset decides, and a wrong one is named
+    os.remove(tmp_path / "exported" / "all_config.yaml")
     assert main(["convert", "import", "--published", str(exported), "--preset", "sudoku-att", "--out", str(tmp_path / "bad")]) == 2
     assert "wrong --preset" in capsys.readouterr().err
-    assert main(["eval", "--ckpt", str(tmp_path / "imp"), "--device", "cpu"]) == 0
+    assert main(["convert", "import", "--published", str(exported), "--out", str(tmp_path / "bad")]) == 2
+    assert "--preset" in capsys.readouterr().err
+    exported.write_bytes(b"not a checkpoint")
+    assert main(["convert", "import", "--published", str(exported), "--preset", "sudoku4-tiny", "--out", str(tmp_path / "bad")]) == 2
+    assert "step_2: not a readable PyTorch state_dict" in capsys.readouterr().err

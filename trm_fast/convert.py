@@ -1,14 +1,17 @@
-"""Checkpoint interop with the published reference code (SamsungSAILMontreal/TinyRecursiveModels).
+"""Checkpoint interop with the published reference code (SamsungSAILMontreal/TinyRecursiveModels), both ways.
 
-The published training script saves `model.state_dict()` of its loss head wrapper, so keys read
-`model.inner.<name>`, with `_orig_mod.` in front when the model ran under torch.compile. Mapping (docs/checkpoints.md):
+The published training script saves `model.state_dict()` of its loss-head wrapper after torch.compile, so keys read
+`_orig_mod.model.inner.<name>` (without `_orig_mod.` when compilation was disabled), one file `step_<N>` per
+evaluation, and writes the run's configuration beside them as `all_config.yaml`. Weights need no reshaping: the
+fused qkv rows are [q heads | k heads | v heads], gate_up is [gate | up], every linear is (out, in). Mapping
+(docs/checkpoints.md):
 
     published (after model.inner.)                  trm_fast
     embed_tokens.embedding_weight                   embed_tokens
     lm_head.weight                                  lm_head
     q_head.weight / q_head.bias                     q_head_weight / q_head_bias
-    puzzle_emb.weights                              puzzle_emb.weight
-    H_init / L_init                                 y_init / z_init
+    puzzle_emb.weights (buffer)                     puzzle_emb.weight (buffer)
+    H_init / L_init (bf16 buffers)                  y_init / z_init
     L_level.layers.i.self_attn.qkv_proj.weight      net.blocks.i.mixer.w_qkv
     L_level.layers.i.self_attn.o_proj.weight        net.blocks.i.mixer.w_o
     L_level.layers.i.mlp_t.gate_up_proj.weight      net.blocks.i.mixer.w_gate_up
@@ -16,8 +19,8 @@ The published training script saves `model.state_dict()` of its loss head wrappe
     L_level.layers.i.mlp.gate_up_proj.weight        net.blocks.i.mlp.w_gate_up
     L_level.layers.i.mlp.down_proj.weight           net.blocks.i.mlp.w_down
 
-    trm-fast convert import --published step_65000 --preset sudoku-mlp --out runs/imported
-    trm-fast convert export --ckpt runs/sudoku6-demo --out published.pt [--compiled]
+    trm-fast convert import --published ckpts/step_65000 [--preset sudoku-mlp] --out runs/imported
+    trm-fast convert export --ckpt runs/sudoku6-demo --out exported/step_800 [--plain]
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import os
 import re
 
 import torch
+import yaml
 
 _FIXED = {
     "embed_tokens.embedding_weight": "embed_tokens",
@@ -43,9 +47,11 @@ _BLOCK = {
     "mlp.gate_up_proj.weight": "mlp.w_gate_up",
     "mlp.down_proj.weight": "mlp.w_down",
 }
-# Buffers of the published sparse embedding that only hold the last batch: not part of the model.
+# The published sparse embedding's per-batch buffers (non-persistent there, but harmless if a state_dict has them).
 _TRANSIENT = ("puzzle_emb.local_weights", "puzzle_emb.local_ids")
 _PREFIXES = ("_orig_mod.", "model.", "inner.")
+COMPILED_PREFIX = "_orig_mod.model.inner."
+PLAIN_PREFIX = "model.inner."
 
 
 def _strip(key: str) -> str:
@@ -72,16 +78,19 @@ def published_to_trm_fast(state: dict[str, torch.Tensor], source: str = "checkpo
         if m and m.group(2) in _BLOCK:
             out[f"net.blocks.{m.group(1)}.{_BLOCK[m.group(2)]}"] = value
             continue
-        raise ValueError(f"{source}: key {key!r} has no trm_fast counterpart (another architecture, e.g. HRM or "
-                         "learned positions?)")
+        hint = ("an HRM checkpoint (H_level/L_level networks)" if name.startswith("H_level") else
+                "learned positions (pos_encodings=learned), not supported" if name.startswith("embed_pos") else
+                "another architecture")
+        raise ValueError(f"{source}: key {key!r} has no trm_fast counterpart ({hint})")
     return out
 
 
-def trm_fast_to_published(state: dict[str, torch.Tensor], compiled: bool = False) -> dict[str, torch.Tensor]:
-    """trm_fast names -> the published layout `model.inner.<name>` (`_orig_mod.` in front with compiled)."""
+def trm_fast_to_published(state: dict[str, torch.Tensor], compiled: bool = True) -> dict[str, torch.Tensor]:
+    """trm_fast names -> the published layout `model.inner.<name>`, with `_orig_mod.` in front when `compiled`
+    (what the published script writes, and what its --load_checkpoint expects, unless DISABLE_COMPILE is set)."""
     fixed = {v: k for k, v in _FIXED.items()}
     block = {v: k for k, v in _BLOCK.items()}
-    prefix = ("_orig_mod." if compiled else "") + "model.inner."
+    prefix = COMPILED_PREFIX if compiled else PLAIN_PREFIX
     out = {}
     for name, value in state.items():
         if name in fixed:
@@ -91,48 +100,163 @@ def trm_fast_to_published(state: dict[str, torch.Tensor], compiled: bool = False
         if m and m.group(2) in block:
             out[f"{prefix}L_level.layers.{m.group(1)}.{block[m.group(2)]}"] = value
             continue
-        raise ValueError(f"tensor {name!r} has no counterpart in the published layout")
+        raise ValueError(f"tensor {name!r} has no counterpart in the published layout (only the published TRM "
+                         "architecture can be exported: one network, no ablation switches)")
     return out
 
 
-def _load_any(path: str) -> dict[str, torch.Tensor]:
-    if os.path.isdir(path):
-        from trm_fast.eval.inference import resolve_checkpoint
-        from trm_fast.train.checkpoint import load_checkpoint
+# ---------------------------------------------------------------------------------------------- configs
 
-        return load_checkpoint(resolve_checkpoint(path))["model"]
+
+def config_from_published(all_config: dict, base, source: str = "all_config.yaml"):
+    """A TRMConfig from the published run's all_config.yaml (Hydra dump), on top of `base`: architecture from
+    its `arch` section, optimisation from the top level. Fields it lacks keep `base`'s values."""
+    arch = all_config.get("arch")
+    if not isinstance(arch, dict):
+        raise ValueError(f"{source}: no 'arch' section; is this the all_config.yaml of a published run?")
+    name = str(arch.get("name", ""))
+    if "trm" not in name.lower():
+        raise ValueError(f"{source}: arch.name = {name!r} is not the published TRM (recursive_reasoning.trm@...)")
+    if arch.get("pos_encodings", "rope") not in ("rope", "none"):
+        raise ValueError(f"{source}: arch.pos_encodings = {arch['pos_encodings']!r} is not supported (rope or none)")
+    overrides = []
+
+    def put(key, value):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+
+    put("model.T", arch.get("H_cycles"))
+    put("model.n", arch.get("L_cycles"))
+    put("model.num_blocks", arch.get("L_layers"))
+    put("model.hidden_size", arch.get("hidden_size"))
+    put("model.num_heads", arch.get("num_heads"))
+    put("model.expansion", arch.get("expansion"))
+    ndim = arch.get("puzzle_emb_ndim")
+    put("model.puzzle_emb_dim", arch.get("hidden_size") if isinstance(ndim, str) else ndim)  # "${.hidden_size}"
+    put("model.puzzle_emb_len", arch.get("puzzle_emb_len"))
+    put("model.pos_encoding", arch.get("pos_encodings"))
+    if "mlp_t" in arch:
+        put("model.mixer", "mlp" if arch["mlp_t"] else "attention")
+    put("model.halt_max_steps", arch.get("halt_max_steps"))
+    put("model.halt_exploration_prob", arch.get("halt_exploration_prob"))
+    if "no_ACT_continue" in arch:
+        put("model.act_continue", str(not arch["no_ACT_continue"]).lower())
+    loss = (arch.get("loss") or {}).get("loss_type", "")
+    if loss:
+        put("train.loss", "softmax" if "softmax" in loss else "stablemax")
+    put("data.global_batch_size", all_config.get("global_batch_size"))
+    for ours, theirs in (("epochs", "epochs"), ("lr", "lr"), ("lr_min_ratio", "lr_min_ratio"),
+                         ("lr_warmup_steps", "lr_warmup_steps"), ("beta1", "beta1"), ("beta2", "beta2"),
+                         ("weight_decay", "weight_decay"), ("puzzle_emb_lr", "puzzle_emb_lr"),
+                         ("puzzle_emb_weight_decay", "puzzle_emb_weight_decay"), ("seed", "seed"),
+                         ("ema_rate", "ema_rate"), ("eval_interval", "eval_interval")):
+        put(f"train.{ours}", all_config.get(theirs))
+    if "ema" in all_config:
+        put("train.ema", str(bool(all_config["ema"])).lower())
+    # the sequence length is the dataset's: from trm_fast's own section (our exports), else the run's first data path
+    ours = all_config.get("trm_fast") or {}
+    for key in ("seq_len", "vocab_size"):
+        put(f"model.{key}", ours.get(key))
+    put("data.recipe", ours.get("data_recipe"))
+    data_paths = all_config.get("data_paths") or []
+    data_path = ours.get("data_path") or (data_paths[0] if data_paths else None)
+    if data_path:
+        put("data.path", data_path)
+        meta_path = os.path.join(data_path, "train", "dataset.json")
+        if "seq_len" not in ours and os.path.isfile(meta_path):
+            import json
+
+            with open(meta_path) as f:
+                put("model.seq_len", json.load(f).get("seq_len"))
+    try:
+        return base.override(overrides)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def config_to_published(config) -> dict:
+    """The all_config.yaml the published scripts read for a trm_fast config (architecture and optimisation)."""
+    m, t = config.model, config.train
+    if m.arch != "trm" or m.separate_nets or m.grad_mode != "full" or m.latent != "dual":
+        raise ValueError("only the published TRM architecture can be exported (no HRM or ablation switches)")
+    return {
+        "arch": {
+            "name": "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",
+            "loss": {"name": "losses@ACTLossHead",
+                     "loss_type": "softmax_cross_entropy" if t.loss == "softmax" else "stablemax_cross_entropy"},
+            "halt_exploration_prob": m.halt_exploration_prob, "halt_max_steps": m.halt_max_steps,
+            "H_cycles": m.T, "L_cycles": m.n, "H_layers": 0, "L_layers": m.num_blocks,
+            "hidden_size": m.hidden_size, "num_heads": m.num_heads, "expansion": m.expansion,
+            "puzzle_emb_ndim": m.puzzle_emb_dim, "pos_encodings": m.pos_encoding, "forward_dtype": "bfloat16",
+            "mlp_t": m.mixer == "mlp", "puzzle_emb_len": m.puzzle_emb_len, "no_ACT_continue": not m.act_continue,
+        },
+        "global_batch_size": config.data.global_batch_size, "epochs": t.epochs, "eval_interval": t.eval_interval or None,
+        "lr": t.lr, "lr_min_ratio": t.lr_min_ratio, "lr_warmup_steps": t.lr_warmup_steps, "beta1": t.beta1,
+        "beta2": t.beta2, "weight_decay": t.weight_decay, "puzzle_emb_weight_decay": t.puzzle_emb_weight_decay,
+        "puzzle_emb_lr": t.puzzle_emb_lr, "seed": t.seed, "ema": t.ema, "ema_rate": t.ema_rate,
+        "data_paths": [config.data.path] if config.data.path else [],
+        # ignored by the published scripts (extra top-level keys are dropped); read back by trm-fast convert import
+        "trm_fast": {"seq_len": m.seq_len, "vocab_size": m.vocab_size, "data_path": config.data.path,
+                     "data_recipe": config.data.recipe},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _load_published_state(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file (a published checkpoint is a file like <checkpoint_path>/step_65000)")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         return load_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    except Exception as exc:  # unpickling errors come in many types
+        raise ValueError(f"{path}: not a readable PyTorch state_dict ({exc})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state_dict (names -> tensors), got {type(state).__name__}")
     return state
 
 
-def import_published(path: str, preset_config, out_dir: str) -> str:
-    """Builds the preset's model from a published checkpoint and writes it as a trm_fast checkpoint."""
+def import_published(path: str, out_dir: str, preset_config=None, all_config_path: str | None = None) -> str:
+    """A published checkpoint file -> a trm_fast checkpoint (step 0) under `out_dir`. The architecture comes from
+    the run's all_config.yaml (found beside the file, or given), on top of a preset when one is named."""
+    from trm_fast.config import TRMConfig
     from trm_fast.model import build_model
-    from trm_fast.train.checkpoint import check_compatible, save_checkpoint
+    from trm_fast.train.checkpoint import save_checkpoint
 
-    state = published_to_trm_fast(_load_any(path), source=path)
-    config = preset_config
+    all_config_path = all_config_path or os.path.join(os.path.dirname(os.path.abspath(path)), "all_config.yaml")
+    config = preset_config or TRMConfig()
+    if os.path.isfile(all_config_path):
+        with open(all_config_path) as f:
+            try:
+                config = config_from_published(yaml.safe_load(f) or {}, config, source=all_config_path)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{all_config_path}: not valid YAML ({exc})") from None
+    elif preset_config is None:
+        raise ValueError(f"{path}: no all_config.yaml beside it ({all_config_path}): name the architecture with --preset")
+    state = published_to_trm_fast(_load_published_state(path), source=path)
+    for required in ("embed_tokens", "lm_head"):
+        if required not in state:
+            raise ValueError(f"{path}: no {required} tensor: not a TRM checkpoint")
+    config = config.override([f"model.vocab_size={state['embed_tokens'].shape[0]}"])
+    mix_down = state.get("net.blocks.0.mixer.w_down")
+    if config.model.mixer == "mlp" and mix_down is not None:  # token mixing: its width is the full sequence
+        width = mix_down.shape[0] - (config.model.puzzle_emb_len if config.model.puzzle_emb_dim else 0)
+        config = config.override([f"model.seq_len={width}"])
     if "puzzle_emb.weight" in state:
         config = config.override([f"model.num_puzzle_identifiers={state['puzzle_emb.weight'].shape[0]}"])
-    vocab = state["embed_tokens"].shape[0]
-    config = config.override([f"model.vocab_size={vocab}"])
     model = build_model(config.model)
     ours = model.state_dict()
     for name, value in state.items():
         if name not in ours:
-            raise ValueError(f"{path}: tensor {name!r} does not exist in preset {config.name!r}")
+            raise ValueError(f"{path}: tensor {name!r} does not exist in the {config.name!r} architecture "
+                             "(wrong --preset or all_config.yaml?)")
         if tuple(ours[name].shape) != tuple(value.shape):
-            raise ValueError(f"{path}: tensor {name!r} has shape {tuple(value.shape)}, preset {config.name!r} expects "
-                             f"{tuple(ours[name].shape)} (wrong --preset?)")
+            raise ValueError(f"{path}: tensor {name!r} has shape {tuple(value.shape)}, the {config.name!r} architecture "
+                             f"expects {tuple(ours[name].shape)} (wrong --preset or all_config.yaml?)")
     missing = sorted(set(ours) - set(state))
     if missing:
         raise ValueError(f"{path}: missing tensor(s) {', '.join(missing[:5])}")
@@ -142,8 +266,10 @@ def import_published(path: str, preset_config, out_dir: str) -> str:
                            keep_last=1)
 
 
-def export_published(ckpt: str, out_path: str, compiled: bool = False, use_ema: bool = True) -> str:
-    """Writes a trm_fast checkpoint (EMA weights where saved) as a published-layout state_dict (torch.save)."""
+def export_published(ckpt: str, out_path: str, compiled: bool = True, use_ema: bool = True) -> str:
+    """A trm_fast checkpoint (its EMA weights where saved) -> a published-layout state_dict file (torch.save), plus
+    all_config.yaml beside it when none is there yet."""
+    from trm_fast.config import TRMConfig
     from trm_fast.eval.inference import resolve_checkpoint
     from trm_fast.train.checkpoint import load_checkpoint
 
@@ -151,9 +277,18 @@ def export_published(ckpt: str, out_path: str, compiled: bool = False, use_ema: 
     state = dict(loaded["model"])
     if use_ema and loaded.get("ema"):
         state.update(loaded["ema"])
-    tmp = out_path + ".tmp"
-    torch.save(trm_fast_to_published(state, compiled), tmp)
+    published = trm_fast_to_published(state, compiled)
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = f"{out_path}.tmp{os.getpid()}"
+    torch.save(published, tmp)
     os.replace(tmp, out_path)
+    config_path = os.path.join(out_dir, "all_config.yaml")
+    if "config" in loaded["state"] and not os.path.exists(config_path):
+        text = yaml.safe_dump(config_to_published(TRMConfig.from_dict(loaded["state"]["config"])), sort_keys=False)
+        with open(config_path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(config_path + ".tmp", config_path)
     return out_path
 
 
@@ -162,12 +297,15 @@ def add_convert_subparser(sub) -> None:
     conv = p.add_subparsers(dest="direction", required=True)
     imp = conv.add_parser("import", help="a published checkpoint -> a trm_fast checkpoint folder")
     imp.add_argument("--published", required=True, help="published checkpoint file (torch.save of model.state_dict())")
-    imp.add_argument("--preset", required=True, help="the preset whose architecture the checkpoint has")
+    imp.add_argument("--preset", help="the preset of its architecture (default: read all_config.yaml beside the file)")
+    imp.add_argument("--all-config", help="the published run's all_config.yaml, if not beside the file")
     imp.add_argument("--out", required=True, help="run folder to write the trm_fast checkpoint into")
     exp = conv.add_parser("export", help="a trm_fast checkpoint -> a published-layout state_dict")
     exp.add_argument("--ckpt", required=True, help="trm_fast checkpoint or run folder")
-    exp.add_argument("--out", required=True, help="output file (.pt)")
-    exp.add_argument("--compiled", action="store_true", help="prefix keys with _orig_mod. (torch.compile layout)")
+    exp.add_argument("--out", required=True, help="output file, e.g. exported/step_800")
+    exp.add_argument("--plain", action="store_true",
+                     help="keys without the torch.compile prefix _orig_mod. (for DISABLE_COMPILE=1 runs)")
+    exp.add_argument("--compiled", action="store_true", help="keys with the _orig_mod. prefix (the default)")
     exp.add_argument("--no-ema", action="store_true", help="export the live weights instead of the EMA")
     p.set_defaults(func=run_convert_command)
 
@@ -176,8 +314,11 @@ def run_convert_command(args) -> int:
     from trm_fast.config import TRMConfig
 
     if args.direction == "import":
-        path = import_published(args.published, TRMConfig.preset(args.preset), args.out)
+        preset = TRMConfig.preset(args.preset) if args.preset else None
+        path = import_published(args.published, args.out, preset, args.all_config)
     else:
-        path = export_published(args.ckpt, args.out, compiled=args.compiled, use_ema=not args.no_ema)
+        if args.plain and args.compiled:
+            raise ValueError("--plain and --compiled contradict each other")
+        path = export_published(args.ckpt, args.out, compiled=not args.plain, use_ema=not args.no_ema)
     print(f"wrote {path}")
     return 0
