@@ -5,8 +5,9 @@ HRM), each as overrides of a base preset, and a runner for short trainings of an
     trm-fast ablations --run 1-step-grad --budget-steps 500 --preset sudoku6-demo
     trm-fast ablations --run all --budget-minutes 5 --preset sudoku6-demo
 
-A row's config is the base preset switched to TRM-MLP (MLP mixer, no positional encoding: the paper's ablation
-baseline), then the row's overrides. Every run appends one line to <out>/results.jsonl and re-renders
+A row's config is the base preset switched to the paper's ablation baseline (TRM-MLP: MLP mixer, no positional
+encoding, T = 3, n = 6, 2 blocks; the base keeps its width, data and training settings), then the row's overrides,
+then any --set overrides. Every run appends one line to <out>/results.jsonl and re-renders
 <out>/results.md and <out>/results.png from all lines, so rows run at the same budget compare side by side.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import os
 import time
 from dataclasses import dataclass
 
-BASE_SWITCH = ("model.mixer=mlp", "model.pos_encoding=none")  # the ablations' baseline is TRM-MLP
+# The ablations' baseline, TRM-MLP with T = 3, n = 6 and 2 blocks, at the base preset's width, data and training
+BASE_SWITCH = ("model.mixer=mlp", "model.pos_encoding=none", "model.T=3", "model.n=6", "model.num_blocks=2")
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class Row:
     name: str
     table: str  # where the paper reports it
     published: float  # Sudoku-Extreme exact accuracy (%), TRM_SPEC section 7
-    overrides: tuple[str, ...]  # on top of the base preset switched to TRM-MLP
+    overrides: tuple[str, ...]  # on top of the base preset switched to the ablation baseline
     about: str
     full_preset: str = ""  # a preset running the row with its authors' own full recipe, where one exists
 
@@ -56,7 +58,7 @@ ROWS: dict[str, Row] = {r.name: r for r in (
 
 
 def row_config(row: str, base: str = "sudoku-mlp", extra: list[str] | tuple[str, ...] = ()):
-    """The base preset switched to TRM-MLP, then the row's overrides, then `extra`."""
+    """The base preset switched to the ablation baseline (BASE_SWITCH), then the row's overrides, then `extra`."""
     from trm_fast.config import TRMConfig
 
     if row not in ROWS:
@@ -90,7 +92,7 @@ def parameter_count(model_config) -> int:
 
 def list_rows(base: str = "sudoku-mlp") -> str:
     header = (f"{'row':18s} {'table':7s} {'published':>9s} {'params':>11s} {'blocks/step':>11s}  "
-              f"overrides on the base preset {base!r} switched to TRM-MLP ({' '.join(BASE_SWITCH)})")
+              f"overrides on the base preset {base!r} switched to {' '.join(BASE_SWITCH)}")
     lines = [header]
     for row in ROWS.values():
         config = row_config(row.name, base)
@@ -121,9 +123,9 @@ def _budget_overrides(budget_steps: int | None, budget_minutes: float | None) ->
 
 
 def run_row(row: str, base: str, out_root: str, budget_steps: int | None = None, budget_minutes: float | None = None,
-            extra: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict:
-    """Trains a row within the budget, appends its result to out_root/results.jsonl and re-renders the table and
-    chart of every run so far. Each run writes its own folder under out_root/runs/."""
+            extra: list[str] | tuple[str, ...] = (), progress: bool = True, render: bool = True) -> dict:
+    """Trains a row within the budget, appends its result to out_root/results.jsonl and (with `render`)
+    re-renders the table and chart of every run so far. Each run writes its own folder under out_root/runs/."""
     from trm_fast.train.trainer import train
 
     budget, budget_label = _budget_overrides(budget_steps, budget_minutes)
@@ -146,7 +148,8 @@ def run_row(row: str, base: str, out_root: str, budget_steps: int | None = None,
     os.makedirs(out_root, exist_ok=True)
     with open(os.path.join(out_root, "results.jsonl"), "a") as f:  # append-only: earlier results stay intact
         f.write(json.dumps(result) + "\n")
-    render_table(out_root)
+    if render:
+        render_table(out_root)
     return result
 
 
@@ -224,7 +227,8 @@ def add_ablations_subparser(subparsers) -> None:
     budget.add_argument("--budget-steps", type=int, metavar="K", help="optimizer steps per run")
     budget.add_argument("--budget-minutes", type=float, metavar="M", help="wall-clock minutes of training per run")
     p.add_argument("--preset", "--base", dest="preset", default="sudoku-mlp",
-                   help="base preset (switched to TRM-MLP, then the row's overrides); e.g. sudoku6-demo on a CPU")
+                   help="base preset for width, data and training (switched to TRM-MLP T=3 n=6, then the row's "
+                        "overrides); e.g. sudoku6-demo on a CPU")
     p.add_argument("--out", default="runs/ablations", help="folder of results.jsonl, results.md, results.png")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="extra overrides on every row (repeatable)")
