@@ -37,17 +37,18 @@ def _download(filename: str) -> str:
 
 
 def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = True, min_difficulty: int | None = None,
-                    threads: int = 1) -> tuple[list, dict]:
-    """(list of (puzzle, solution) 9x9 int grids, counts) from a published-format CSV (`source,q,a,rating`).
+                    threads: int = 1) -> tuple["PuzzlePairs", dict]:
+    """(the (puzzle, solution) 9x9 grids as PuzzlePairs, counts) from a published-format CSV (`source,q,a,rating`).
 
     Every row is checked: field count, 81 characters of '.' or digits (q) / digits 1-9 (a), a rating that is an
-    integer; with check_solution also that a solves q and that q's solution is unique (the native engine, in
-    parallel; the pure-Python solver otherwise). A bad row raises ValueError naming file and line, or with
+    integer; with check_solution also that q has exactly one solution and a is it (the native engine, in
+    parallel; the pure-Python transcription otherwise). A bad row raises ValueError naming file and line, or with
     skip_bad is skipped and counted. Rows rated below min_difficulty are left out (as the published builder does)."""
-    from trm_fast.data.sudoku import is_valid_solution, solve_and_rate
+    from trm_fast.data.sudoku import solve_and_rate
 
     allowed_q, allowed_a = set(".0123456789"), set("123456789")
-    rows, lines, counts = [], [], {"read": 0, "skipped": 0, "below_min_difficulty": 0}
+    q_bytes, a_bytes, lines = bytearray(), bytearray(), []  # 81 bytes per row: millions of rows stay small
+    counts = {"read": 0, "skipped": 0, "below_min_difficulty": 0}
 
     def bad(line_no: int, what: str) -> None:
         if not skip_bad:
@@ -69,8 +70,8 @@ def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = Tr
                 if len(text) != 81:
                     problem = f"field {name} has {len(text)} characters, expected 81"
                     break
-                wrong = next((i for i, ch in enumerate(text) if ch not in allowed), None)
-                if wrong is not None:
+                if not set(text) <= allowed:
+                    wrong = next(i for i, ch in enumerate(text) if ch not in allowed)
                     problem = f"field {name} has a bad character {text[wrong]!r} at position {wrong + 1}"
                     break
             if problem is None and len(row) > 3:
@@ -85,23 +86,44 @@ def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = Tr
             if problem is not None:
                 bad(line_no, problem)
                 continue
-            puzzle = (np.frombuffer(q.replace(".", "0").encode(), dtype=np.uint8) - ord("0")).astype(np.int64)
-            solution = (np.frombuffer(a.encode(), dtype=np.uint8) - ord("0")).astype(np.int64)
-            rows.append((puzzle.reshape(9, 9), solution.reshape(9, 9)))
+            q_bytes += q.encode()
+            a_bytes += a.encode()
             lines.append(line_no)
-    if check_solution and rows:
-        rated = solve_and_rate(np.stack([p for p, _ in rows]), limit=2, threads=threads)
-        keep = []
-        for i, ((puzzle, solution), line_no) in enumerate(zip(rows, lines)):
-            if rated["counts"][i] != 1:
-                bad(line_no, "the puzzle has no solution" if rated["counts"][i] == 0 else "the puzzle has no unique solution")
-            elif not is_valid_solution(puzzle, solution):
-                bad(line_no, "field a is not a valid solution of field q")
-            else:
-                keep.append((puzzle, solution))
-        rows = keep
-    counts["read"] = len(rows)
-    return rows, counts
+    puzzles = np.frombuffer(bytes(q_bytes), dtype=np.uint8).reshape(-1, 9, 9).copy()
+    puzzles[puzzles == ord(".")] = ord("0")
+    puzzles -= ord("0")
+    solutions = np.frombuffer(bytes(a_bytes), dtype=np.uint8).reshape(-1, 9, 9) - ord("0")
+    keep = np.ones(len(puzzles), dtype=bool)
+    if check_solution and len(puzzles):
+        rated = solve_and_rate(puzzles, limit=2, threads=threads)
+        for i in np.flatnonzero(rated["counts"] != 1):
+            keep[i] = False
+            bad(lines[i], "the puzzle has no solution" if rated["counts"][i] == 0 else "the puzzle has no unique solution")
+        wrong = keep & ~np.all(rated["solutions"].reshape(-1, 9, 9) == solutions, axis=(1, 2))
+        for i in np.flatnonzero(wrong):  # unique solution known: a must equal it
+            keep[i] = False
+            bad(lines[i], "field a is not a valid solution of field q")
+    counts["read"] = int(keep.sum())
+    return PuzzlePairs(puzzles[keep], solutions[keep]), counts
+
+
+class PuzzlePairs:
+    """A sequence of (puzzle, solution) grids backed by two (N, size, size) uint8 arrays (compact for millions)."""
+
+    def __init__(self, puzzles: np.ndarray, solutions: np.ndarray):
+        self.puzzles, self.solutions = puzzles, solutions
+
+    def __len__(self) -> int:
+        return len(self.puzzles)
+
+    def __getitem__(self, i):
+        return self.puzzles[i], self.solutions[i]
+
+    def __iter__(self):
+        return zip(self.puzzles, self.solutions)
+
+    def subset(self, indices) -> "PuzzlePairs":
+        return PuzzlePairs(self.puzzles[indices], self.solutions[indices])
 
 
 def build_sudoku(args) -> dict:
@@ -133,7 +155,7 @@ def build_sudoku(args) -> dict:
         rng = np.random.default_rng(args.seed)
         if args.subsample > len(train):
             raise ValueError(f"--subsample {args.subsample} exceeds the {len(train)} training puzzles")
-        train = [train[i] for i in sorted(rng.choice(len(train), args.subsample, replace=False))]
+        train = train.subset(np.sort(rng.choice(len(train), args.subsample, replace=False)))
     summary = write_sudoku_dataset(args.out, train, test, args.aug, np.random.default_rng(args.seed))
     summary.update(skipped_bad_rows=train_counts["skipped"] + test_counts["skipped"],
                    below_min_difficulty=train_counts["below_min_difficulty"] + test_counts["below_min_difficulty"])

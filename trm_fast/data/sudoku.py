@@ -412,6 +412,12 @@ def canonical_form(solution: np.ndarray) -> bytes:
 # ---------------------------------------------------------------------------------------------- text
 
 
+def _tokens(digits: np.ndarray) -> np.ndarray:
+    """Digits (0 = blank) to uint8 token ids, as the published builder stores them: blank 1, d -> d + 1."""
+    digits = np.asarray(digits)
+    return np.where(digits == 0, 1, digits + 1).astype(np.uint8)
+
+
 def grid_to_tokens(grid: np.ndarray) -> np.ndarray:
     """Blank -> 1, digit d -> d + 1, flattened."""
     grid = np.asarray(grid).ravel()
@@ -605,16 +611,26 @@ def write_sudoku_dataset(out_dir: str, train: list, test: list, aug: int, rng: n
     summary = {}
     with atomic_output_dir(out_dir) as tmp:
         for split, pairs, augs in (("train", train, aug), ("test", test, 0)):
-            inputs, labels, groups = [], [], [0]
-            for puzzle, solution in tqdm(pairs, desc=f"{split} (aug {augs})", leave=False, disable=not progress):
-                variants = [(puzzle, solution)] + [augment(puzzle, solution, rng) for _ in range(augs)]
-                for p, s in variants:
-                    inputs.append(grid_to_tokens(p))
-                    labels.append(grid_to_tokens(s))
-                groups.append(groups[-1] + len(variants))
+            if not len(pairs):
+                raise ValueError(f"no {split} puzzles to write")
+            if augs == 0:  # vectorised: millions of rows
+                puzzles = np.stack([p for p, _ in pairs]) if not hasattr(pairs, "puzzles") else pairs.puzzles
+                solutions = np.stack([s for _, s in pairs]) if not hasattr(pairs, "solutions") else pairs.solutions
+                inputs = _tokens(puzzles.reshape(len(puzzles), -1))
+                labels = _tokens(solutions.reshape(len(solutions), -1))
+                groups = np.arange(len(inputs) + 1)
+            else:
+                inputs, labels, groups = [], [], [0]
+                for puzzle, solution in tqdm(pairs, desc=f"{split} (aug {augs})", leave=False, disable=not progress):
+                    variants = [(puzzle, solution)] + [augment(puzzle, solution, rng) for _ in range(augs)]
+                    for p, s in variants:
+                        inputs.append(_tokens(p.ravel()))
+                        labels.append(_tokens(s.ravel()))
+                    groups.append(groups[-1] + len(variants))
+                inputs, labels = np.stack(inputs), np.stack(labels)
             n = len(inputs)
-            size = pairs[0][0].shape[0] if pairs else 9
-            puzzle_set = PuzzleSet(np.stack(inputs).astype(np.int32), np.stack(labels).astype(np.int32),
+            size = int(round(len(inputs[0]) ** 0.5))
+            puzzle_set = PuzzleSet(inputs, labels,
                                    np.zeros(n, dtype=np.int32), np.arange(n + 1, dtype=np.int32),
                                    np.array(groups, dtype=np.int32))
             meta = DatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=size + 2,
