@@ -205,13 +205,16 @@ def _augmentations(task: dict, count: int, rng: np.random.Generator) -> list[tup
     return versions
 
 
-def _place(inp: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-    """Input and label canvases; with rng, both grids move by the same random offset (room for the larger)."""
+def _place(inp: np.ndarray, out: np.ndarray, rng: np.random.Generator | None, dest_in: np.ndarray,
+           dest_out: np.ndarray) -> None:
+    """Writes the input and label canvases into two zeroed rows; with rng, both grids move by the same random
+    offset (room for the larger of the two)."""
     row = col = 0
     if rng is not None:
-        row = int(rng.integers(0, CANVAS - max(inp.shape[0], out.shape[0]) + 1))
-        col = int(rng.integers(0, CANVAS - max(inp.shape[1], out.shape[1]) + 1))
-    return grid_to_canvas(inp, row, col), grid_to_canvas(out, row, col)
+        row, col = (int(x) for x in rng.integers(0, [CANVAS - max(inp.shape[0], out.shape[0]) + 1,
+                                                     CANVAS - max(inp.shape[1], out.shape[1]) + 1]))
+    grid_to_canvas(inp, row, col, out=dest_in)
+    grid_to_canvas(out, row, col, out=dest_out)
 
 
 def _token_array(scratch_path: str, rows: int) -> np.ndarray:
@@ -299,7 +302,7 @@ def build_arc(args, version: str) -> dict:
                     keep_in_place = int(rng.integers(0, len(pairs))) if split == "train" else -1
                     for n, (i, o) in enumerate(pairs):
                         move = rng if split == "train" and n != keep_in_place else None
-                        inputs[row], labels[row] = _place(augment_grid(i, k, perm), augment_grid(o, k, perm), move)
+                        _place(augment_grid(i, k, perm), augment_grid(o, k, perm), move, inputs[row], labels[row])
                         row += 1
                     pids.append(next_id)  # the same id in both splits
                     next_id += 1
