@@ -111,23 +111,38 @@ BENCH=("$PY" -m trm_fast bench)
 RES=(--out "$OUT/results")
 GPU_TESTS=("$PY" -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests")
 
+# The whole call's time: 8 minutes for --quick, 9 per stage, setup included; each part gets a budget for starting
+# contenders (--budget-s) and a hard limit, both cut from what is left, and the report is rendered last.
+TOTAL=$([ "$QUICK" = 1 ] && echo 450 || echo 525)
+left() { echo $(( TOTAL - ($(date +%s) - SUITE_START) )); }
+# part NAME SHARE_S ARGS...: a bench part that may start contenders for SHARE_S seconds (at most what is left minus
+# a reserve for the in-flight contender to finish), then is stopped at what is left minus 20 s
+part() {
+  local name=$1 share=$2; shift 2
+  local l; l=$(left)
+  local budget=$(( share < l - 60 ? share : l - 60 ))
+  if [ "$budget" -lt 10 ]; then say "$name: not started, no time left"; STATUS=1; return; fi
+  run $(( l - 20 < budget + 120 ? l - 20 : budget + 120 )) "$name" "${BENCH[@]}" "$@" --budget-s "$budget" "${RES[@]}"
+}
 if [ "$QUICK" = 1 ]; then
-  run 110 gpu_tests "${GPU_TESTS[@]}"
-  run 160 bench_ops "${BENCH[@]}" ops --quick --budget-s 110 "${RES[@]}"
-  run 175 bench_step "${BENCH[@]}" step --quick --preset sudoku-att,sudoku-mlp,maze --budget-s 115 "${RES[@]}"
+  run 100 gpu_tests "${GPU_TESTS[@]}"
+  part bench_ops 100 ops --quick
+  part bench_step 1000 step --quick --preset sudoku-att,sudoku-mlp,maze
 else
   case "$STAGE" in
-    1) run 240 gpu_tests "${GPU_TESTS[@]}"
-       run 280 bench_ops "${BENCH[@]}" ops --preset sudoku-att --no-autotune --budget-s 220 "${RES[@]}" ;;
-    2) run 260 bench_ops_autotune "${BENCH[@]}" ops --preset sudoku-att --contenders compile-max-autotune --budget-s 200 "${RES[@]}"
-       run 260 bench_ops_maze "${BENCH[@]}" ops --preset maze --no-autotune --budget-s 200 "${RES[@]}" ;;
-    3) run 530 bench_step "${BENCH[@]}" step --preset sudoku-att,sudoku-mlp --budget-s 420 "${RES[@]}" ;;
-    4) run 530 bench_step "${BENCH[@]}" step --preset maze,arc1 --budget-s 420 "${RES[@]}" ;;
-    5) run 530 bench_memory "${BENCH[@]}" memory --preset sudoku-att,sudoku-mlp,maze,arc1 --budget-s 420 "${RES[@]}" ;;
-    6) run 530 bench_eval "${BENCH[@]}" eval --preset sudoku-mlp,sudoku-att,arc1 --budget-s 420 "${RES[@]}" ;;
+    1) run 200 gpu_tests "${GPU_TESTS[@]}"
+       part bench_ops 1000 ops --preset sudoku-att --no-autotune ;;
+    2) part bench_ops_autotune 200 ops --preset sudoku-att --contenders compile-max-autotune
+       part bench_ops_maze 1000 ops --preset maze --no-autotune ;;
+    3) part bench_step 1000 step --preset sudoku-att,sudoku-mlp ;;
+    4) part bench_step 1000 step --preset maze,arc1 ;;
+    5) part bench_memory 1000 memory --preset sudoku-att,sudoku-mlp,maze,arc1 ;;
+    6) part bench_eval 1000 eval --preset sudoku-mlp,sudoku-att,arc1 ;;
     *) echo "gpu_suite.sh: --stage must be 1..6, got '$STAGE'" >&2; exit 2 ;;
   esac
 fi
+# rows are merged after every contender, so a part stopped at its limit still has figures: render them all
+"${BENCH[@]}" report "${RES[@]}" >>"$LOG" 2>&1 || say "rendering the report failed"
 say "finished in $(( $(date +%s) - SUITE_START ))s; results in $OUT/results:"
 ls -l "$OUT/results" | tee -a "$LOG"
 exit $STATUS

@@ -90,6 +90,9 @@ def test_a_rerun_replaces_rows_and_bad_arguments_are_named(tmp_path, capsys):
     (row,) = payload["eval"]
     assert row["puzzles_per_s"] > 0 and row["supervision_steps"] == 2
     assert len(payload["runs"]) == 2
+    os.remove(os.path.join(out, next(f for f in os.listdir(out) if f.endswith(".md"))))
+    assert main(["bench", "report", "--out", out]) == 0  # re-renders what a stopped run left
+    assert any(f.endswith(".md") for f in os.listdir(out)) and any(f.endswith("-eval.png") for f in os.listdir(out))
     assert main(["bench", "step", "--preset", "nope", "--out", out]) == 2
     assert main(["bench", "ops", "--ops", "softmax", "--out", out]) == 2
     assert main(["bench", "step", "--levels", "3", "--out", out]) == 2

@@ -53,6 +53,10 @@ def run_bench(args) -> int:
 
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.kind == "report":
+        written = report.render_folder(args.out)
+        print("\n".join(written) if written else f"no results JSON with figures under {args.out}")
+        return 0
     started = time.time()
     deadline = Deadline(args.budget_s)
     env = report.environment()
@@ -66,6 +70,8 @@ def run_bench(args) -> int:
     ceilings = _ceilings(args.kind)
     notes: list[str] = []
     only = [c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders else None
+    # rows are merged into the results file after every contender, so a run stopped by a hard limit keeps its figures
+    emit = lambda partial: report.merge_results(args.out, args.kind, partial, ceilings, notes, None)
 
     if args.kind == "ops":
         from trm_fast.bench.ops import op_shapes, run_ops
@@ -78,7 +84,7 @@ def run_bench(args) -> int:
             bad = [o for o in op_names if o not in OP_NAMES]
             if bad:
                 raise ValueError(f"--ops: unknown op(s) {', '.join(bad)}; ops are {', '.join(OP_NAMES)}")
-        rows = run_ops(shapes, args.quick, not args.no_autotune, ceilings, deadline, notes, only, op_names)
+        rows = run_ops(shapes, args.quick, not args.no_autotune, ceilings, deadline, notes, only, op_names, emit=emit)
     else:
         if args.kind == "eval":
             from trm_fast.bench.eval import EVAL_PRESETS, EVAL_PRESETS_QUICK
@@ -90,15 +96,15 @@ def run_bench(args) -> int:
         if args.kind == "step":
             from trm_fast.bench.step import run_step
 
-            rows = run_step(presets, batches, args.quick, levels, overrides, ceilings, deadline, notes, only)
+            rows = run_step(presets, batches, args.quick, levels, overrides, ceilings, deadline, notes, only, emit=emit)
         elif args.kind == "memory":
             from trm_fast.bench.memory import run_memory
 
-            rows = run_memory(presets, batches, levels, overrides, deadline, notes, only)
+            rows = run_memory(presets, batches, levels, overrides, deadline, notes, only, emit=emit)
         else:
             from trm_fast.bench.eval import run_eval
 
-            rows = run_eval(presets, batches, args.quick, overrides, deadline, notes, only)
+            rows = run_eval(presets, batches, args.quick, overrides, deadline, notes, only, emit=emit)
 
     run = {"kind": args.kind, "argv": sys.argv[1:], "quick": args.quick, "seconds": round(time.time() - started, 1),
            "date": env["date"]}
@@ -120,7 +126,8 @@ def run_bench(args) -> int:
 
 def add_bench_subparser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks against eager PyTorch, torch.compile and Liger-Kernel")
-    p.add_argument("kind", choices=["ops", "step", "memory", "eval"])
+    p.add_argument("kind", choices=["ops", "step", "memory", "eval", "report"],
+                   help="what to measure; `report` re-renders the markdown and charts of the results in --out")
     p.add_argument("--preset", help="preset(s), comma-separated (default: sudoku-att, sudoku-mlp, maze, arc1, arc2 "
                    "for step/memory; sudoku-mlp, sudoku-att, arc1 for eval; for ops: the Sudoku and Maze/ARC shapes)")
     p.add_argument("--quick", action="store_true",

@@ -16,7 +16,7 @@ EVAL_PRESETS_QUICK = ["sudoku-att", "arc1"]
 
 
 def run_eval(presets: list[str], batches: dict[str, int], quick: bool, overrides: list[str], deadline: Deadline,
-             notes: list[str], only: list[str] | None = None, log=print) -> list[dict]:
+             notes: list[str], only: list[str] | None = None, log=print, emit=None) -> list[dict]:
     from trm_fast.eval.evaluate import run_puzzles
 
     device = torch.device("cuda" if on_gpu() else "cpu")
@@ -58,4 +58,6 @@ def run_eval(presets: list[str], batches: dict[str, int], quick: bool, overrides
                          "ms_per_batch": ms, "puzzles_per_s": batch / (ms * 1e-3),
                          "speedup_vs_eager": eager_ms / ms if eager_ms else None})
             log(f"  eval {preset}@{batch} {name}: {batch / (ms * 1e-3):.1f} puzzles/s ({steps} steps)")
+            if emit is not None:
+                emit(rows)
     return rows

@@ -14,55 +14,47 @@ trm_fast-L0/L1/L2 (backend triton, GPU).
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from trm_fast.bench.step import StepRunner, bench_config
 from trm_fast.bench.timing import Deadline, on_gpu, peak_memory, selected
-from trm_fast.model import build_model
 
 
 def _variants(config, levels) -> dict:
-    """name -> (config, backend, level, compiled)"""
+    """name -> (config, backend, level, compiled); the compiled model last (its compile is the slow part)."""
     out = {"eager": (config.override(["model.backend=torch", "model.recompute=0"]), "torch", 0, False)}
     for lv in levels:
         if lv:
             out[f"reference-L{lv}"] = (config.override(["model.backend=torch", f"model.recompute={lv}"]), "torch", lv, False)
     if on_gpu():
-        out["compile"] = (out["eager"][0], "torch", 0, True)
         for lv in levels:
             out[f"trm_fast-L{lv}"] = (config.override(["model.backend=triton", f"model.recompute={lv}"]), "triton", lv, False)
+        out["compile"] = (out["eager"][0], "torch", 0, True)
     return out
 
 
-def held_after_forward(model, batch: int, device, compiled: bool) -> int | None:
-    """GPU bytes the training forward (with loss) leaves allocated for its backward."""
-    if not on_gpu():
-        return None
-    from trm_fast.bench.step import random_batch
+def held_after_forward(runner: StepRunner) -> int:
+    """GPU bytes the training forward (with its loss) leaves allocated for the backward, measured on the runner's
+    model (compiled or not) and carry; the backward then runs and the gradients are dropped."""
     from trm_fast.train.losses import supervision_loss
 
-    fwd = torch.compile(model) if compiled else model
-    b = random_batch(model.config, batch, device)
-    carry = model.initial_carry(batch, device)
-    for _ in range(2 if compiled else 1):  # a compiled model's first call compiles
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        out = fwd(carry, b["inputs"], b["puzzle_identifiers"])
-        loss = supervision_loss(out.logits, b["labels"], out.q_halt, out.q_continue).total
-        torch.cuda.synchronize()
-        held = torch.cuda.memory_allocated() - before
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        if getattr(model, "puzzle_emb", None) is not None:
-            model.puzzle_emb.pending.clear()
-        del out, loss
+    b, model = runner.batch, runner.model
+    carry = model.initial_carry(b["inputs"].shape[0], b["inputs"].device)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    out = runner.forward(carry, b["inputs"], b["puzzle_identifiers"])
+    loss = supervision_loss(out.logits, b["labels"], out.q_halt, out.q_continue).total
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - before
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    if getattr(model, "puzzle_emb", None) is not None:
+        model.puzzle_emb.pending.clear()
     return int(held)
 
 
 def run_memory(presets: list[str], batches: dict[str, int], levels, overrides: list[str], deadline: Deadline,
-               notes: list[str], only: list[str] | None = None, log=print) -> list[dict]:
+               notes: list[str], only: list[str] | None = None, log=print, emit=None) -> list[dict]:
     from trm_fast.memory import estimate, saved_bytes_per_step
 
     device = torch.device("cuda" if on_gpu() else "cpu")
@@ -83,26 +75,25 @@ def run_memory(presets: list[str], batches: dict[str, int], levels, overrides: l
                 notes.append(f"{preset}@{batch}: {name} not run (the --budget-s time was used up)")
                 continue
             try:
-                model = build_model(copy.deepcopy(cfg.model)).to(device)
-                saved = None if compiled else saved_bytes_per_step(model, batch, device)
-                held = held_after_forward(model, batch, device, compiled)
-                del model
-                peak = None
+                runner = StepRunner(cfg, batch, device, compiled)
+                saved = None if compiled else saved_bytes_per_step(runner.model, batch, device)
+                held = peak = None
                 if on_gpu():
-                    runner = StepRunner(cfg, batch, device, compiled)
-                    runner()  # creates the optimiser state
+                    runner()  # compiles where it must and creates the optimiser state
+                    held = held_after_forward(runner)
                     peak = peak_memory(runner)
-                    del runner
-                    torch.cuda.empty_cache()
-                predicted = estimate(cfg, batch, device.type, backend)["levels"][level]["peak"] if not compiled else None
+                predicted = None if compiled else estimate(cfg, batch, device.type, backend)["levels"][level]["peak"]
             except Exception as exc:
                 msg = f"{preset}@{batch}: {name} skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
                 notes.append(msg)
                 log("  " + msg)
                 continue
             finally:
+                runner = None
                 if compiled:
                     torch._dynamo.reset()
+                if on_gpu():
+                    torch.cuda.empty_cache()
             if name == "eager":
                 eager_bytes = saved
             rows.append({"preset": preset, "batch": batch, "contender": name, "saved_bytes": saved,
@@ -110,4 +101,6 @@ def run_memory(presets: list[str], batches: dict[str, int], levels, overrides: l
                          "held_after_forward_bytes": held, "peak_memory_bytes": peak, "predicted_peak_bytes": predicted})
             log(f"  {preset}@{batch} {name}: " + ", ".join(
                 f"{k} {v / 2**20:.1f} MiB" for k, v in (("saved", saved), ("held", held), ("peak", peak)) if v is not None))
+            if emit is not None:
+                emit(rows)
     return rows

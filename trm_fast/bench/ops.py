@@ -242,13 +242,17 @@ def _time_contender(fn, base, quick: bool, notes: list[str], label: str) -> tupl
 
 
 def run_ops(shapes: list[OpShape], quick: bool, autotune: bool, ceilings: dict, deadline: Deadline,
-            notes: list[str], only: list[str] | None = None, op_names: list[str] | None = None, log=print) -> list[dict]:
+            notes: list[str], only: list[str] | None = None, op_names: list[str] | None = None, log=print,
+            emit=None) -> list[dict]:
     device = "cuda" if on_gpu() else "cpu"
     dtype = torch.bfloat16 if on_gpu() else torch.float32
     elt = torch.tensor([], dtype=dtype).element_size()
     copy_gbs = ceilings.get("copy_bandwidth_gbs")
     if autotune and not on_gpu():
         notes.append("torch.compile max-autotune is run on GPUs only")
+    if autotune and on_gpu():
+        notes.append("torch.compile max-autotune is run for the ops with matmuls (its templates are matmul templates; "
+                     "for the norms it is the default compile)")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     cases = []  # (shape, case, inputs, flops, {contender: fn})
     for shape in shapes:
@@ -260,10 +264,35 @@ def run_ops(shapes: list[OpShape], quick: bool, autotune: bool, ceilings: dict, 
             contenders = {"eager": case.reference, "trm_fast": case.trm_fast, "liger": case.liger,
                           "compile": lambda ref=case.reference: torch.compile(ref),
                           "compile-max-autotune": (lambda ref=case.reference: torch.compile(ref, mode="max-autotune-no-cudagraphs"))
-                          if autotune and on_gpu() else None}
+                          if autotune and on_gpu() and not case.norm_elements else None}
             contenders = {k: v for k, v in contenders.items() if v is not None and (k == "eager" or selected(k, only))}
             base = case.make_inputs()
             cases.append((shape, case, base, _flops(case.reference, base), contenders))
+
+    def build_rows() -> list[dict]:
+        rows = []
+        for shape, case, _, flops, contenders in cases:
+            # fewest bytes of the norms: fwd reads x and residual, writes y; bwd reads dy and y, writes dx (the fp32
+            # per-row statistics, under 1% of that at these widths, are left out)
+            rows_bytes = 3 * case.norm_elements * elt
+            floor = {"fwd": rows_bytes, "bwd": rows_bytes, "fwd+bwd": 2 * rows_bytes}
+            eager = results.get((case.name, shape.label, "eager"))
+            for contender in contenders:
+                if (case.name, shape.label, contender) not in results:
+                    continue
+                timings, err = results[(case.name, shape.label, contender)]
+                for mode, (ms, graph_ms) in timings.items():
+                    row = {"op": case.name, "shape": shape.label, "preset_shape": shape.name, "mode": mode,
+                           "contender": contender, "ms": ms, "ms_cudagraph": graph_ms,
+                           "speedup_vs_eager": eager[0][mode][0] / ms if eager else None,
+                           "flops": flops[mode], "tflops": flops[mode] / (ms * 1e-3) / 1e12 if flops[mode] else None,
+                           "rel_err_vs_eager": err}
+                    if case.norm_elements:
+                        row["gbs"] = floor[mode] / (ms * 1e-3) / 1e9
+                        row["copy_bw_fraction"] = row["gbs"] / copy_gbs if copy_gbs else None
+                    rows.append(row)
+        return rows
+
     results = {}  # (op, shape label, contender) -> ({mode: (ms, graph_ms)}, rel_err)
     reference_out = {}
     for contender in CONTENDER_ORDER:
@@ -292,25 +321,7 @@ def run_ops(shapes: list[OpShape], quick: bool, autotune: bool, ceilings: dict, 
             err = _rel_err(out, reference_out[key]) if key in reference_out else None
             results[(*key, contender)] = (timings, err)
             log(f"  {label}: " + ", ".join(f"{m} {t[0]:.3f} ms" for m, t in timings.items()))
-    rows = []
-    for shape, case, _, flops, contenders in cases:
-        # fewest bytes of the norms: fwd reads x and residual, writes y; bwd reads dy and y, writes dx (the fp32
-        # per-row statistics, under 1% of that at these widths, are left out)
-        rows_bytes = 3 * case.norm_elements * elt
-        floor = {"fwd": rows_bytes, "bwd": rows_bytes, "fwd+bwd": 2 * rows_bytes}
-        eager = results.get((case.name, shape.label, "eager"))
-        for contender in contenders:
-            if (case.name, shape.label, contender) not in results:
-                continue
-            timings, err = results[(case.name, shape.label, contender)]
-            for mode, (ms, graph_ms) in timings.items():
-                row = {"op": case.name, "shape": shape.label, "preset_shape": shape.name, "mode": mode,
-                       "contender": contender, "ms": ms, "ms_cudagraph": graph_ms,
-                       "speedup_vs_eager": eager[0][mode][0] / ms if eager else None,
-                       "flops": flops[mode], "tflops": flops[mode] / (ms * 1e-3) / 1e12 if flops[mode] else None,
-                       "rel_err_vs_eager": err}
-                if case.norm_elements:
-                    row["gbs"] = floor[mode] / (ms * 1e-3) / 1e9
-                    row["copy_bw_fraction"] = row["gbs"] / copy_gbs if copy_gbs else None
-                rows.append(row)
-    return rows
+            if emit is not None:
+                emit(build_rows())
+    return build_rows()
+

@@ -80,7 +80,7 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def merge_results(out_dir: str, kind: str, rows: list[dict], extra: dict, notes: list[str], run: dict) -> dict:
+def merge_results(out_dir: str, kind: str, rows: list[dict], extra: dict, notes: list[str], run: dict | None) -> dict:
     """Reads `<stem>.json` (if any), replaces rows of `kind` with the same key, updates the environment, ceilings and
     notes, and writes it back atomically. Returns the merged payload."""
     os.makedirs(out_dir, exist_ok=True)
@@ -100,11 +100,34 @@ def merge_results(out_dir: str, kind: str, rows: list[dict], extra: dict, notes:
     payload[kind] = [r for r in payload[kind] if key(r) not in fresh] + rows
     payload["ceilings"].update({k: v for k, v in extra.items() if v is not None})
     payload["notes"][kind] = sorted(set(payload["notes"].get(kind, [])) | set(notes))
-    payload["runs"].append(run)
+    if run is not None:  # the final merge of a command (partial merges after each contender pass None)
+        payload["runs"].append(run)
     payload["targets"] = evaluate_targets(payload)
     _atomic_write(path, json.dumps(payload, indent=2, default=str))
     payload["_path"] = path
     return payload
+
+
+def render_folder(out_dir: str) -> list[str]:
+    """Re-renders the markdown report and charts of every results JSON in `out_dir` (e.g. after a run was stopped
+    by a hard time limit: its rows were merged after every contender, its report was not written)."""
+    written = []
+    for name in sorted(os.listdir(out_dir)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(out_dir, name)
+        try:
+            with open(path) as f:
+                payload = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(payload, dict) or "environment" not in payload or not any(payload.get(s) for s in SECTIONS):
+            continue
+        payload["targets"] = evaluate_targets(payload)
+        _atomic_write(path, json.dumps(payload, indent=2, default=str))
+        _atomic_write(path[:-5] + ".md", render_markdown(payload))
+        written += [path[:-5] + ".md"] + render_charts(payload, path[:-5])
+    return written
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -199,14 +222,14 @@ def render_charts(payload: dict, stem: str) -> list[str]:
     if ops:
         labels, series = _series(ops, lambda r: f"{r['op']}\n{r['shape']}", lambda r: r["contender"],
                                  lambda r: r["speedup_vs_eager"])
-        paths.append(bar_chart(stem + "-ops.png", labels, series, "speed-up vs eager (fwd+bwd)",
-                               f"per-op speed-up, {device}"))
+        paths.append(bar_chart(stem + "-ops.png", labels, series, "speed-up vs eager (fwd+bwd, log scale)",
+                               f"per-op speed-up, {device}", log_scale=True))
     step = [r for r in payload.get("step", []) if r.get("speedup_vs_eager")]
     if step:
         labels, series = _series(step, lambda r: f"{r['preset']} @{r['batch']}", lambda r: r["contender"],
                                  lambda r: r["speedup_vs_eager"])
-        paths.append(bar_chart(stem + "-step.png", labels, series, "speed-up vs eager (whole step)",
-                               f"training step speed-up, {device}"))
+        paths.append(bar_chart(stem + "-step.png", labels, series, "speed-up vs eager (whole step, log scale)",
+                               f"training step speed-up, {device}", log_scale=True))
     memory = payload.get("memory", [])
     if memory:
         gpu = any(r.get("peak_memory_bytes") for r in memory)

@@ -189,7 +189,7 @@ def _step_jobs(presets, overrides, levels, only) -> list[tuple[str, str, TRMConf
 
 
 def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, overrides: list[str], ceilings: dict,
-             deadline: Deadline, notes: list[str], only: list[str] | None = None, log=print) -> list[dict]:
+             deadline: Deadline, notes: list[str], only: list[str] | None = None, log=print, emit=None) -> list[dict]:
     from trm_fast.memory import saved_bytes_per_step
 
     device = torch.device("cuda" if on_gpu() else "cpu")
@@ -199,6 +199,32 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
     warmup, reps = (2, 5) if quick else (3, 10)
     results: dict[str, dict] = {p: {} for p in presets}
     counted: dict[str, dict] = {}
+
+    def build_rows() -> list[dict]:
+        rows = []
+        for preset in presets:
+            batch, tokens = batches[preset], batches[preset] * bench_config(preset, overrides).model.total_seq_len
+            if not results[preset]:
+                continue
+            flops = counted[preset]["flops"] if preset in counted else None
+            roof = roofline_ms(counted[preset], ceilings.get("matmul_tflops"), ceilings.get("copy_bandwidth_gbs")) if flops else None
+            eager_ms = results[preset].get("eager", {}).get("ms")
+            compile_ms = results[preset].get("compile", {}).get("ms")
+            for name, r in results[preset].items():
+                ms = r["ms"]
+                tflops = flops / (ms * 1e-3) / 1e12 if flops else None
+                rows.append({
+                    "preset": preset, "batch": batch, "contender": name, "ms_per_step": ms, "steps_per_s": 1e3 / ms,
+                    "tokens_per_s": tokens / (ms * 1e-3), "flops_per_step": flops, "model_tflops": tflops,
+                    "mfu_datasheet": tflops / peak if tflops and peak else None,
+                    "mfu_measured_matmul": tflops / ceilings["matmul_tflops"] if tflops and ceilings.get("matmul_tflops") else None,
+                    "roofline_ms": roof, "roofline_fraction": roof / ms if roof else None,
+                    "peak_memory_bytes": r["peak"], "saved_for_backward_bytes": r["saved"],
+                    "speedup_vs_eager": eager_ms / ms if eager_ms else None,
+                    "speedup_vs_compile": compile_ms / ms if compile_ms else None,
+                })
+        return rows
+
     for preset, name, cfg, compile_model in _step_jobs(presets, overrides, levels, only):
         batch = batches[preset]
         if deadline.expired():
@@ -227,26 +253,7 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
         results[preset][name] = {"ms": ms, "peak": mem, "saved": saved}
         log(f"  {preset}@{batch} {name}: {ms:.2f} ms/step" + (f", peak {mem / 2**30:.2f} GiB" if mem else "")
             + (f", saved {saved / 2**20:.1f} MiB" if saved is not None else ""))
-    rows = []
-    for preset in presets:
-        batch, tokens = batches[preset], batches[preset] * bench_config(preset, overrides).model.total_seq_len
-        if not results[preset]:
-            continue
-        flops = counted[preset]["flops"] if preset in counted else None
-        roof = roofline_ms(counted[preset], ceilings.get("matmul_tflops"), ceilings.get("copy_bandwidth_gbs")) if flops else None
-        eager_ms = results[preset].get("eager", {}).get("ms")
-        compile_ms = results[preset].get("compile", {}).get("ms")
-        for name, r in results[preset].items():
-            ms = r["ms"]
-            tflops = flops / (ms * 1e-3) / 1e12 if flops else None
-            rows.append({
-                "preset": preset, "batch": batch, "contender": name, "ms_per_step": ms, "steps_per_s": 1e3 / ms,
-                "tokens_per_s": tokens / (ms * 1e-3), "flops_per_step": flops, "model_tflops": tflops,
-                "mfu_datasheet": tflops / peak if tflops and peak else None,
-                "mfu_measured_matmul": tflops / ceilings["matmul_tflops"] if tflops and ceilings.get("matmul_tflops") else None,
-                "roofline_ms": roof, "roofline_fraction": roof / ms if roof else None,
-                "peak_memory_bytes": r["peak"], "saved_for_backward_bytes": r["saved"],
-                "speedup_vs_eager": eager_ms / ms if eager_ms else None,
-                "speedup_vs_compile": compile_ms / ms if compile_ms else None,
-            })
-    return rows
+        if emit is not None:
+            emit(build_rows())
+    return build_rows()
+
