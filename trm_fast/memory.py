@@ -46,7 +46,7 @@ def saved_bytes_per_step(model, batch_size: int, device: str | torch.device = "c
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if recompute.selective_region[0] and torch.is_grad_enabled() and func in recompute.KEPT_OPS:
+            if recompute.selective_region[0] and func in recompute.KEPT_OPS:  # (under a custom Function too)
                 for t in out if isinstance(out, (tuple, list)) else (out,):
                     if isinstance(t, torch.Tensor):
                         pack(t)
@@ -74,92 +74,106 @@ def saved_bytes_per_step(model, batch_size: int, device: str | torch.device = "c
 # ---------------------------------------------------------------------------------------------- the model
 
 
-def _block_saved_elements(config: ModelConfig, level: int, backend: str) -> dict[str, float]:
-    """Elements (per sample) saved by one block application in the gradient cycle, split by what holds them.
-    Derived from what each op's backward needs:
-      - add+norm: its output (L*D; the next op's input, so shared) and an fp32 rstd per row;
-      - channel SwiGLU: input (shared), h (L*I), and at level 0 gate/up (2*L*I) [reference path: gate, up and
-        silu(gate) are separate tensors, 3*L*I, plus the product, L*I];
-      - attention: input (shared), qkv (3*L*D), output (L*D), lse (fp32, H*L) [reference: q, k after RoPE, ...];
-      - token mix: as channel SwiGLU with the roles of L and D swapped (hidden Im per channel).
-    Level 2 keeps only the block input; level 1 keeps the matmul outputs."""
+def _block_saved_elements(config: ModelConfig, level: int, backend: str) -> dict[str, int]:
+    """Elements per sample that one block application of the gradient cycle keeps for backward: `act` in the
+    forward dtype, `fp32` in fp32 (norm statistics, attention log-sum-exp, the reference norms' fp32 inputs).
+    Derived from what each op's backward needs (an (L, D) tensor is written LD; I, Im the SwiGLU hidden sizes):
+      reference, level 0, attention: block input, qkv (3LD; v is a view of it), q and k after RoPE, attention
+        output, the first norm's output, gate_up (2LI), silu(gate) (LI), h = silu * up (LI); fp32: the two
+        norms' inputs (x.float(); the residual sum itself at fp32), log-sum-exp (H per row), rstd per row x 2;
+      reference, level 0, token mixing: the transposed copy the matmul makes, gate_up (2 D*Im), silu and h
+        (D*Im each), the first norm's output, the channel SwiGLU's three; fp32: the norms' inputs, rstd per
+        channel (sequence norm) and per row;
+      reference, level 1 (selective checkpointing): the block input and every matmul / attention output
+        (qkv, attention output + log-sum-exp, o projection, gate_up, down; token mixing: its gate_up and down);
+      Triton, levels 0 and 1: qkv, attention output and log-sum-exp (or the token mix's h), both norms' outputs
+        and rstds, the channel SwiGLU's h, and at level 0 each SwiGLU's gate/up; the block input is the previous
+        norm's output, or the network call's input (counted per call, `call_input`);
+      level 2 (both): the block input only.
+    """
     L, D = config.total_seq_len, config.hidden_size
-    I, H = config.mlp_hidden, config.num_heads
-    Im = config.token_mix_hidden
-    if level == 2:  # the block input only; the first block's is the call input, counted by the caller
-        return {"act": 0.0, "fp32": 0.0, "input": L * D}
-    if level == 1 and backend == "torch":  # selective checkpointing: the block input and every matmul output
-        act, fp32 = 2 * L * I + L * D, 0.0  # gate_up and down outputs of the channel SwiGLU
-        if config.mixer == "attention":
-            act += 3 * L * D + 2 * L * D  # qkv, attention output, o-projection output
-            fp32 += H * L  # attention's log-sum-exp
-        else:
-            act += 2 * D * Im + D * L  # the token-mixing matmul outputs
-        return {"act": act, "fp32": fp32, "input": L * D}
-    act, fp32 = 0.0, 0.0
-    # two add+norm outputs (one is the block output = next block's input) and their rstd
-    act += 2 * L * D
-    fp32 += L + (D if config.mixer == "mlp" else L)
-    if config.mixer == "attention":
-        act += 3 * L * D + L * D  # qkv, attention output
-        fp32 += H * L  # log-sum-exp
-        if backend == "torch" and level == 0:
-            act += 2 * L * D  # q and k after RoPE
-    swiglus = [(L, I)] + ([(D, Im)] if config.mixer == "mlp" else [])
-    for rows, hidden in swiglus:
-        act += rows * hidden  # h, the down projection's input
-        if level == 0:
-            act += 2 * rows * hidden if backend == "triton" else 3 * rows * hidden  # gate/up (+ silu on the reference)
-        elif backend == "torch":
-            act += 2 * rows * hidden  # gate_up matmul output kept by the selective policy
-    if config.mixer == "mlp" and backend == "torch" and level == 0:
-        act += L * D  # the transposed copy the reference makes before the token-mixing matmul
-    return {"act": act, "fp32": fp32, "input": 0.0}
+    I, H, Im = config.mlp_hidden, config.num_heads, config.token_mix_hidden
+    attention = config.mixer == "attention"
+    if level == 2:
+        return {"act": L * D, "fp32": 0, "call_input": 0}
+    if backend == "torch":
+        if level == 1:
+            act = (7 * L * D + 2 * L * I) if attention else (3 * L * D + 2 * D * Im + 2 * L * I)
+            return {"act": act, "fp32": H * L if attention else 0, "call_input": 0}
+        if attention:
+            return {"act": 8 * L * D + 4 * L * I, "fp32": 2 * L * D + H * L + 2 * L, "call_input": 0}
+        return {"act": 2 * L * D + 4 * D * Im + 4 * L * I, "fp32": 2 * L * D + D + L, "call_input": 0}
+    gate_up = 2 if level == 0 else 0
+    if attention:
+        return {"act": 6 * L * D + (1 + gate_up) * L * I, "fp32": H * L + 2 * L, "call_input": L * D}
+    return {"act": 2 * L * D + (1 + gate_up) * (D * Im + L * I), "fp32": D + L, "call_input": L * D}
 
 
 def estimate_saved_bytes(config: ModelConfig, batch_size: int, level: int, backend: str = "torch",
                          device: str = "cpu") -> int:
-    """Predicted bytes saved for backward by one supervision step (the gradient cycle's n + 1 network calls)."""
+    """Predicted bytes saved for backward by one supervision step's forward: the gradient cycle's n + 1 network
+    calls (see _block_saved_elements), the final y the heads keep (on the Triton path at levels 0/1 it is the last
+    norm's output, already counted) and the embedding's int64 token indices."""
     a = _dtype_bytes(config, device)
-    blocks = (config.n + 1) * config.num_blocks
     per = _block_saved_elements(config, level, backend)
     L, D = config.total_seq_len, config.hidden_size
-    # per network call: its input (state + injection); at level 2 every block's input; heads: y and the logits
-    calls = config.n + 1
-    inputs = blocks * per["input"] if per["input"] else calls * L * D
-    heads = L * D + config.seq_len * config.vocab_size
-    elements_act = blocks * per["act"] + inputs + heads
-    return int(batch_size * (elements_act * a + blocks * per["fp32"] * 4))
+    blocks, calls = (config.n + 1) * config.num_blocks, config.n + 1
+    final_y = 0 if (backend == "triton" and level < 2) else L * D
+    per_sample = blocks * (per["act"] * a + per["fp32"] * 4) + calls * per["call_input"] * a + final_y * a
+    return int(batch_size * (per_sample + config.seq_len * 8))
+
+
+def _resolve_backend(config: ModelConfig, device: str, backend: str | None) -> str:
+    if backend:
+        return backend
+    if config.backend != "auto":
+        return config.backend
+    return "triton" if device.startswith("cuda") else "torch"
 
 
 def estimate(config: TRMConfig | ModelConfig, batch_size: int, device: str = "cuda", backend: str | None = None) -> dict:
-    """Predicted peak training memory (bytes) at each recomputation level: weights, gradients, optimiser and EMA
-    states, the puzzle table (unless on the CPU), the carry, the bytes saved for backward, and the transient
-    working set of the largest block op."""
+    """Predicted peak training memory (bytes) of one process at each recomputation level, for `batch_size`
+    samples per micro-batch:
+      fixed: fp32 weights, gradients, the two optimiser moments, the EMA shadow, the puzzle table (0 when
+        train.puzzle_emb_device=cpu), and the training carry (y, z in the forward dtype);
+      saved_for_backward: what the gradient cycle's n + 1 network calls keep (estimate_saved_bytes);
+      transient: the working set on top of that during backward: activation gradients and the widest op's
+        temporaries, plus, at level 1, the recomputed elementwise outputs of one block and, at level 2, all of
+        one block's internals (it is re-run with recording).
+    The T-1 cycles without gradient hold only one op's working set, below the backward peak."""
     model_cfg = config.model if isinstance(config, TRMConfig) else config
     train_cfg = config.train if isinstance(config, TRMConfig) else None
-    backend = backend or ("triton" if device.startswith("cuda") else "torch")
+    backend = _resolve_backend(model_cfg, device, backend)
     from trm_fast.model import build_model
 
     with torch.device("meta"):
-        params = sum(p.numel() for p in build_model(copy.deepcopy(model_cfg)).parameters())
+        params = sum(p.numel() for p in build_model(copy.deepcopy(model_cfg)).parameters() if p.requires_grad)
     a = _dtype_bytes(model_cfg, device)
     L, D = model_cfg.total_seq_len, model_cfg.hidden_size
+    table_on_host = train_cfg is not None and train_cfg.puzzle_emb_device == "cpu"
     fixed = {
         "weights": 4 * params,
         "gradients": 4 * params,
         "optimizer": 8 * params,
         "ema": 4 * params if (train_cfg is None or train_cfg.ema) else 0,
-        "puzzle_table": 0 if (train_cfg and train_cfg.puzzle_emb_device == "cpu") else 4 * model_cfg.num_puzzle_identifiers * model_cfg.puzzle_emb_dim,
+        "puzzle_table": 0 if table_on_host else 4 * model_cfg.num_puzzle_identifiers * model_cfg.puzzle_emb_dim,
         "carry": batch_size * 2 * L * D * a,
     }
     widest = max(model_cfg.mlp_hidden * L, model_cfg.token_mix_hidden * D if model_cfg.mixer == "mlp" else 0, 3 * L * D)
-    transient = batch_size * (3 * widest + 4 * L * D) * a  # a block's working set (gate/up, grads) at its peak
+    working = batch_size * (3 * widest + 2 * L * D) * a  # the widest op's gradients in flight, the block's in/out gradients
+    block = {lv: _block_bytes(model_cfg, lv, backend, a) * batch_size for lv in (0, 1)}
     levels = {}
     for level in (0, 1, 2):
         saved = estimate_saved_bytes(model_cfg, batch_size, level, backend, device)
-        levels[level] = {"saved_for_backward": saved, "peak": sum(fixed.values()) + saved + transient}
-    return {"fixed": fixed, "transient": transient, "levels": levels, "backend": backend, "device": device}
+        replay = {0: 0, 1: max(0, block[0] - block[1]), 2: block[0]}[level]
+        levels[level] = {"saved_for_backward": saved, "transient": working + replay,
+                         "peak": sum(fixed.values()) + saved + working + replay}
+    return {"fixed": fixed, "levels": levels, "backend": backend, "device": device, "batch_size": batch_size}
+
+
+def _block_bytes(config: ModelConfig, level: int, backend: str, act_bytes: int) -> int:
+    per = _block_saved_elements(config, level, backend)
+    return int((per["act"] + per["call_input"]) * act_bytes + per["fp32"] * 4)
 
 
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -173,26 +187,35 @@ def parse_bytes(text: str) -> int:
 
 
 def plan_for_budget(config: TRMConfig, budget: str, log=print, device: str | None = None) -> TRMConfig:
-    """The lightest recomputation level, then the fewest micro-batches (gradient accumulation at the same global
-    batch), whose predicted peak fits the budget. Prints the plan; raises ValueError if nothing fits."""
+    """The plan whose predicted peak fits the budget: the fewest micro-batches per optimizer step (gradient
+    accumulation at the same global batch; fewer, larger micro-batches keep the GPU busy); at that count the puzzle
+    table stays where the config puts it if possible, else moves to pinned host memory (train.puzzle_emb_device=cpu,
+    cheaper than more micro-batches: only the batch's rows travel); then the lightest recomputation level.
+    Prints the plan; raises ValueError if nothing fits."""
     limit = parse_bytes(budget)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     global_batch = config.data.global_batch_size
     world = 1
-    try:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    except Exception:
-        pass
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
     local = global_batch // world
     accum_options = [a for a in range(1, local + 1) if local % a == 0]
+    placements = [config.train.puzzle_emb_device] + (["cpu"] if config.train.puzzle_emb_device != "cpu" else [])
+    candidates = {placement: config.override([f"train.puzzle_emb_device={placement}"]) for placement in placements}
     for accum in accum_options:
-        for level in (0, 1, 2):
-            micro = local // accum
-            peak = estimate(config, micro, device)["levels"][level]["peak"]
-            if peak <= limit:
-                log(f"memory plan: recompute level {level}, {accum} micro-batch(es) of {micro} per rank "
-                    f"(global batch {global_batch}); predicted peak {peak / 1e9:.2f} GB within {limit / 1e9:.2f} GB")
-                return config.override([f"model.recompute={level}", f"train.grad_accum={accum}"])
-    raise ValueError(f"--memory-budget {budget}: even level 2 with micro-batches of 1 is predicted to exceed it")
+        micro = local // accum
+        for placement, candidate in candidates.items():
+            est = estimate(candidate, micro, device)
+            for level in (0, 1, 2):
+                peak = est["levels"][level]["peak"]
+                if peak <= limit:
+                    where = "" if placement == config.train.puzzle_emb_device else \
+                        f"; puzzle table ({est['fixed']['puzzle_table'] or 4 * config.model.num_puzzle_identifiers * config.model.puzzle_emb_dim:,} bytes) moved to pinned host memory"
+                    log(f"memory plan: recompute level {level}, {accum} micro-batch(es) of {micro} per process "
+                        f"(global batch {global_batch}); predicted peak {peak / 1e9:.2f} GB within "
+                        f"{limit / 1e9:.2f} GB{where}")
+                    return candidate.override([f"model.recompute={level}", f"train.grad_accum={accum}"])
+    raise ValueError(f"--memory-budget {budget}: even level 2 with micro-batches of 1 and the puzzle table on the host "
+                     f"is predicted to exceed it")
