@@ -276,3 +276,25 @@ def test_table_keeps_the_latest_run_per_row_and_budget(tmp_path):
     (tmp_path / "results.jsonl").write_text("{not json\n")
     with pytest.raises(ValueError, match="line 1"):
         render_table(str(tmp_path))
+
+
+def test_act_continue_row_trains_the_continue_head_from_the_next_step():
+    from trm_fast.train.act import SupervisionState, supervision_step
+
+    config = tiny_row("act-continue", "model.T=1", "model.n=1")
+    model = build_model(config.model)
+    with torch.no_grad():  # at init (weight 0) this and the next step's Q-values agree: no gradient to see
+        model.q_head_weight.normal_(0, 0.5)
+    B = 3
+    inputs, ids = _batch(config, B)
+    state = SupervisionState.fresh(model, B, config.model.seq_len, "cpu")
+    res = supervision_step(model, state, {"inputs": inputs, "labels": inputs.clone(), "puzzle_identifiers": ids},
+                           step=0, seed=0, slot_index=torch.arange(B), training=True)
+    assert res.continue_target is not None and res.loss.cont > 0
+    res.loss.total.backward()
+    assert model.q_head_weight.grad[1].abs().sum() > 0  # the q_continue row of the head learns
+    plain = tiny_row("trm-mlp", "model.T=1", "model.n=1")
+    res = supervision_step(build_model(plain.model), SupervisionState.fresh(model, B, plain.model.seq_len, "cpu"),
+                           {"inputs": inputs, "labels": inputs.clone(), "puzzle_identifiers": ids},
+                           step=0, seed=0, slot_index=torch.arange(B), training=True)
+    assert res.continue_target is None and res.loss.cont == 0
