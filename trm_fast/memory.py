@@ -211,8 +211,9 @@ def plan_for_budget(config: TRMConfig, budget: str, log=print, device: str | Non
             for level in (0, 1, 2):
                 peak = est["levels"][level]["peak"]
                 if peak <= limit:
+                    table_bytes = 4 * config.model.num_puzzle_identifiers * config.model.puzzle_emb_dim
                     where = "" if placement == config.train.puzzle_emb_device else \
-                        f"; puzzle table ({est['fixed']['puzzle_table'] or 4 * config.model.num_puzzle_identifiers * config.model.puzzle_emb_dim:,} bytes) moved to pinned host memory"
+                        f"; puzzle table ({table_bytes / 1e9:.2f} GB) moved to pinned host memory"
                     log(f"memory plan: recompute level {level}, {accum} micro-batch(es) of {micro} per process "
                         f"(global batch {global_batch}); predicted peak {peak / 1e9:.2f} GB within "
                         f"{limit / 1e9:.2f} GB{where}")
