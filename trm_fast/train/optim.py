@@ -174,19 +174,7 @@ class SparseSignSGD:
         if collected is None:
             return
         ids, grads = collected
-        weight = self.embedding.weight
-        # group equal ids without a data-dependent shape: sort, mark the first of each run, number the runs
-        sorted_ids, order = torch.sort(ids, stable=True)
-        first = torch.ones_like(sorted_ids, dtype=torch.bool)
-        first[1:] = sorted_ids[1:] != sorted_ids[:-1]
-        group = torch.cumsum(first, 0) - 1
-        sums = torch.zeros(len(ids), grads.shape[1], dtype=torch.float64, device=grads.device)
-        sums.index_add_(0, group, grads.index_select(0, order).double())
-        direction = torch.sign(sums).index_select(0, group)  # each position: the sign of its id's total
-        rows = weight.index_select(0, sorted_ids).float()
-        rows.mul_(1.0 - lr * self.weight_decay).sub_(direction.float(), alpha=lr)
-        # positions of the same id carry identical rows, so the duplicate writes agree
-        weight.index_copy_(0, sorted_ids, rows.to(weight.dtype))
+        sign_sgd_rows_(self.embedding.weight, ids, grads, lr, self.weight_decay)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.embedding.pending.clear()
@@ -198,6 +186,28 @@ class SparseSignSGD:
     def load_state_dict(self, state: dict) -> None:
         self.lr = float(state.get("lr", self.lr))
         self.weight_decay = float(state.get("weight_decay", self.weight_decay))
+
+
+@torch.no_grad()
+def sign_sgd_rows_(weight: torch.Tensor, ids: torch.Tensor, grads: torch.Tensor, lr: float | torch.Tensor,
+                   weight_decay: float) -> None:
+    """In place on `weight`: for each distinct id of `ids` (N,), w[id] = w[id] * (1 - lr * wd) - lr * sign(sum of the
+    rows of `grads` (N, D) with that id); other rows untouched. Equal ids are grouped without a data-dependent shape
+    (sort, mark the first of each run, number the runs by a cumulative sum, fp64 segment sums into an N-row buffer),
+    so nothing is read back to the host and the update can be captured in a CUDA graph; `lr` may be a 0-d tensor."""
+    ids = ids.reshape(-1).to(device=weight.device, dtype=torch.int64)
+    grads = grads.reshape(ids.numel(), -1).to(weight.device)
+    sorted_ids, order = torch.sort(ids, stable=True)
+    first = torch.ones_like(sorted_ids, dtype=torch.bool)
+    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    group = torch.cumsum(first, 0) - 1
+    sums = torch.zeros(ids.numel(), grads.shape[1], dtype=torch.float64, device=weight.device)
+    sums.index_add_(0, group, grads.index_select(0, order).double())
+    direction = torch.sign(sums).index_select(0, group).float()  # each position: the sign of its id's total
+    rows = weight.index_select(0, sorted_ids).float()
+    rows.mul_(1.0 - lr * weight_decay).sub_(direction * lr)
+    # positions of the same id carry identical rows, so the duplicate writes agree
+    weight.index_copy_(0, sorted_ids, rows.to(weight.dtype))
 
 
 def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
