@@ -47,9 +47,9 @@ def _results(out_dir):
 
 def test_bench_commands_merge_into_one_results_file(tmp_path, capsys):
     out = str(tmp_path)
-    assert main(["bench", "ops", "--quick", "--ops", "add_rms_norm,loss_head", "--contenders", "compile", "--out", out]) == 0
-    assert main(["bench", "step", "--quick", "--preset", "sudoku4-tiny", "--contenders", "eager", "--out", out]) == 0
-    assert main(["bench", "memory", "--quick", "--preset", "sudoku4-tiny", "--out", out]) == 0
+    assert main(["bench", "ops", "--quick", "--ops", "add_rms_norm,loss_head", "--contenders", "compile", "--threads", "1", "--out", out]) == 0
+    assert main(["bench", "step", "--quick", "--preset", "sudoku4-tiny", "--contenders", "eager", "--threads", "1", "--out", out]) == 0
+    assert main(["bench", "memory", "--quick", "--preset", "sudoku4-tiny", "--threads", "1", "--out", out]) == 0
     payload, markdown, files = _results(out)
     env = payload["environment"]
     assert {"device", "torch", "triton", "commit", "date", "driver", "cuda"} <= set(env)
@@ -85,7 +85,7 @@ def test_bench_commands_merge_into_one_results_file(tmp_path, capsys):
 def test_a_rerun_replaces_rows_and_bad_arguments_are_named(tmp_path, capsys):
     out = str(tmp_path)
     for _ in range(2):
-        assert main(["bench", "eval", "--quick", "--preset", "sudoku4-tiny", "--contenders", "eager", "--out", out]) == 0
+        assert main(["bench", "eval", "--quick", "--preset", "sudoku4-tiny", "--contenders", "eager", "--threads", "1", "--out", out]) == 0
     payload, _, _ = _results(out)
     (row,) = payload["eval"]
     assert row["puzzles_per_s"] > 0 and row["supervision_steps"] == 2
@@ -145,3 +145,28 @@ def test_report_renders_markdown_and_png(tmp_path):
     assert "matmul_tflops = 790" in text and "- a note" in text and "[NOT met]" in text
     table = report.markdown_table([{"a": 1.23456, "b": None, "c": None}, {"a": 2, "b": 3e9}], ["a", "b", "c"])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | - |", "| 2 | 3.000e+09 |"]  # empty columns dropped
+
+
+@pytest.mark.gpu
+def test_gpu_paths_of_ops_and_step(tmp_path):
+    """On a GPU: trm_fast's contender is timed (events, CUDA-graph replay), agrees with eager, and the ceilings, MFU
+    and memory figures are filled in."""
+    out = str(tmp_path)
+    assert main(["bench", "ops", "--quick", "--ops", "add_rms_norm,swiglu", "--contenders", "trm_fast,liger",
+                 "--out", out]) == 0
+    assert main(["bench", "step", "--quick", "--preset", "sudoku4-tiny", "--batch", "16", "--levels", "0,2",
+                 "--contenders", "trm_fast", "--out", out]) == 0
+    payload, _, _ = _results(out)
+    assert payload["ceilings"]["matmul_tflops"] > 0 and payload["ceilings"]["copy_bandwidth_gbs"] > 0
+    fast = [r for r in payload["ops"] if r["contender"] == "trm_fast"]
+    assert {r["op"] for r in fast} == {"add_rms_norm", "swiglu"}, payload["notes"]
+    for r in fast:
+        assert r["ms"] > 0 and r["rel_err_vs_eager"] < 2e-2  # bf16
+        if r["op"] == "add_rms_norm":
+            assert r["gbs"] > 0 and r["copy_bw_fraction"] > 0
+    assert any(r["ms_cudagraph"] for r in fast if r["mode"] == "fwd"), payload["notes"]
+    steps = {r["contender"]: r for r in payload["step"]}
+    assert {"eager", "trm_fast-L0", "trm_fast-L2"} <= set(steps), payload["notes"]
+    for r in steps.values():
+        assert r["peak_memory_bytes"] > 0 and r["mfu_measured_matmul"] > 0 and r["roofline_fraction"] > 0
+    assert steps["trm_fast-L2"]["saved_for_backward_bytes"] < steps["trm_fast-L0"]["saved_for_backward_bytes"]

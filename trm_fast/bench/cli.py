@@ -49,6 +49,20 @@ def _ceilings(kind: str) -> dict:
 
 
 def run_bench(args) -> int:
+    import torch
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run_bench(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_bench(args) -> int:
     from trm_fast.bench.step import STEP_PRESETS_GPU, STEP_PRESETS_QUICK, default_batch
 
     if args.batch is not None and args.batch < 1:
@@ -142,5 +156,7 @@ def add_bench_subparser(sub) -> None:
     p.add_argument("--ops", help="ops: comma-separated subset of add_rms_norm, swiglu, add_rms_norm_seq, "
                    "swiglu_token_mix, attention_rope, loss_head")
     p.add_argument("--budget-s", type=float, help="skip contenders that would start after this many seconds")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (on a shared CPU, 1 avoids the stalls of "
+                   "oversubscribed OpenMP threads)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.set_defaults(func=run_bench)

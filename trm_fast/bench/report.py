@@ -36,7 +36,7 @@ def environment() -> dict:
     """Device, driver, library versions and the git commit the figures belong to."""
     env = {"device": device_name(), "torch": torch.__version__, "python": platform.python_version(),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "datasheet_bf16_tflops": datasheet_peak_tflops()}
+           "datasheet_bf16_tflops": datasheet_peak_tflops(), "cpu_threads": torch.get_num_threads()}
     try:
         import triton
 
