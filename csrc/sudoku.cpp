@@ -108,9 +108,11 @@ struct State {
   bool propagate() {
     while (true) {
       bool changed = false;
+      int fixed = 0;
       for (int c = 0; c < N; ++c) {  // naked singles
         uint16_t m = cand[c];
         if (!m) return false;
+        if (!(m & (m - 1))) ++fixed;
         if (!spread[c] && !(m & (m - 1))) {
           spread[c] = 1;
           for (int p : T.peers[c]) {
@@ -122,6 +124,7 @@ struct State {
           }
         }
       }
+      if (fixed == N && !changed) return true;  // solved (every digit spread without conflict): nothing to find
       for (int u = 0; u < 27; ++u) {  // hidden singles: digits with exactly one place in the unit
         uint16_t once = 0, twice = 0;
         for (int c : T.units[u]) {
