@@ -346,13 +346,14 @@ def test_tiny_training_reports_pass_at_k_and_cli_refuses_overlap(tmp_path, capsy
     from trm_fast.config import TRMConfig
     from trm_fast.train.trainer import train
 
-    build_arc(_args(_folder(tmp_path / "c"), tmp_path / "ds"), "arc2")
+    # sequences of 916 tokens make every forward costly on CPU: no augmentations, tiny batches
+    build_arc(_args(_folder(tmp_path / "c"), tmp_path / "ds", aug=0), "arc2")
     config = TRMConfig.preset("sudoku4-tiny").override([f"data.path={tmp_path / 'ds'}", "data.recipe=",
-                                                        "data.global_batch_size=8", f"train.out_dir={tmp_path / 'run'}",
+                                                        "data.global_batch_size=4", f"train.out_dir={tmp_path / 'run'}",
                                                         "train.max_steps=1", "model.halt_max_steps=2"])
     summary = train(config, progress=False, log=lambda *a: None)
     assert {"pass@1", "pass@2"} <= set(summary["eval"]) and os.path.isfile(tmp_path / "run" / "submission.json")
-    build_arc(_args(_folder(tmp_path / "other"), tmp_path / "arc1ds"), "arc1")
+    build_arc(_args(_folder(tmp_path / "other"), tmp_path / "arc1ds", aug=0), "arc1")
     # a model trained on ARC-2 training data is not evaluated on ARC-1's evaluation tasks
     assert main(["eval", "--ckpt", str(tmp_path / "run"), "--data", str(tmp_path / "arc1ds"), "--device", "cpu"]) == 2
     assert "376" in capsys.readouterr().err
