@@ -11,7 +11,7 @@ from trm_fast.config import TRMConfig
 from trm_fast.memory import estimate, estimate_saved_bytes, parse_bytes, plan_for_budget, saved_bytes_per_step
 from trm_fast.model import build_model
 from trm_fast.train.act import keyed_uniform
-from trm_fast.train.cuda_graph import GraphedCarryStep, fixed_shape_sign_sgd_, tensor_dense_step_
+from trm_fast.train.cuda_graph import GraphedCarryStep, fixed_shape_sign_sgd_, make_graphed_step, tensor_dense_step_
 from trm_fast.train.optim import AdamATan2, SparseSignSGD
 
 
@@ -280,6 +280,9 @@ def test_graph_step_body_equals_the_eager_engine(tmp_path):
     m_eager = _run(eager, eager.carry_step, 3)
     m_graph = _run(graphed, step, 3)
     assert graphed.state is step.state
+    lines = []
+    eager.log = lines.append
+    assert make_graphed_step(eager) is None and len(lines) == 1 and "CUDA graphs need CUDA" in lines[0]
     _assert_same_training_state(eager, graphed, atol=1e-6)
     assert eager.model.puzzle_emb.weight.abs().sum() > 0
     for a, b in zip(m_eager, m_graph):

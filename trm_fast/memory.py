@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 
@@ -60,7 +61,10 @@ def saved_bytes_per_step(model, batch_size: int, device: str | torch.device = "c
     model.train()
     recompute.region_input_observers.append(pack)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), KeptBySelectiveCheckpoint():
+        # the dispatch mode only where selective checkpointing runs: torch.compile falls back to eager under one
+        selective = config.recompute == 1 and model.backend(device) == "torch"
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                (KeptBySelectiveCheckpoint() if selective else contextlib.nullcontext()):
             out = (step_fn or (lambda m, c, i, p: m(c, i, p)))(model, carry, inputs, ids)
     finally:
         recompute.region_input_observers.remove(pack)

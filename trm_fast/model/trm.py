@@ -33,6 +33,12 @@ class StepOutput:
     q_continue: torch.Tensor  # (B,) fp32
 
 
+def _skip_host_checks(t: torch.Tensor) -> bool:
+    """Input-range checks read values back to the host: skipped while a CUDA graph captures (a sync is illegal
+    there) and while torch.compile traces (a data-dependent branch would break the graph)."""
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 class PuzzleEmbedding(nn.Module):
     """Per-puzzle vectors, zero-initialised, trained by sparse sign-SGD (not by the dense optimiser).
 
@@ -68,8 +74,7 @@ class PuzzleEmbedding(nn.Module):
             self._buffers["weight"] = table
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        capturing = ids.is_cuda and torch.cuda.is_current_stream_capturing()
-        if not capturing and ids.numel() and (ids.min() < 0 or ids.max() >= self.weight.shape[0]):
+        if not _skip_host_checks(ids) and ids.numel() and (ids.min() < 0 or ids.max() >= self.weight.shape[0]):
             raise ValueError(
                 f"puzzle identifier out of range [0, {self.weight.shape[0]}): got min {int(ids.min())}, max {int(ids.max())}"
             )
@@ -150,8 +155,7 @@ class TRM(nn.Module):
             raise ValueError(f"inputs must have shape (batch, {self.config.seq_len}), got {tuple(inputs.shape)}")
         if inputs.dtype.is_floating_point:
             raise ValueError(f"inputs must be integer token ids, got dtype {inputs.dtype}")
-        capturing = inputs.is_cuda and torch.cuda.is_current_stream_capturing()  # no host sync inside a CUDA graph
-        if not capturing and inputs.numel() and (inputs.min() < 0 or inputs.max() >= self.config.vocab_size):
+        if not _skip_host_checks(inputs) and inputs.numel() and (inputs.min() < 0 or inputs.max() >= self.config.vocab_size):
             raise ValueError(
                 f"input token out of range [0, {self.config.vocab_size}): min {int(inputs.min())}, max {int(inputs.max())}"
             )
