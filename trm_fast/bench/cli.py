@@ -6,7 +6,6 @@ from the whole file, and prints its table with the issues' targets next to what 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from trm_fast.bench import report
@@ -120,8 +119,8 @@ def _run_bench(args) -> int:
 
             rows = run_eval(presets, batches, args.quick, overrides, deadline, notes, only, emit=emit)
 
-    run = {"kind": args.kind, "argv": sys.argv[1:], "quick": args.quick, "seconds": round(time.time() - started, 1),
-           "date": env["date"]}
+    run = {"kind": args.kind, "args": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
+           "seconds": round(time.time() - started, 1), "date": env["date"]}
     payload = report.merge_results(args.out, args.kind, rows, ceilings, notes, run)
     stem = payload["_path"][:-len(".json")]
     md_path = stem + ".md"
