@@ -9,6 +9,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -67,16 +68,68 @@ static int bfs(const std::vector<uint8_t>& grid, int n, int start, int goal, std
   return -1;
 }
 
-static bool attempt(Rng& rng, int n, int min_walls, int max_walls, int min_path, Maze& out,
+// Bit-row coordinates of every cell (row + 1, 1 << column), looked up rather than divided: the grid side is a
+// run-time value, and two integer divisions per wall would cost more than the whole search.
+struct CellBits {
+  std::vector<uint8_t> row;
+  std::vector<uint32_t> bit;
+  explicit CellBits(int n) : row(n * n), bit(n * n) {
+    for (int cell = 0; cell < n * n; ++cell) {
+      row[cell] = static_cast<uint8_t>(cell / n + 1);
+      bit[cell] = n <= 32 ? 1u << (cell % n) : 0u;
+    }
+  }
+};
+
+// Moves from goal to start for grids of at most 32 columns, on bit rows: bit c of open[r + 1] is set when cell
+// (r, c) is open; open[0] and open[n + 1] stay empty. One BFS level is a few word operations per row of the
+// frontier's band, about twice as fast as the cell queue for the rejection test. -1 when unreachable.
+static int bitset_moves(const uint32_t* open, int n, const CellBits& bits, int start, int goal) {
+  uint32_t buf_a[34] = {0}, buf_b[34] = {0}, seen[34] = {0};
+  uint32_t *frontier = buf_a, *next = buf_b;  // both stay zero outside the rows they were last written in
+  const int start_row = bits.row[start];
+  const uint32_t start_bit = bits.bit[start];
+  int lo = bits.row[goal], hi = lo;  // rows that hold frontier cells
+  frontier[lo] = seen[lo] = bits.bit[goal];
+  for (int moves = 1;; ++moves) {
+    const int a = lo > 1 ? lo - 1 : 1, b = hi < n ? hi + 1 : n;
+    int new_lo = n + 1, new_hi = 0;
+    for (int r = a; r <= b; ++r) {
+      const uint32_t f = frontier[r];
+      const uint32_t reached = (f << 1 | f >> 1 | frontier[r - 1] | frontier[r + 1]) & open[r] & ~seen[r];
+      next[r] = reached;
+      seen[r] |= reached;
+      if (reached) {
+        new_lo = r < new_lo ? r : new_lo;
+        new_hi = r;
+      }
+    }
+    if (next[start_row] & start_bit) return moves;
+    if (new_hi == 0) return -1;
+    for (int r = a; r <= b; ++r) frontier[r] = 0;
+    std::swap(frontier, next);
+    lo = new_lo;
+    hi = new_hi;
+  }
+}
+
+static bool attempt(Rng& rng, int n, int min_walls, int max_walls, int min_path, Maze& out, const CellBits& bits,
                     std::vector<int>& cells, std::vector<int>& dist, std::vector<int>& queue) {
   const int total = n * n;
   int walls = rng.between(min_walls, max_walls);
   // partial Fisher-Yates: cells[0..walls) are walls, cells[walls], cells[walls+1] are start and goal
   for (int i = 0; i < walls + 2; ++i) std::swap(cells[i], cells[rng.between(i, total - 1)]);
+  int start = cells[walls], goal = cells[walls + 1];
+  if (n <= 32) {  // the rejection test on bit rows; the cell-queue BFS below then runs for kept mazes only
+    uint32_t open[34] = {0};
+    const uint32_t row_mask = n == 32 ? 0xFFFFFFFFu : (1u << n) - 1;
+    for (int r = 1; r <= n; ++r) open[r] = row_mask;
+    for (int i = 0; i < walls; ++i) open[bits.row[cells[i]]] &= ~bits.bit[cells[i]];
+    if (bitset_moves(open, n, bits, start, goal) <= min_path) return false;
+  }
   std::vector<uint8_t>& grid = out.input;
   grid.assign(total, OPEN);
   for (int i = 0; i < walls; ++i) grid[cells[i]] = WALL;
-  int start = cells[walls], goal = cells[walls + 1];
   int moves = bfs(grid, n, start, goal, dist, queue);
   if (moves <= min_path) return false;
   grid[start] = START;
@@ -116,10 +169,11 @@ static py::tuple generate(int count, uint64_t seed, int n, int min_walls, int ma
     for (int t = 0; t < threads; ++t) {
       pool.emplace_back([&, t] {
         std::vector<int> cells(n * n), dist(n * n), queue(n * n);
+        const CellBits bits(n);
         for (int i = t; i < count; i += threads) {
           for (int j = 0; j < n * n; ++j) cells[j] = j;  // a fresh cell order: maze i depends on (seed, i) only
           Rng rng(seed * 0x9E3779B97F4A7C15ULL + (first_index + static_cast<uint64_t>(i)) * 0xD1B54A32D192ED03ULL + 1);
-          while (!attempt(rng, n, min_walls, max_walls, min_path, mazes[i], cells, dist, queue)) ++attempts[t];
+          while (!attempt(rng, n, min_walls, max_walls, min_path, mazes[i], bits, cells, dist, queue)) ++attempts[t];
           ++attempts[t];
         }
       });
@@ -145,8 +199,32 @@ static py::tuple generate(int count, uint64_t seed, int n, int min_walls, int ma
   return py::make_tuple(inputs, labels, walls, moves, total);
 }
 
+// The rejection test's search on given mazes (count, n*n) tokens with one START and one GOAL each: shortest moves
+// or -1, so tests can hold it against an independent BFS (unreachable goals included).
+static py::array_t<int32_t> shortest_moves(py::array_t<uint8_t, py::array::c_style | py::array::forcecast> grids, int n) {
+  if (grids.ndim() != 2 || grids.shape(1) != n * n || n < 2 || n > 32)
+    throw std::invalid_argument("maze.shortest_moves: expected (count, n*n) tokens with 2 <= n <= 32");
+  const auto g = grids.unchecked<2>();
+  const CellBits bits(n);
+  py::array_t<int32_t> out(grids.shape(0));
+  auto o = out.mutable_unchecked<1>();
+  for (py::ssize_t i = 0; i < grids.shape(0); ++i) {
+    uint32_t open[34] = {0};
+    int start = -1, goal = -1;
+    for (int cell = 0; cell < n * n; ++cell) {
+      if (g(i, cell) != WALL) open[bits.row[cell]] |= bits.bit[cell];
+      if (g(i, cell) == START) start = cell;
+      if (g(i, cell) == GOAL) goal = cell;
+    }
+    if (start < 0 || goal < 0) throw std::invalid_argument("maze.shortest_moves: a maze without START or GOAL");
+    o(i) = bitset_moves(open, n, bits, start, goal);
+  }
+  return out;
+}
+
 PYBIND11_MODULE(_maze, m) {
   m.doc() = "Native Maze-Hard generator (rejection sampling with BFS)";
   m.def("generate", &generate, py::arg("count"), py::arg("seed"), py::arg("n") = 30, py::arg("min_walls") = 270,
         py::arg("max_walls") = 450, py::arg("min_path") = 110, py::arg("threads") = 1, py::arg("first_index") = 0);
+  m.def("shortest_moves", &shortest_moves, py::arg("grids"), py::arg("n") = 30);
 }

@@ -92,6 +92,24 @@ def test_native_generation_is_seeded_and_independent_of_threads_and_chunks():
         M.generate_mazes(1, min_walls=500, max_walls=400)
 
 
+def test_native_rejection_search_matches_an_independent_bfs():
+    native = M._native()
+    if native is None:
+        pytest.skip("native extension not built")
+    rng = np.random.default_rng(0)
+    grids = []
+    for walls in rng.integers(0, 700, 300):  # sparse to dense: long paths, short ones and unreachable goals
+        cells = rng.permutation(N * N)
+        grid = np.full(N * N, M.OPEN, dtype=np.uint8)
+        grid[cells[:walls]] = M.WALL
+        grid[cells[walls]], grid[cells[walls + 1]] = M.START, M.GOAL
+        grids.append(grid)
+    grids = np.stack(grids)
+    expected = [_bfs(g, int(np.argmax(g == M.GOAL)))[int(np.argmax(g == M.START))] for g in grids]
+    got = native.shortest_moves(grids)
+    assert np.array_equal(got, expected) and (got == -1).any() and (got > 40).any()
+
+
 def test_dihedral_augmentation_keeps_mazes_valid():
     made = M.generate_mazes(2, seed=1, min_path=30)
     for inp, lab in zip(made["inputs"], made["labels"]):
