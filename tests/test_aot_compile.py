@@ -61,3 +61,26 @@ def test_problem_checks_catch_spills_and_missing_wgmma():
     assert aot.parse_ptxas("ptxas info    : Used 128 registers, used 1 barriers\n"
                            "    16 bytes stack frame, 16 bytes spill stores, 8 bytes spill loads") == \
         {"registers": 128, "spill_stores": 16, "spill_loads": 8}
+
+
+@pytest.mark.skipif(not os.environ.get("TRM_TRITON_SMOKE_PYTHON"),
+                    reason="set TRM_TRITON_SMOKE_PYTHON=$(bash scripts/triton36_env.sh) (CI does) to compile under the "
+                           "GPU image's Triton 3.6")
+def test_aot_compile_under_the_gpu_images_triton(tmp_path):
+    """Every kernel and launch config also builds cleanly (no spills, shared memory fits, wgmma) with the Triton
+    of the GPU machine's image, whose compiler allocates registers differently from 3.9's."""
+    python = os.environ["TRM_TRITON_SMOKE_PYTHON"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DEFAULT_FP_FUSION="1")
+    version = subprocess.run([python, "-c", "import triton; print(triton.__version__)"], capture_output=True,
+                             text=True, env=env, check=True).stdout.strip()
+    assert version == os.environ.get("TRITON_SMOKE_VERSION", "3.6.0"), version
+    out = tmp_path / "rows.json"
+    result = subprocess.run([python, "-m", "trm_fast.kernels.aot", "--arch", *map(str, aot.ARCHS), "--json", str(out)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    print(result.stdout)
+    assert out.exists(), f"the AOT run under triton {version} wrote no rows (exit {result.returncode}):\n{result.stderr[-3000:]}"
+    rows = json.loads(out.read_text())
+    assert {(r["label"], r["arch"]) for r in rows} == set(JOBS)
+    bad = {f"{r['label']} sm_{r['arch']}": aot.problems(r) for r in rows if aot.problems(r)}
+    assert not bad, bad

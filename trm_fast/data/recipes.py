@@ -14,6 +14,10 @@ import numpy as np
 RECIPES = {
     "sudoku4-tiny": dict(size=4, num_train=96, num_test=32, min_blanks=6, max_blanks=8, aug_per_puzzle=3, seed=0),
     "sudoku6-demo": dict(size=6, num_train=3000, num_test=300, min_blanks=16, max_blanks=22, aug_per_puzzle=7, seed=0),
+    # 9x9 puzzles with unique solutions from the native engine, searched toward more guesses (200 moves each), and
+    # test grids inequivalent to every training grid: the offline stand-in for Sudoku-Extreme in GPU checks
+    "sudoku9-small": dict(size=9, num_train=1000, num_test=1000, min_blanks=45, max_blanks=64, aug_per_puzzle=100,
+                          seed=0, hard_iterations=200),
 }
 
 CACHE_ROOT = os.environ.get("TRM_FAST_DATA_CACHE", "data_cache")
@@ -37,7 +41,8 @@ def ensure_recipe(name: str, out_dir: str | None = None, log=print) -> str:
     from trm_fast.data.sudoku import generate_sudoku_dataset
 
     log(f"building embedded dataset {name!r} into {path} ...")
-    summary = generate_sudoku_dataset(path, **spec)
+    # every core: the generators draw from one random stream per puzzle, so the dataset is the same for any count
+    summary = generate_sudoku_dataset(path, **spec, threads=os.cpu_count() or 1)
     with open(stamp + ".tmp", "w") as f:
         json.dump({"name": name, "spec": spec, "summary": summary}, f, indent=2)
     os.replace(stamp + ".tmp", stamp)

@@ -109,21 +109,13 @@ def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: in
 
 def arc_voter_for(dataset_root: str):
     """An ArcVoter when the dataset is an ARC build (identifiers.json and test_puzzles.json), else None."""
-    import json
     import os
-
-    import numpy as np
 
     from trm_fast.eval.arc import ArcVoter
 
-    ids_path, truth_path = os.path.join(dataset_root, "identifiers.json"), os.path.join(dataset_root, "test_puzzles.json")
-    if not (os.path.isfile(ids_path) and os.path.isfile(truth_path)):
+    if not all(os.path.isfile(os.path.join(dataset_root, name)) for name in ("identifiers.json", "test_puzzles.json")):
         return None
-    with open(ids_path) as f:
-        identifiers = json.load(f)
-    with open(truth_path) as f:
-        truths = {task: [np.array(g) for g in grids] for task, grids in json.load(f).items()}
-    return ArcVoter(identifiers, truths)
+    return ArcVoter.from_dataset(dataset_root)
 
 
 def arc_scores(voter, out_dir: str | None, ks=(1, 2, 10), rank: int = 0) -> dict:

@@ -83,6 +83,11 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     rank by the all-gathered sparse step, and the initial states never change."""
     from torch.nn.parallel import DistributedDataParallel
 
+    if getattr(model, "puzzle_emb", None) is not None:
+        # kept out of DDP's start-up broadcast: identical zeros on every rank, and with train.puzzle_emb_device=cpu a
+        # host tensor that an NCCL broadcast cannot take (a 2 GB copy for ARC-1 otherwise)
+        names = [f"puzzle_emb.{name}" for name, _ in model.puzzle_emb.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    broadcast_buffers=False)
 

@@ -82,6 +82,14 @@ def total_train_steps(config: TRMConfig, meta) -> int:
     return max(1, int(examples / config.data.global_batch_size))
 
 
+def epochs_per_iteration(config: TRMConfig, meta, min_batches: int = 100) -> int:
+    """data.epochs_per_iter, or (0 = auto) the fewest epochs whose examples fill `min_batches` global batches."""
+    if config.data.epochs_per_iter:
+        return config.data.epochs_per_iter
+    examples_per_epoch = max(1.0, meta.total_groups * meta.mean_puzzle_examples)
+    return max(1, math.ceil(min_batches * config.data.global_batch_size / examples_per_epoch))
+
+
 class Trainer:
     def __init__(self, config: TRMConfig, progress: bool = True, log=None):
         from trm_fast.data.sampler import TrainSampler
@@ -95,9 +103,6 @@ class Trainer:
         self.world_size = torch.distributed.get_world_size() if self.distributed else 1
         self.log = log or (print if self.rank == 0 else (lambda *a, **k: None))
         cfg_t, cfg_d = config.train, config.data
-        if cfg_t.cuda_graphs or cfg_t.puzzle_emb_device != "same":
-            raise ValueError("config fields train.cuda_graphs and train.puzzle_emb_device=cpu are not implemented in "
-                             "this version (see docs/memory.md); leave them at false / same")
         if cfg_d.global_batch_size % (self.world_size * cfg_t.grad_accum):
             raise ValueError(
                 f"config field data.global_batch_size = {cfg_d.global_batch_size} must be divisible by "
@@ -119,25 +124,40 @@ class Trainer:
         fit_model_to_data(config, self.data.train_meta, log=self.log)
         self.total_steps = total_train_steps(config, self.data.train_meta)
 
-        self.model = build_model(config.model).to(self.device)
+        self.model = build_model(config.model)
+        if cfg_t.puzzle_emb_device == "cpu":
+            emb = getattr(self.model, "puzzle_emb", None)
+            if emb is None:
+                self.log("train.puzzle_emb_device=cpu: this model has no puzzle-embedding table; nothing to keep on the host")
+            else:
+                emb.keep_on_host()  # .to(device) below leaves the (pinned) table in host memory
+        self.model = self.model.to(self.device)
         self.model.train()
         self.forward_model = self.model
         if self.distributed:
             from trm_fast.train.distributed import wrap_model
 
             self.forward_model = wrap_model(self.model, self.device)
+        if cfg_t.compile:
+            self.forward_model = torch.compile(self.forward_model)
         self.dense_opt = build_dense_optimizer(cfg_t, [p for p in self.model.parameters() if p.requires_grad])
         emb = getattr(self.model, "puzzle_emb", None)
         self.sparse_opt = SparseSignSGD(emb, cfg_t.puzzle_emb_lr, cfg_t.puzzle_emb_weight_decay) if emb is not None else None
         self.ema = EMA(self.model, cfg_t.ema_rate) if cfg_t.ema else None
         self.sampler = TrainSampler(self.data.train_set, cfg_d.global_batch_size, cfg_t.seed,
-                                    rank=self.rank, world_size=self.world_size)
+                                    rank=self.rank, world_size=self.world_size,
+                                    epochs_per_iter=epochs_per_iteration(config, self.data.train_meta))
         self.state = SupervisionState.fresh(self.model, self.local_batch, config.model.seq_len, self.device)
         self.step = 0
         self.slot_index = torch.arange(self.local_batch, device=self.device, dtype=torch.int64) + self.rank * self.local_batch
         self.run_dir = cfg_t.out_dir
         self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
         self._stop_requested = False
+        self.graphed_step = None
+        if cfg_t.cuda_graphs:
+            from trm_fast.train.cuda_graph import make_graphed_step
+
+            self.graphed_step = make_graphed_step(self)  # None, after one line saying why, where capture is impossible
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def train_state(self) -> dict:
@@ -215,10 +235,10 @@ class Trainer:
         from trm_fast.train.optim import lr_at
 
         t = self.config.train
-        lr = lr_at(self.step, t.lr, t.lr_warmup_steps, self.total_steps, t.lr_min_ratio)
+        lr = lr_at(self.step + 1, t.lr, t.lr_warmup_steps, self.total_steps, t.lr_min_ratio)
         for group in self.dense_opt.param_groups:
             group["lr"] = lr
-        self.sparse_lr = lr_at(self.step, t.puzzle_emb_lr, t.lr_warmup_steps, self.total_steps, t.lr_min_ratio)
+        self.sparse_lr = lr_at(self.step + 1, t.puzzle_emb_lr, t.lr_warmup_steps, self.total_steps, t.lr_min_ratio)
         return lr
 
     def _optimizer_step(self) -> None:
@@ -232,6 +252,9 @@ class Trainer:
     def carry_step(self, batch: dict) -> dict:
         """One optimizer step of the published scheme: one supervision step of every slot."""
         from trm_fast.train.distributed import sync_gradients
+
+        if self.graphed_step is not None and self.graphed_step.active:
+            return self.graphed_step(batch)
 
         t = self.config.train
         metrics = {}
