@@ -45,6 +45,14 @@ def test_compare_command_level0_against_level2(tmp_path, capsys):
                  "--no-progress", "--arm", "level0:model.recompute=0", "--arm", "level2:model.recompute=2"]) == 0
     again = json.loads((out / "compare.json").read_text())
     assert [p["step"] for p in again["arms"][0]["train_curve"]] == [p["step"] for p in level2["train_curve"]]
+    # --reuse reads finished arms of the same configuration and trains only what is new or changed
+    capsys.readouterr()
+    assert main(["compare", "--preset", "sudoku4-tiny", "--steps", "8", "--after", "2", "--out", str(out), "--reuse",
+                 "--no-progress", "--arm", "level0:model.recompute=0", "--arm", "level2:model.recompute=1"]) == 0
+    printed = capsys.readouterr().out
+    assert "arm level0: reusing" in printed and "arm level2: the run" in printed
+    reused = json.loads((out / "compare.json").read_text())
+    assert reused["arms"][0] == again["arms"][0] and reused["arms"][1]["overrides"] == ["model.recompute=1"]
 
 
 def test_compare_refuses_bad_arguments(tmp_path, capsys):

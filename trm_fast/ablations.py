@@ -17,6 +17,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from trm_fast.files import atomic_write_text, save_figure
+
 # The ablations' baseline, TRM-MLP with T = 3, n = 6 and 2 blocks, at the base preset's width, data and training
 BASE_SWITCH = ("model.mixer=mlp", "model.pos_encoding=none", "model.T=3", "model.n=6", "model.num_blocks=2")
 
@@ -190,9 +192,7 @@ def render_table(out_root: str) -> tuple[str, str]:
     md.append("exact/token: held-out accuracy after the budget; published: the paper's Sudoku-Extreme exact accuracy "
               "after full training.")
     md_path = os.path.join(out_root, "results.md")
-    with open(md_path + ".tmp", "w") as f:
-        f.write("\n".join(md) + "\n")
-    os.replace(md_path + ".tmp", md_path)
+    atomic_write_text(md_path, "\n".join(md) + "\n")
 
     import matplotlib
 
@@ -209,10 +209,7 @@ def render_table(out_root: str) -> tuple[str, str]:
     ax.set_title("Sudoku ablations at equal budget")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    png_path = os.path.join(out_root, "results.png")
-    fig.savefig(png_path + ".tmp.png", dpi=100)
-    plt.close(fig)
-    os.replace(png_path + ".tmp.png", png_path)
+    png_path = save_figure(fig, os.path.join(out_root, "results.png"), dpi=100)
     return md_path, png_path
 
 

@@ -41,14 +41,13 @@ def cmd_train(args) -> int:
     finally:
         shutdown()
     if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+        from trm_fast.files import atomic_write_json
+
+        atomic_write_json(args.summary_json, summary)
     return 0
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from trm_fast.eval.evaluate import arc_scores, arc_voter_for, evaluate
     from trm_fast.eval.inference import load_trained_model
     from trm_fast.train.trainer import load_data, resolve_device

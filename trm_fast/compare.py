@@ -8,7 +8,8 @@ against level 2, loss curves within 2% after warm-up, exact accuracy within 2 po
         --arm torch:model.backend=torch --arm triton:model.backend=triton \\
         --arm triton-level2:model.backend=triton,model.recompute=2
 
-Each arm trains into <out>/<arm>; <out>/compare.json (device, versions, commit, every curve and verdict),
+Each arm trains into <out>/<arm> (`--reuse` reads arms finished there by an earlier call with the same
+configuration, so arms can be spread over several calls); <out>/compare.json (device, versions, commit, every curve and verdict),
 <out>/compare.md and <out>/compare.png are written at the end (atomically). Exit status 0 when every arm is within
 the tolerances of the first, 1 otherwise.
 
@@ -25,6 +26,7 @@ import os
 import time
 
 from trm_fast.config import TRMConfig
+from trm_fast.files import atomic_write_json, atomic_write_text, save_figure
 
 
 def parse_arm(text: str) -> tuple[str, list[str]]:
@@ -75,15 +77,39 @@ def verdict(curves: dict, base_exact: float, exact: float, loss_tolerance: float
             "accuracy_ok": accuracy_gap <= accuracy_points, "pass": loss_ok and accuracy_gap <= accuracy_points}
 
 
-def run_compare(base: TRMConfig, arms: list[tuple[str, list[str]]], steps: int, out_dir: str,
-                loss_tolerance: float = 0.02, accuracy_points: float = 2.0, after: int | None = None,
-                progress: bool = True, log=print) -> dict:
-    """Trains every arm (base config + its overrides, `steps` optimizer steps, fresh run folder) and compares each
-    with the first. Returns the payload written to <out_dir>/compare.json."""
+def _train_arm(name: str, overrides: list[str], config: TRMConfig, run_dir: str, progress: bool, log) -> dict:
     import torch
 
-    from trm_fast.bench.report import environment
     from trm_fast.train.trainer import train
+
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(metrics):
+        os.remove(metrics)  # a fresh curve: an earlier run in this folder would be appended to
+    log(f"compare: arm {name} ({', '.join(overrides) or 'base settings'}), {config.train.max_steps} steps -> {run_dir}")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.time()
+    summary = train(config, progress=progress, log=log)
+    train_curve, eval_curve = read_curves(metrics)
+    return {
+        "arm": name, "overrides": overrides, "seconds": round(time.time() - start, 1),
+        "train_seconds": summary["train_seconds"],
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        "eval": {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))},
+        "train_curve": [{k: r[k] for k in ("step", "lm_loss", "halt_loss", "train_exact_accuracy", "samples_per_s")
+                         if k in r} for r in train_curve],
+        "eval_curve": [{k: r[k] for k in ("step", "exact_accuracy", "token_accuracy") if k in r} for r in eval_curve],
+    }
+
+
+def run_compare(base: TRMConfig, arms: list[tuple[str, list[str]]], steps: int, out_dir: str,
+                loss_tolerance: float = 0.02, accuracy_points: float = 2.0, after: int | None = None,
+                progress: bool = True, log=print, reuse: bool = False) -> dict:
+    """Trains every arm (base config + its overrides, `steps` optimizer steps, fresh run folder) and compares each
+    with the first. With `reuse`, an arm whose folder holds a finished run of the same configuration
+    (compare_arm.json) is read instead of trained, so a long comparison can be spread over several calls.
+    Returns the payload written to <out_dir>/compare.json."""
+    from trm_fast.bench.report import environment
 
     if len(arms) < 2:
         raise ValueError("compare needs at least two --arm settings (the first is the base)")
@@ -97,26 +123,19 @@ def run_compare(base: TRMConfig, arms: list[tuple[str, list[str]]], steps: int, 
     results = []
     for name, overrides in arms:
         run_dir = os.path.join(out_dir, name)
-        metrics = os.path.join(run_dir, "metrics.jsonl")
-        if os.path.exists(metrics):
-            os.remove(metrics)  # a fresh curve: an earlier run in this folder would be appended to
         config = base.override([*overrides, f"train.max_steps={steps}", "train.max_minutes=0",
                                 f"train.out_dir={run_dir}"])
-        log(f"compare: arm {name} ({', '.join(overrides) or 'base settings'}), {steps} steps -> {run_dir}")
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        start = time.time()
-        summary = train(config, progress=progress, log=log)
-        train_curve, eval_curve = read_curves(metrics)
-        results.append({
-            "arm": name, "overrides": overrides, "seconds": round(time.time() - start, 1),
-            "train_seconds": summary["train_seconds"],
-            "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-            "eval": {k: v for k, v in summary["eval"].items() if isinstance(v, (int, float))},
-            "train_curve": [{k: r[k] for k in ("step", "lm_loss", "halt_loss", "train_exact_accuracy", "samples_per_s")
-                             if k in r} for r in train_curve],
-            "eval_curve": [{k: r[k] for k in ("step", "exact_accuracy", "token_accuracy") if k in r} for r in eval_curve],
-        })
+        record_path = os.path.join(run_dir, "compare_arm.json")
+        if reuse and os.path.isfile(record_path):
+            with open(record_path) as f:
+                record = json.load(f)
+            if record.get("config") == config.to_dict():
+                log(f"compare: arm {name}: reusing the finished run in {run_dir}")
+                results.append(record["result"])
+                continue
+            log(f"compare: arm {name}: the run in {run_dir} has another configuration; training it again")
+        results.append(_train_arm(name, overrides, config, run_dir, progress, log))
+        atomic_write_json(record_path, {"config": config.to_dict(), "result": results[-1]}, indent=None)
     base_result = results[0]
     for r in results[1:]:
         r["verdict"] = verdict(compare_curves(base_result["train_curve"], r["train_curve"], after),
@@ -127,13 +146,6 @@ def run_compare(base: TRMConfig, arms: list[tuple[str, list[str]]], steps: int, 
                "pass": all(r["verdict"]["pass"] for r in results[1:])}
     write_outputs(payload, out_dir)
     return payload
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def render_markdown(payload: dict) -> str:
@@ -193,16 +205,12 @@ def render_png(payload: dict, path: str) -> str:
     env = payload["environment"]
     fig.suptitle(f"{env['device']} | torch {env['torch']} | triton {env['triton']} | {env['commit']}", fontsize=9)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_outputs(payload: dict, out_dir: str) -> None:
-    _atomic_write(os.path.join(out_dir, "compare.json"), json.dumps(payload, indent=1, default=str))
-    _atomic_write(os.path.join(out_dir, "compare.md"), render_markdown(payload))
+    atomic_write_json(os.path.join(out_dir, "compare.json"), payload, indent=1)
+    atomic_write_text(os.path.join(out_dir, "compare.md"), render_markdown(payload))
     render_png(payload, os.path.join(out_dir, "compare.png"))
 
 
@@ -218,6 +226,8 @@ def add_compare_subparser(sub) -> None:
     p.add_argument("--loss-tolerance", type=float, default=0.02)
     p.add_argument("--accuracy-points", type=float, default=2.0)
     p.add_argument("--out", required=True, help="folder for the arms' runs and compare.{json,md,png}")
+    p.add_argument("--reuse", action="store_true",
+                   help="read arms already finished in OUT with the same configuration instead of training them again")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_compare_command)
 
@@ -229,7 +239,7 @@ def run_compare_command(args) -> int:
         raise ValueError(f"--steps {args.steps}: at least one optimizer step per arm")
     base = build_config(args)
     payload = run_compare(base, [parse_arm(a) for a in args.arm], args.steps, args.out, args.loss_tolerance,
-                          args.accuracy_points, args.after, progress=not args.no_progress)
+                          args.accuracy_points, args.after, progress=not args.no_progress, reuse=args.reuse)
     print(render_markdown(payload))
     print(f"written: {os.path.join(args.out, 'compare.json')}, compare.md, compare.png")
     return 0 if payload["pass"] else 1

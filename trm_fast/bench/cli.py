@@ -124,7 +124,7 @@ def _run_bench(args) -> int:
     payload = report.merge_results(args.out, args.kind, rows, ceilings, notes, run)
     stem = payload["_path"][:-len(".json")]
     md_path = stem + ".md"
-    report._atomic_write(md_path, report.render_markdown(payload))
+    report.atomic_write_text(md_path, report.render_markdown(payload))
     charts = report.render_charts(payload, stem)
     print()
     print(report.markdown_table(rows, report.COLUMNS[args.kind]))

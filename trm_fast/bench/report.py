@@ -73,11 +73,7 @@ def results_stem(out_dir: str, env: dict) -> str:
 # ---------------------------------------------------------------------------------------------- the results file
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from trm_fast.files import atomic_write_json, atomic_write_text, save_figure  # noqa: E402
 
 
 def merge_results(out_dir: str, kind: str, rows: list[dict], extra: dict, notes: list[str], run: dict | None) -> dict:
@@ -103,7 +99,7 @@ def merge_results(out_dir: str, kind: str, rows: list[dict], extra: dict, notes:
     if run is not None:  # the final merge of a command (partial merges after each contender pass None)
         payload["runs"].append(run)
     payload["targets"] = evaluate_targets(payload)
-    _atomic_write(path, json.dumps(payload, indent=2, default=str))
+    atomic_write_json(path, payload)
     payload["_path"] = path
     return payload
 
@@ -124,8 +120,8 @@ def render_folder(out_dir: str) -> list[str]:
         if not isinstance(payload, dict) or "environment" not in payload or not any(payload.get(s) for s in SECTIONS):
             continue
         payload["targets"] = evaluate_targets(payload)
-        _atomic_write(path, json.dumps(payload, indent=2, default=str))
-        _atomic_write(path[:-5] + ".md", render_markdown(payload))
+        atomic_write_json(path, payload)
+        atomic_write_text(path[:-5] + ".md", render_markdown(payload))
         written += [path[:-5] + ".md"] + render_charts(payload, path[:-5])
     return written
 
@@ -200,11 +196,7 @@ def bar_chart(path: str, labels: list[str], series: dict[str, list[float | None]
     if series:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _series(rows, label_of, contender_of, value_of, skip=("eager",)):

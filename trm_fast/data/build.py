@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 from tqdm.auto import tqdm

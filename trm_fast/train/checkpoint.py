@@ -27,6 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from trm_fast.files import atomic_write_text
+
 FORMAT = "trm_fast-checkpoint-1"
 _PREFIX = "step_"
 
@@ -66,15 +68,6 @@ def _fsync_path(path: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- RNG states
@@ -166,7 +159,7 @@ def save_checkpoint(run_dir: str, step: int, *, model_state: dict, ema_state: di
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _set_aside_later_checkpoints(root, int(step))
-    _atomic_write_text(os.path.join(root, "latest"), name + "\n")
+    atomic_write_text(os.path.join(root, "latest"), name + "\n", fsync=True)
     _prune(run_dir, final, keep_last)
     return final
 

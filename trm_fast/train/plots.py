@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 
+from trm_fast.files import save_figure
+
 
 def plot_training_curves(metrics_path: str, png_path: str) -> str | None:
     """Loss, accuracy, mean supervision steps and throughput over optimizer steps. Returns the PNG path."""
@@ -43,8 +45,4 @@ def plot_training_curves(metrics_path: str, png_path: str) -> str | None:
     for ax in axes[:2]:
         ax.legend()
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
+    return save_figure(fig, png_path, dpi=90)

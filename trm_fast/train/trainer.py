@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from trm_fast.config import TRMConfig
 from trm_fast.eval.evaluate import evaluate, to_device_batch
+from trm_fast.files import atomic_write_json
 from trm_fast.model import build_model, count_parameters
 from trm_fast.train.act import SupervisionState, supervision_step
 from trm_fast.train.losses import supervision_loss
@@ -397,7 +398,7 @@ class Trainer:
             from trm_fast.train.plots import plot_training_curves
 
             summary["curves_png"] = plot_training_curves(self.metrics_path, os.path.join(self.run_dir, "curves.png"))
-            _atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
+            atomic_write_json(os.path.join(self.run_dir, "summary.json"), summary)
         self.log(
             f"done: {self.step} steps in {train_seconds / 60:.1f} min; held-out exact accuracy {final['exact_accuracy']:.4f} "
             f"(token {final['token_accuracy']:.4f}, halting {final['halt_accuracy']:.4f}) over {final['count']} puzzles "
@@ -450,13 +451,6 @@ def _accumulate(into: dict, values: dict) -> None:
     for key, value in values.items():
         value = value.detach().double() if isinstance(value, torch.Tensor) else float(value)
         into[key] = into[key] + value if key in into else value
-
-
-def _atomic_write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def _install_sigterm(trainer: Trainer):

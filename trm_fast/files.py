@@ -1,0 +1,32 @@
+"""Writing files so that nothing half-written is ever left under the final name: write a temporary file beside it,
+then os.replace (atomic on POSIX). Used by every module that writes results, logs and figures."""
+from __future__ import annotations
+
+import json
+import os
+
+
+def atomic_write_text(path: str, text: str, fsync: bool = False) -> None:
+    """`fsync` also forces the bytes to disk before the rename (checkpoints: a crash leaves the old or the new)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, data, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(data, indent=indent, default=str))
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> str:
+    """Saves a matplotlib figure atomically, closes it and returns `path`."""
+    import matplotlib.pyplot as plt
+
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
