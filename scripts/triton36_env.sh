@@ -12,10 +12,11 @@ if [ ! -x "$ENV/bin/python" ] || ! "$ENV/bin/python" -c "import triton, sys; sys
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target "$ENV/triton-only" "triton==$VERSION" 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
   site=$("$ENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-  main_site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-  # triton-only first (a plain path entry), then .venv's site-packages with its own .pth files (editable trm_fast)
+  main_sites=$(.venv/bin/python -c "import site; print(repr(site.getsitepackages()))")
+  # triton-only first (a plain path entry), then every site directory .venv sees (its own, with the .pth of the
+  # editable trm_fast, and the system one when .venv was made with --system-site-packages), in .venv's order
   printf '%s\n' "$PWD/$ENV/triton-only" > "$site/00_triton_only.pth"
-  printf 'import site; site.addsitedir(%s)\n' "'$main_site'" > "$site/zz_main_venv.pth"
+  printf 'import site; list(map(site.addsitedir, %s))\n' "$main_sites" > "$site/zz_main_venv.pth"
 fi
 "$ENV/bin/python" -c "import triton, torch, trm_fast.kernels.aot; assert triton.__version__ == '$VERSION', triton.__file__" >&2
 echo "$PWD/$ENV/bin/python"

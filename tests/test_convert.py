@@ -53,8 +53,8 @@ def test_export_layout_is_the_published_one_and_round_trips(preset):
 
 
 def test_unknown_keys_are_named():
-    with pytest.raises(ValueError, match="H_level.*HRM"):
-        published_to_trm_fast({"model.inner.H_level.layers.0.mlp.down_proj.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="H_level.*no trm_fast counterpart"):
+        published_to_trm_fast({"model.inner.H_level.layers.0.mlp.oops.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="embed_pos.*learned"):
         published_to_trm_fast({"_orig_mod.model.inner.embed_pos.embedding_weight": torch.zeros(1)})
 
@@ -70,8 +70,36 @@ def test_all_config_round_trip(preset):
     for field in ("lr", "beta2", "weight_decay", "puzzle_emb_lr", "lr_warmup_steps", "ema_rate", "loss"):
         assert getattr(back.train, field) == getattr(config.train, field), field
     assert back.data.global_batch_size == config.data.global_batch_size
-    with pytest.raises(ValueError, match="not the published TRM"):
-        config_from_published({"arch": {"name": "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"}}, TRMConfig())
+    with pytest.raises(ValueError, match="neither the published TRM .* nor HRM"):
+        config_from_published({"arch": {"name": "transformer@Baseline"}}, TRMConfig())
+
+
+def test_hrm_checkpoint_and_config_round_trip():
+    """HRM of the same code base: H_level is the high-level network, L_level the low-level one; its all_config.yaml
+    (H_layers/L_layers, no mlp_t, no puzzle_emb_len: one puzzle token from puzzle_emb_ndim) maps back to HRM."""
+    config = TRMConfig.preset("hrm-sudoku").override(["model.num_puzzle_identifiers=3"])
+    model = build_model(config.model)
+    state = model.state_dict()
+    published = trm_fast_to_published(state)
+    levels = {k.split("inner.")[1].split(".layers")[0] for k in published if ".layers." in k}
+    assert levels == {"H_level", "L_level"}
+    assert sum(".self_attn.qkv_proj." in k for k in published) == 4 + 4
+    # the high-level network's tensors land in H_level and come back to net_high
+    assert torch.equal(published["_orig_mod.model.inner.H_level.layers.3.mlp.down_proj.weight"],
+                       state["net_high.blocks.3.mlp.w_down"])
+    back = published_to_trm_fast(published)
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+    dumped = yaml.safe_load(yaml.safe_dump(config_to_published(config)))
+    assert dumped["arch"]["name"].startswith("recursive_reasoning.hrm@")
+    del dumped["arch"]["puzzle_emb_len"], dumped["arch"]["mlp_t"]  # the published HRM config has neither
+    again = config_from_published(dumped, TRMConfig())
+    for field in ("arch", "T", "n", "hrm_high_blocks", "hrm_low_blocks", "mixer", "pos_encoding", "puzzle_emb_len",
+                  "act_continue", "hidden_size", "num_heads"):
+        assert getattr(again.model, field) == getattr(config.model, field), field
+    rebuilt = build_model(again.model.__class__(**{**again.model.__dict__, "num_puzzle_identifiers": 3,
+                                                   "seq_len": config.model.seq_len,
+                                                   "vocab_size": config.model.vocab_size}))
+    rebuilt.load_state_dict(back)  # same architecture: every tensor fits
 
 
 def test_import_a_published_run_folder_without_a_preset(tmp_path):

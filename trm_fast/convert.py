@@ -18,6 +18,10 @@ fused qkv rows are [q heads | k heads | v heads], gate_up is [gate | up], every 
     L_level.layers.i.mlp_t.down_proj.weight         net.blocks.i.mixer.w_down
     L_level.layers.i.mlp.gate_up_proj.weight        net.blocks.i.mlp.w_gate_up
     L_level.layers.i.mlp.down_proj.weight           net.blocks.i.mlp.w_down
+    H_level.layers.i.<same names>                   net_high.blocks.i.<same names>   (HRM: the high-level network)
+
+HRM checkpoints of the same code base (recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1) convert too:
+L_level is the low-level network (`net`), H_level the high-level one (`net_high`), H_init/L_init the initial z_H/z_L.
 
     trm-fast convert import --published ckpts/step_65000 [--preset sudoku-mlp] --out runs/imported
     trm-fast convert export --ckpt runs/sudoku6-demo --out exported/step_800 [--plain]
@@ -47,6 +51,7 @@ _BLOCK = {
     "mlp.gate_up_proj.weight": "mlp.w_gate_up",
     "mlp.down_proj.weight": "mlp.w_down",
 }
+_NETS = {"L": "net", "H": "net_high"}  # published level -> trm_fast network (H only in HRM)
 # The published sparse embedding's per-batch buffers (non-persistent there, but harmless if a state_dict has them).
 _TRANSIENT = ("puzzle_emb.local_weights", "puzzle_emb.local_ids")
 _PREFIXES = ("_orig_mod.", "model.", "inner.")
@@ -74,12 +79,11 @@ def published_to_trm_fast(state: dict[str, torch.Tensor], source: str = "checkpo
         if name in _FIXED:
             out[_FIXED[name]] = value
             continue
-        m = re.fullmatch(r"L_level\.layers\.(\d+)\.(.+)", name)
-        if m and m.group(2) in _BLOCK:
-            out[f"net.blocks.{m.group(1)}.{_BLOCK[m.group(2)]}"] = value
+        m = re.fullmatch(r"([HL])_level\.layers\.(\d+)\.(.+)", name)
+        if m and m.group(3) in _BLOCK:
+            out[f"{_NETS[m.group(1)]}.blocks.{m.group(2)}.{_BLOCK[m.group(3)]}"] = value
             continue
-        hint = ("an HRM checkpoint (H_level/L_level networks)" if name.startswith("H_level") else
-                "learned positions (pos_encodings=learned), not supported" if name.startswith("embed_pos") else
+        hint = ("learned positions (pos_encodings=learned), not supported" if name.startswith("embed_pos") else
                 "another architecture")
         raise ValueError(f"{source}: key {key!r} has no trm_fast counterpart ({hint})")
     return out
@@ -96,9 +100,10 @@ def trm_fast_to_published(state: dict[str, torch.Tensor], compiled: bool = True)
         if name in fixed:
             out[prefix + fixed[name]] = value
             continue
-        m = re.fullmatch(r"net\.blocks\.(\d+)\.(.+)", name)
-        if m and m.group(2) in block:
-            out[f"{prefix}L_level.layers.{m.group(1)}.{block[m.group(2)]}"] = value
+        m = re.fullmatch(r"(net|net_high)\.blocks\.(\d+)\.(.+)", name)
+        if m and m.group(3) in block:
+            level = "H" if m.group(1) == "net_high" else "L"
+            out[f"{prefix}{level}_level.layers.{m.group(2)}.{block[m.group(3)]}"] = value
             continue
         raise ValueError(f"tensor {name!r} has no counterpart in the published layout (only the published TRM "
                          "architecture can be exported: one network, no ablation switches)")
@@ -114,9 +119,11 @@ def config_from_published(all_config: dict, base, source: str = "all_config.yaml
     arch = all_config.get("arch")
     if not isinstance(arch, dict):
         raise ValueError(f"{source}: no 'arch' section; is this the all_config.yaml of a published run?")
-    name = str(arch.get("name", ""))
-    if "trm" not in name.lower():
-        raise ValueError(f"{source}: arch.name = {name!r} is not the published TRM (recursive_reasoning.trm@...)")
+    name = str(arch.get("name", "")).lower()
+    is_hrm = "hrm" in name
+    if "trm" not in name and not is_hrm:
+        raise ValueError(f"{source}: arch.name = {arch.get('name')!r} is neither the published TRM "
+                         "(recursive_reasoning.trm@...) nor HRM (recursive_reasoning.hrm@...)")
     if arch.get("pos_encodings", "rope") not in ("rope", "none"):
         raise ValueError(f"{source}: arch.pos_encodings = {arch['pos_encodings']!r} is not supported (rope or none)")
     overrides = []
@@ -127,13 +134,22 @@ def config_from_published(all_config: dict, base, source: str = "all_config.yaml
 
     put("model.T", arch.get("H_cycles"))
     put("model.n", arch.get("L_cycles"))
-    put("model.num_blocks", arch.get("L_layers"))
+    if is_hrm:
+        put("model.arch", "hrm")
+        put("model.hrm_high_blocks", arch.get("H_layers"))
+        put("model.hrm_low_blocks", arch.get("L_layers"))
+        put("model.mixer", "attention")
+        put("model.act_continue", "true")  # HRM's Q-learning halting; no_ACT_continue below may override it
+    else:
+        put("model.num_blocks", arch.get("L_layers"))
     put("model.hidden_size", arch.get("hidden_size"))
     put("model.num_heads", arch.get("num_heads"))
     put("model.expansion", arch.get("expansion"))
     ndim = arch.get("puzzle_emb_ndim")
     put("model.puzzle_emb_dim", arch.get("hidden_size") if isinstance(ndim, str) else ndim)  # "${.hidden_size}"
     put("model.puzzle_emb_len", arch.get("puzzle_emb_len"))
+    if is_hrm and "puzzle_emb_len" not in arch and isinstance(arch.get("puzzle_emb_ndim"), int):
+        put("model.puzzle_emb_len", -(-arch["puzzle_emb_ndim"] // int(arch.get("hidden_size", 512))) or None)
     put("model.pos_encoding", arch.get("pos_encodings"))
     if "mlp_t" in arch:
         put("model.mixer", "mlp" if arch["mlp_t"] else "attention")
@@ -177,15 +193,18 @@ def config_from_published(all_config: dict, base, source: str = "all_config.yaml
 def config_to_published(config) -> dict:
     """The all_config.yaml the published scripts read for a trm_fast config (architecture and optimisation)."""
     m, t = config.model, config.train
-    if m.arch != "trm" or m.separate_nets or m.grad_mode != "full" or m.latent != "dual":
-        raise ValueError("only the published TRM architecture can be exported (no HRM or ablation switches)")
+    hrm = m.arch == "hrm"
+    if not hrm and (m.separate_nets or m.grad_mode != "full" or m.latent != "dual"):
+        raise ValueError("only the published TRM and HRM architectures can be exported (no ablation switches)")
     return {
         "arch": {
-            "name": "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1",
+            "name": ("recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1" if hrm else
+                     "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"),
             "loss": {"name": "losses@ACTLossHead",
                      "loss_type": "softmax_cross_entropy" if t.loss == "softmax" else "stablemax_cross_entropy"},
             "halt_exploration_prob": m.halt_exploration_prob, "halt_max_steps": m.halt_max_steps,
-            "H_cycles": m.T, "L_cycles": m.n, "H_layers": 0, "L_layers": m.num_blocks,
+            "H_cycles": m.T, "L_cycles": m.n, "H_layers": m.hrm_high_blocks if hrm else 0,
+            "L_layers": m.hrm_low_blocks if hrm else m.num_blocks,
             "hidden_size": m.hidden_size, "num_heads": m.num_heads, "expansion": m.expansion,
             "puzzle_emb_ndim": m.puzzle_emb_dim, "pos_encodings": m.pos_encoding, "forward_dtype": "bfloat16",
             "mlp_t": m.mixer == "mlp", "puzzle_emb_len": m.puzzle_emb_len, "no_ACT_continue": not m.act_continue,
