@@ -1,5 +1,5 @@
-"""The training engine: optimisers against closed forms, resume bitwise, gradient accumulation, checkpoints."""
-import math
+"""The training engine end to end: resume bitwise, gradient accumulation, the per-batch scheme, checkpoints refused
+and skipped. Optimisers, schedule and EMA on their own: tests/test_optim.py; checkpoint files: tests/test_checkpoint.py."""
 import os
 
 import pytest
@@ -7,72 +7,7 @@ import torch
 
 from trm_fast.config import TRMConfig
 from trm_fast.train.checkpoint import find_latest_checkpoint, load_checkpoint
-from trm_fast.train.ema import EMA
-from trm_fast.train.optim import AdamATan2, SparseSignSGD, lr_at
 from trm_fast.train.trainer import Trainer, train
-
-
-def test_adam_atan2_matches_its_closed_form():
-    torch.manual_seed(0)
-    p0 = torch.randn(5, dtype=torch.float64)
-    grads = [torch.randn(5, dtype=torch.float64) for _ in range(4)]
-    lr, wd, b1, b2 = 0.01, 0.5, 0.9, 0.95
-    p = torch.nn.Parameter(p0.clone())
-    opt = AdamATan2([p], lr=lr, betas=(b1, b2), weight_decay=wd)
-    want, m, v = p0.clone(), torch.zeros(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
-    for t, g in enumerate(grads, start=1):
-        p.grad = g.clone()
-        opt.step()
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        want = want * (1 - lr * wd)
-        want = want - lr / (1 - b1**t) * torch.atan2(m, v.sqrt() / math.sqrt(1 - b2**t))
-    torch.testing.assert_close(p.detach(), want, atol=1e-12, rtol=1e-12)
-
-
-def test_lr_schedule():
-    assert lr_at(0, 1e-4, 2000, 10000) == 0.0
-    assert lr_at(1000, 1e-4, 2000, 10000) == pytest.approx(5e-5)
-    assert lr_at(5000, 1e-4, 2000, 10000) == pytest.approx(1e-4)  # min_ratio 1: constant after warm-up
-    assert lr_at(10000, 1e-4, 2000, 10000, min_ratio=0.1) == pytest.approx(1e-5)
-    assert lr_at(6000, 1e-4, 2000, 10000, min_ratio=0.0) == pytest.approx(5e-5)
-
-
-def test_sparse_sign_sgd_sums_duplicates_and_touches_only_batch_rows():
-    from trm_fast.model.trm import PuzzleEmbedding
-
-    emb = PuzzleEmbedding(6, 3)
-    emb.weight.copy_(torch.arange(18, dtype=torch.float32).view(6, 3))
-    before = emb.weight.clone()
-    emb.train()
-    for ids, grad in (([1, 4, 1], [[1.0, -2.0, 0.5], [1.0, 1.0, 1.0], [-3.0, 1.0, 0.0]]), ([4], [[-5.0, 0.0, 0.0]])):
-        rows = emb(torch.tensor(ids))
-        (rows * torch.tensor(grad)).sum().backward()
-    opt = SparseSignSGD(emb, lr=0.1, weight_decay=0.5)
-    opt.step()
-    decay = 1 - 0.1 * 0.5
-    torch.testing.assert_close(emb.weight[1], before[1] * decay - 0.1 * torch.tensor([-1.0, -1.0, 1.0]))
-    torch.testing.assert_close(emb.weight[4], before[4] * decay - 0.1 * torch.tensor([-1.0, 1.0, 1.0]))
-    for untouched in (0, 2, 3, 5):
-        assert torch.equal(emb.weight[untouched], before[untouched])
-    assert emb.pending == []
-
-
-def test_ema_update_and_apply():
-    model = torch.nn.Linear(3, 2)
-    ema = EMA(model, rate=0.9)
-    start = [p.detach().clone() for p in model.parameters()]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    ema.update()
-    for s, p0 in zip(ema.shadow, start):
-        torch.testing.assert_close(s, p0 + 0.1)
-    live = [p.detach().clone() for p in model.parameters()]
-    with ema.apply_to(model):
-        torch.testing.assert_close(model.weight, start[0] + 0.1)
-    for p, l in zip(model.parameters(), live):
-        assert torch.equal(p, l)
 
 
 def tiny(tmp_path, *extra):
