@@ -166,7 +166,27 @@ def test_gpu_paths_of_ops_and_step(tmp_path):
             assert r["gbs"] > 0 and r["copy_bw_fraction"] > 0
     assert any(r["ms_cudagraph"] for r in fast if r["mode"] == "fwd"), payload["notes"]
     steps = {r["contender"]: r for r in payload["step"]}
-    assert {"eager", "trm_fast-L0", "trm_fast-L2"} <= set(steps), payload["notes"]
+    assert {"eager", "trm_fast-L0", "trm_fast-L2", "trm_fast-L0-graph"} <= set(steps), payload["notes"]
     for r in steps.values():
         assert r["peak_memory_bytes"] > 0 and r["mfu_measured_matmul"] > 0 and r["roofline_fraction"] > 0
     assert steps["trm_fast-L2"]["saved_for_backward_bytes"] < steps["trm_fast-L0"]["saved_for_backward_bytes"]
+
+
+def test_graphed_step_runner_equals_the_eager_runner():
+    """The `-graph` contender's runner drives the trainer's CUDA-graph step through a trainer view; on a CPU that
+    step runs eagerly (capture=False) and must train exactly like the plain runner."""
+    from trm_fast.bench.step import StepRunner, bench_config, contender_configs
+
+    config = bench_config("sudoku-att", ["model.hidden_size=32", "model.num_heads=2", "model.puzzle_emb_dim=32",
+                                         "model.seq_len=16", "model.num_puzzle_identifiers=5"])
+    plain, graphed = (StepRunner(config, 6, torch.device("cpu"), False, graphed=g) for g in (False, True))
+    assert graphed.graphed is not None and not graphed.graphed.capture
+    for _ in range(3):
+        plain()
+        graphed()
+    assert plain.steps == graphed.steps == 3 and torch.equal(plain.state.steps, graphed.state.steps)
+    for (name, a), b in zip(plain.model.state_dict().items(), graphed.model.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=name)
+    for a, b in zip(plain.ema.shadow, graphed.ema.shadow):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    assert not any(name.endswith("-graph") for name in contender_configs(config))  # GPU only

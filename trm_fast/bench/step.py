@@ -5,6 +5,7 @@ and the EMA), every contender in the same run:
     eager          the reference model run as the published code runs it (backend torch: bf16 casts, SDPA attention)
     compile        that model under whole-model torch.compile, as the published code runs it
     trm_fast-L<k>  backend triton at recomputation level k (GPU only)
+    trm_fast-L<k>-graph  the same step captured once and replayed as one CUDA graph (train.cuda_graphs; GPU only)
 
 Model FLOPs are counted once, on the eager reference with FlopCounterMode (it cannot see custom ops), and the same
 count is used for every contender. MFU is reported against the datasheet dense-bf16 peak and against a bf16 matmul
@@ -57,6 +58,7 @@ def contender_configs(config: TRMConfig, levels=(0, 1, 2)) -> dict[str, tuple[TR
     if on_gpu():
         out.update({f"trm_fast-L{lv}": (config.override(["model.backend=triton", f"model.recompute={lv}"]), False)
                     for lv in levels[1:]})
+        out[f"trm_fast-L{levels[0]}-graph"] = out[f"trm_fast-L{levels[0]}"]  # StepRunner(graphed=True)
     return out
 
 
@@ -72,7 +74,7 @@ class StepRunner:
     """One optimizer step of the published scheme on fixed random data, callable repeatedly (the carry advances, so
     halted slots restart as in training)."""
 
-    def __init__(self, config: TRMConfig, batch: int, device, compile_model: bool):
+    def __init__(self, config: TRMConfig, batch: int, device, compile_model: bool, graphed: bool = False):
         from trm_fast.train.act import SupervisionState
         from trm_fast.train.ema import EMA
         from trm_fast.train.optim import SparseSignSGD, build_dense_optimizer
@@ -92,8 +94,20 @@ class StepRunner:
         self.loss_kind = t.loss
         self.global_batch = batch
         self.steps = 0
+        self.graphed = None
+        if graphed:  # the trainer's CUDA-graph step; on a CPU its same tensor-parameterised step runs eagerly
+            from trm_fast.train.cuda_graph import GraphedCarryStep
+
+            self.graphed = GraphedCarryStep(_TrainerView(self, config), capture=torch.device(device).type == "cuda")
 
     def __call__(self):
+        if self.graphed is not None:
+            self.graphed(self.batch)
+        else:
+            self.eager_step()
+        self.steps += 1
+
+    def eager_step(self) -> None:
         from trm_fast.train.act import supervision_step
 
         result = supervision_step(self.forward, self.state, self.batch, step=self.steps, seed=0, slot_index=self.slots,
@@ -106,7 +120,42 @@ class StepRunner:
         if self.ema is not None:
             self.ema.update()
         self.state = result.state
-        self.steps += 1
+
+
+class _TrainerView:
+    """What GraphedCarryStep reads and writes of a trainer, backed by a StepRunner (one micro-batch, loss / batch)."""
+
+    def __init__(self, runner: StepRunner, config: TRMConfig):
+        self.runner, self.config = runner, config
+        self.model = self.forward_model = runner.model
+        self.dense_opt, self.sparse_opt, self.ema = runner.dense, runner.sparse, runner.ema
+        self.device = runner.slots.device
+        self.local_batch = self.micro_batch = runner.global_batch
+        self.loss_scale = 1.0 / runner.global_batch
+        self.slot_index = runner.slots
+        self.sparse_lr = runner.sparse.lr if runner.sparse is not None else 0.0
+        self.distributed = False
+
+    @property
+    def step(self) -> int:
+        return self.runner.steps
+
+    @property
+    def state(self):
+        return self.runner.state
+
+    @state.setter
+    def state(self, value):
+        self.runner.state = value
+
+    def log(self, message: str) -> None:
+        print(message)
+
+    def carry_step(self, batch: dict) -> dict:
+        """The eager step, where capture failed (GraphedCarryStep is then inactive: the runner drops it)."""
+        self.runner.graphed = None
+        self.runner.eager_step()
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs and roofline
@@ -231,9 +280,14 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
             notes.append(f"{preset}@{batch}: {name} not run (the --budget-s time was used up)")
             continue
         try:
-            runner = StepRunner(cfg, batch, device, compile_model)
+            runner = StepRunner(cfg, batch, device, compile_model, graphed=name.endswith("-graph"))
             if name == "eager":  # the count is also the eager contender's first warm-up step
                 counted[preset] = count_step(runner)
+            if runner.graphed is not None:  # its eager warm-up steps and the capture stay out of the timed calls
+                for _ in range(runner.graphed.warmup_steps + 1):
+                    runner()
+                if runner.graphed is None:
+                    raise RuntimeError("CUDA-graph capture failed (see the line above); no graph figures")
             ms = measure_calls(runner, warmup, reps)
             mem = peak_memory(runner)
             # saved-tensor hooks would make torch.compile fall back to eager: the compiled model's saved bytes are
