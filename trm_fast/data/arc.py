@@ -258,6 +258,13 @@ def build_arc(args, version: str) -> dict:
     test_puzzles, trained_hashes, test_hashes = {}, set(), {}
     roles = [(n, "train") for n in training + concept] + [(n, "eval") for n in evaluation]
     all_tasks = [(task, role) for name, role in roles for task in subsets[name]]
+    subsample = int(getattr(args, "subsample", 0) or 0)
+    if subsample:  # N training tasks (seeded); every evaluation task stays, the test split is the benchmark
+        train_idx = [i for i, (_, role) in enumerate(all_tasks) if role == "train"]
+        if subsample > len(train_idx):
+            raise ValueError(f"--subsample {subsample} exceeds the {len(train_idx)} training tasks")
+        keep = set(np.random.default_rng([args.seed, 1]).choice(train_idx, subsample, replace=False).tolist())
+        all_tasks = [t for i, t in enumerate(all_tasks) if t[1] == "eval" or i in keep]
     for task, role in tqdm(all_tasks, desc=f"{version} augment", leave=False):
         if task["id"] in seen_ids:  # the same id in two subsets would share puzzle ids and confuse the evaluator
             raise ValueError(f"task {task['id']} appears twice among the subsets {[n for n, _ in roles]}")
