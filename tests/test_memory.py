@@ -301,3 +301,9 @@ def test_cuda_graph_replay_equals_eager(tmp_path, backend):
     _run(graphed, step, 3)
     assert step.graph is not None and step.active, "capture failed"
     _assert_same_training_state(eager, graphed, atol=1e-5)
+    # the same through the trainer option: two eager warm-up steps, then capture and replay inside carry_step
+    option = _trainer(tmp_path, "option", *extra, "train.cuda_graphs=true")
+    assert option.graphed_step is not None
+    _run(option, option.carry_step, 3)
+    assert option.graphed_step.graph is not None and option.graphed_step.active, "capture failed"
+    _assert_same_training_state(eager, option, atol=1e-5)
