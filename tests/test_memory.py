@@ -307,3 +307,24 @@ def test_cuda_graph_replay_equals_eager(tmp_path, backend):
     _run(option, option.carry_step, 3)
     assert option.graphed_step.graph is not None and option.graphed_step.active, "capture failed"
     _assert_same_training_state(eager, option, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [
+    ("model.arch=hrm", "model.hrm_high_blocks=2", "model.hrm_low_blocks=3", "model.n=2"),  # one call of each network
+    ("model.grad_mode=one_step",),  # the last z update and the y update only
+])
+@pytest.mark.parametrize("backend, level", [("torch", 0), ("torch", 1), ("torch", 2), ("triton", 0)])
+def test_saved_bytes_of_variants_with_fewer_gradient_calls(variant, backend, level):
+    config = TRMConfig.preset("sudoku4-tiny").override([*variant, "model.num_heads=1", f"model.recompute={level}",
+                                                        f"model.backend={backend}", "model.T=2"])
+    measured = saved_bytes_per_step(build_model(config.model), 3)
+    assert estimate_saved_bytes(config.model, 3, level, backend, "cpu") == measured
+
+
+@pytest.mark.parametrize("latent", ["dual", "single", "multiscale"])
+def test_carry_bytes_follow_the_latent_layout(latent):
+    from trm_fast.memory import estimate
+
+    config = TRMConfig.preset("sudoku4-tiny").override([f"model.latent={latent}", "model.n=3"])
+    carry = build_model(config.model).initial_carry(5, torch.device("cpu"))
+    assert estimate(config, 5, "cpu")["fixed"]["carry"] == sum(t.numel() * t.element_size() for t in carry)

@@ -73,13 +73,14 @@ def row_config(row: str, base: str = "sudoku-mlp", extra: list[str] | tuple[str,
 def block_applications(model) -> tuple[int, int]:
     """(block applications per supervision step, how many of them carry gradient) for a ModelConfig. Training with
     the continue loss runs one more no-grad forward per step, not counted here."""
+    from trm_fast.memory import gradient_calls
+
     T, n = model.T, model.n
     if model.arch == "hrm":
-        low, high = model.hrm_low_blocks, model.hrm_high_blocks
-        return T * (n * low + high), low + high
-    calls = n + 1  # per cycle: n z updates (for the single latent: n updates with x) and one y (or final z) update
-    with_grad = 2 if model.grad_mode == "one_step" else calls
-    return T * calls * model.num_blocks, with_grad * model.num_blocks
+        total = T * (n * model.hrm_low_blocks + model.hrm_high_blocks)
+    else:  # per cycle: n z updates (for the single latent: n updates with x) and one y (or final z) update
+        total = T * (n + 1) * model.num_blocks
+    return total, gradient_calls(model)[1]
 
 
 def parameter_count(model_config) -> int:

@@ -113,15 +113,30 @@ def _block_saved_elements(config: ModelConfig, level: int, backend: str) -> dict
     return {"act": 2 * L * D + (1 + gate_up) * (D * Im + L * I), "fp32": D + L, "call_input": L * D}
 
 
+def carry_tensors(config: ModelConfig) -> int:
+    """(B, L, D) tensors in the carry between supervision steps: y and z; z only for the single-latent ablation;
+    y and one z per update for the multi-scale one."""
+    return {"single": 1, "multiscale": config.n + 1}.get(config.latent, 2)
+
+
+def gradient_calls(config: ModelConfig) -> tuple[int, int]:
+    """(network calls, block applications) that carry gradient in one supervision step: the last cycle's n + 1
+    calls of num_blocks blocks; 2 calls with the 1-step gradient; HRM: one call of each of its two networks."""
+    if config.arch == "hrm":
+        return 2, config.hrm_low_blocks + config.hrm_high_blocks
+    calls = 2 if config.grad_mode == "one_step" else config.n + 1
+    return calls, calls * config.num_blocks
+
+
 def estimate_saved_bytes(config: ModelConfig, batch_size: int, level: int, backend: str = "torch",
                          device: str = "cpu") -> int:
-    """Predicted bytes saved for backward by one supervision step's forward: the gradient cycle's n + 1 network
-    calls (see _block_saved_elements), the final y the heads keep (on the Triton path at levels 0/1 it is the last
-    norm's output, already counted) and the embedding's int64 token indices."""
+    """Predicted bytes saved for backward by one supervision step's forward: the network calls that carry gradient
+    (gradient_calls; see _block_saved_elements), the final y the heads keep (on the Triton path at levels 0/1 it
+    is the last norm's output, already counted) and the embedding's int64 token indices."""
     a = _dtype_bytes(config, device)
     per = _block_saved_elements(config, level, backend)
     L, D = config.total_seq_len, config.hidden_size
-    blocks, calls = (config.n + 1) * config.num_blocks, config.n + 1
+    calls, blocks = gradient_calls(config)
     final_y = 0 if (backend == "triton" and level < 2) else L * D
     per_sample = blocks * (per["act"] * a + per["fp32"] * 4) + calls * per["call_input"] * a + final_y * a
     return int(batch_size * (per_sample + config.seq_len * 8))
@@ -139,7 +154,7 @@ def estimate(config: TRMConfig | ModelConfig, batch_size: int, device: str = "cu
     """Predicted peak training memory (bytes) of one process at each recomputation level, for `batch_size`
     samples per micro-batch:
       fixed: fp32 weights, gradients, the two optimiser moments, the EMA shadow, the puzzle table (0 when
-        train.puzzle_emb_device=cpu), and the training carry (y, z in the forward dtype);
+        train.puzzle_emb_device=cpu), and the training carry (y and z in the forward dtype; carry_tensors);
       saved_for_backward: what the gradient cycle's n + 1 network calls keep (estimate_saved_bytes);
       transient: the working set on top of that during backward: activation gradients and the widest op's
         temporaries, plus, at level 1, the recomputed elementwise outputs of one block and, at level 2, all of
@@ -161,7 +176,7 @@ def estimate(config: TRMConfig | ModelConfig, batch_size: int, device: str = "cu
         "optimizer": 8 * params,
         "ema": 4 * params if (train_cfg is None or train_cfg.ema) else 0,
         "puzzle_table": 0 if table_on_host else 4 * model_cfg.num_puzzle_identifiers * model_cfg.puzzle_emb_dim,
-        "carry": batch_size * 2 * L * D * a,
+        "carry": batch_size * carry_tensors(model_cfg) * L * D * a,
     }
     widest = max(model_cfg.mlp_hidden * L, model_cfg.token_mix_hidden * D if model_cfg.mixer == "mlp" else 0, 3 * L * D)
     working = batch_size * (3 * widest + 2 * L * D) * a  # the widest op's gradients in flight, the block's in/out gradients
