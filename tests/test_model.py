@@ -123,3 +123,23 @@ def test_bad_inputs_are_named():
         model(carry, torch.zeros(2, 16), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="puzzle identifier"):
         model(carry, torch.zeros(2, 16, dtype=torch.long), torch.full((2,), 7))
+
+
+def test_backend_and_dtype_follow_the_gpu_generation(monkeypatch):
+    """auto: Triton and bf16 from compute capability 8.0 (the kernels' launch tables are sm_80/sm_90), the reference
+    in fp32 below; an explicit triton on an older GPU is refused by name. Capabilities are faked: no GPU here."""
+    from trm_fast.model import trm as trm_module
+
+    cfg = TRMConfig.preset("sudoku4-tiny").model
+    model = build_model(cfg)
+    cuda = torch.device("cuda", 0)
+    for capability, backend, dtype in (((9, 0), "triton", torch.bfloat16), ((8, 6), "triton", torch.bfloat16),
+                                       ((7, 5), "torch", torch.float32)):
+        monkeypatch.setattr(trm_module, "_CAPABILITY", {0: capability})
+        assert model.backend(cuda) == backend and model.forward_dtype(cuda) == dtype
+    cpu = torch.device("cpu")
+    assert model.backend(cpu) == "torch" and model.forward_dtype(cpu) == torch.float32
+    explicit = build_model(TRMConfig.preset("sudoku4-tiny").override(["model.backend=triton"]).model)
+    with pytest.raises(ValueError, match="compute capability 8.0 or newer.*7.5"):
+        explicit.backend(cuda)
+    assert explicit.backend(cpu) == "triton"  # the interpreter

@@ -91,8 +91,8 @@ class ModelConfig(_Validated):
     halt_max_steps: int = 16
     halt_exploration_prob: float = 0.1
     act_continue: bool = False  # HRM-style Q-continue loss (off in the published TRM)
-    forward_dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 elsewhere
-    backend: str = "auto"  # "auto" = triton on CUDA, torch elsewhere
+    forward_dtype: str = "auto"  # "auto" = bfloat16 on CUDA GPUs of compute capability 8.0+, float32 elsewhere
+    backend: str = "auto"  # "auto" = triton on CUDA GPUs of compute capability 8.0+, torch elsewhere
     recompute: int = 0  # activation recomputation level of the gradient cycle (0, 1, 2)
     # ---- the paper's comparison systems and ablations (Tables 1 and 2) ----
     arch: str = "trm"  # "trm" or "hrm" (two networks, 1-step gradient, Q-learning halting)

@@ -33,6 +33,17 @@ class StepOutput:
     q_continue: torch.Tensor  # (B,) fp32
 
 
+_CAPABILITY: dict[int, tuple[int, int]] = {}  # a plain dict (not lru_cache): torch.compile traces through it
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device, looked up once per device."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = tuple(torch.cuda.get_device_capability(index))
+    return _CAPABILITY[index]
+
+
 def _skip_host_checks(t: torch.Tensor) -> bool:
     """Input-range checks read values back to the host: skipped while a CUDA graph captures (a sync is illegal
     there) and while torch.compile traces (a data-dependent branch would break the graph)."""
@@ -116,15 +127,25 @@ class TRM(nn.Module):
 
     # -- dtype / backend resolution ---------------------------------------------------------------------
     def forward_dtype(self, device: torch.device) -> torch.dtype:
+        """auto: bf16 on GPUs that have it (compute capability 8.0+), as the published runs; fp32 on older GPUs
+        (bf16 is emulated there and fp16 would need loss scaling) and on CPUs."""
         name = self.config.forward_dtype
         if name == "auto":
-            return torch.bfloat16 if device.type == "cuda" else torch.float32
+            return torch.bfloat16 if device.type == "cuda" and cuda_capability(device) >= (8, 0) else torch.float32
         return getattr(torch, name)
 
     def backend(self, device: torch.device) -> str:
+        """auto: the Triton kernels on GPUs of compute capability 8.0+ (their launch tables are for sm_80 and sm_90),
+        the plain-PyTorch reference elsewhere. An explicit `triton` on an older GPU is refused by name."""
         backend = self.config.backend
+        if device.type != "cuda":
+            return "torch" if backend == "auto" else backend
+        capability = cuda_capability(device)
         if backend == "auto":
-            return "triton" if device.type == "cuda" else "torch"
+            return "triton" if capability >= (8, 0) else "torch"
+        if backend == "triton" and capability < (8, 0):
+            raise ValueError(f"model.backend=triton needs a GPU of compute capability 8.0 or newer; {device} has "
+                             f"{capability[0]}.{capability[1]}: use model.backend=torch (or auto)")
         return backend
 
     @property
