@@ -167,3 +167,54 @@ def test_build_round_trip_and_every_bad_row(tmp_path, capsys):
     csv.write_text(good(0) + "\n")
     assert main(["data", "build", "maze", "--source", str(csv), "--out", str(tmp_path / "bad")]) == 2
     assert "header line is missing" in capsys.readouterr().err
+
+
+def test_maze_text_parsing_and_path_checking():
+    made = M.generate_mazes(2, seed=5, min_path=40)
+    maze, label = made["inputs"][0], made["labels"][0]
+    text = M.format_maze(maze)
+    assert np.array_equal(M.parse_maze(text), maze)
+    assert np.array_equal(M.parse_maze(text.replace(" ", ".")), maze)  # '.' for open cells
+    assert np.array_equal(M.parse_maze("\n" + "\n".join(l.rstrip() for l in text.split("\n")) + "\n\n"), maze)
+    assert np.array_equal(M.parse_maze(text.replace("\n", "")), maze)  # one line of 900
+    for bad, match in ((text.replace("#", "x", 1), "line 1, column .*'x'"), ("\n".join(text.split("\n")[:29]), "29 lines"),
+                       (text.replace("G", " "), "exactly one goal"), (text.replace(" ", "S", 1), "exactly one start")):
+        with pytest.raises(ValueError, match=match):
+            M.parse_maze(bad)
+    ok = M.check_path(maze, label)
+    assert ok["valid"] and ok["moves"] == ok["shortest"] == made["path_moves"][0]
+    assert not M.check_path(maze, maze)["valid"]  # nothing marked
+    on_path = np.flatnonzero(label == M.PATH)
+    broken = label.copy()
+    broken[on_path[len(on_path) // 2]] = M.OPEN
+    assert "one chain" in M.check_path(maze, broken)["reason"]
+    stray = label.copy()
+    stray[np.flatnonzero((label == M.OPEN))[0]] = M.PATH
+    assert not M.check_path(maze, stray)["valid"]
+    wall = label.copy()
+    wall[np.flatnonzero(maze == M.WALL)[0]] = M.PATH
+    assert "walls" in M.check_path(maze, wall)["reason"]
+
+
+def test_solve_command_reads_a_maze_file(tmp_path, capsys):
+    from trm_fast.config import TRMConfig
+    from trm_fast.train.trainer import train
+
+    data = tmp_path / "mazes"
+    assert main(["data", "build", "maze", "--count", "4", "--min-path", "30", "--out", str(data)]) == 0
+    config = TRMConfig.preset("sudoku4-tiny").override([f"data.path={data}", "data.recipe=", "data.global_batch_size=4",
+                                                        f"train.out_dir={tmp_path / 'run'}", "train.max_steps=1",
+                                                        "model.halt_max_steps=2"])
+    train(config, progress=False, log=lambda *a: None)
+    _, test = read_split(str(data / "test"))
+    maze_file = tmp_path / "maze.txt"
+    maze_file.write_text(M.format_maze(test["all"].inputs[0]) + "\n")
+    capsys.readouterr()
+    code = main(["solve", "--ckpt", str(tmp_path / "run"), "--puzzle-file", str(maze_file), "--max-steps", "2"])
+    out = capsys.readouterr().out
+    assert code in (0, 1) and "valid solution: " + ("yes" if code == 0 else "no") in out
+    assert len(out.split("\n")[0]) == 30 and "supervision steps:" in out  # the predicted maze, then the verdict
+    maze_file.write_text("#" * 30 + "\n")
+    assert main(["solve", "--ckpt", str(tmp_path / "run"), "--puzzle-file", str(maze_file)]) == 2
+    assert "bad maze" in capsys.readouterr().err
+    assert main(["solve", "--ckpt", str(tmp_path / "run")]) == 2  # neither --puzzle nor --puzzle-file

@@ -81,30 +81,62 @@ def _check_arc_provenance(trained_on: str, eval_root: str) -> None:
 
 
 def cmd_solve(args) -> int:
+    """Sudoku (16, 36 or 81 cells) or Maze-Hard (30x30) puzzles, whichever the checkpoint was trained on."""
     import torch
 
-    from trm_fast.data.sudoku import format_grid, grid_to_tokens, is_valid_solution, parse_puzzle, tokens_to_grid
     from trm_fast.eval.inference import load_trained_model, solve_tokens
     from trm_fast.train.trainer import resolve_device
 
+    if bool(args.puzzle) == bool(args.puzzle_file):
+        print("trm-fast solve: give the puzzle with --puzzle TEXT or --puzzle-file PATH (one of them)", file=sys.stderr)
+        return 2
+    text = args.puzzle
+    if args.puzzle_file:
+        try:
+            with open(args.puzzle_file) as f:
+                text = f.read()
+        except OSError as exc:
+            print(f"trm-fast solve: {args.puzzle_file}: {exc.strerror}", file=sys.stderr)
+            return 2
     device = resolve_device(args.device)
     model, config, _ = load_trained_model(args.ckpt, device)
+    is_maze = config.model.seq_len == 900 and config.model.vocab_size == 6
     try:
-        grid = parse_puzzle(args.puzzle)
+        if is_maze:
+            from trm_fast.data.maze import parse_maze
+
+            tokens = parse_maze(text)
+        else:
+            from trm_fast.data.sudoku import grid_to_tokens, parse_puzzle
+
+            grid = parse_puzzle(text)
+            tokens = grid_to_tokens(grid)
     except ValueError as exc:
-        print(f"trm-fast solve: bad puzzle: {exc}", file=sys.stderr)
+        where = f"{args.puzzle_file}: " if args.puzzle_file else ""
+        print(f"trm-fast solve: bad {'maze' if is_maze else 'puzzle'}: {where}{exc}", file=sys.stderr)
         return 2
-    if grid.size != config.model.seq_len:
-        print(f"trm-fast solve: the puzzle has {grid.size} cells but this model was trained on "
+    if not is_maze and tokens.size != config.model.seq_len:
+        print(f"trm-fast solve: the puzzle has {tokens.size} cells but this model was trained on "
               f"{config.model.seq_len}-cell puzzles", file=sys.stderr)
         return 2
     max_steps = args.max_steps or config.model.halt_max_steps
-    result = solve_tokens(model, torch.as_tensor(grid_to_tokens(grid)), max_steps=max_steps, halt=not args.no_halt)
-    solution = tokens_to_grid(result["prediction"].numpy(), grid.shape[0])
-    print(format_grid(solution))
-    valid = is_valid_solution(grid, solution)
+    result = solve_tokens(model, torch.as_tensor(tokens), max_steps=max_steps, halt=not args.no_halt)
+    prediction = result["prediction"].numpy()
+    if is_maze:
+        from trm_fast.data.maze import check_path, format_maze
+
+        print(format_maze(prediction))
+        verdict = check_path(tokens, prediction)
+        valid, detail = verdict["valid"], (f" ({verdict['moves']} moves, shortest)" if verdict["valid"]
+                                           else f" ({verdict['reason']})")
+    else:
+        from trm_fast.data.sudoku import format_grid, is_valid_solution, tokens_to_grid
+
+        solution = tokens_to_grid(prediction, grid.shape[0])
+        print(format_grid(solution))
+        valid, detail = is_valid_solution(grid, solution), ""
     print(f"supervision steps: {result['steps']} (max {max_steps}); halting confidence: {result['halt_confidence']:.3f}; "
-          f"valid solution: {'yes' if valid else 'no'}")
+          f"valid solution: {'yes' if valid else 'no'}{detail}")
     return 0 if valid else 1
 
 
@@ -148,9 +180,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="ARC: folder for submission.json (default: beside the checkpoint)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("solve", help="solve one Sudoku with a trained model")
+    p = sub.add_parser("solve", help="solve one Sudoku or maze with a trained model")
     p.add_argument("--ckpt", required=True, help="checkpoint folder or run folder")
-    p.add_argument("--puzzle", required=True, help="cells row by row, '.' or 0 for blanks")
+    p.add_argument("--puzzle", help="Sudoku: cells row by row, '.' or 0 for blanks; maze: 900 characters '# SG'")
+    p.add_argument("--puzzle-file", help="a file holding the puzzle (a maze: 30 lines of '#', ' ' or '.', 'S', 'G')")
     p.add_argument("--max-steps", type=int, help="supervision steps allowed (more = more test-time compute)")
     p.add_argument("--no-halt", action="store_true", help="ignore the halting head and run all max-steps")
     p.add_argument("--device", default="auto")

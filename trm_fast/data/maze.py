@@ -143,6 +143,84 @@ def dihedral_tokens(tokens: np.ndarray, k: int, n: int = SIZE) -> np.ndarray:
     return np.ascontiguousarray(grid.T if k >= 4 else grid).ravel()
 
 
+def parse_maze(text: str, n: int = SIZE) -> np.ndarray:
+    """A maze written as n lines of n characters ('#' wall, ' ' or '.' open, 'S' start, 'G' goal), or as one line
+    of n*n characters, -> n*n tokens. Lines shorter than n are padded with open cells (editors strip trailing
+    spaces); empty lines around the maze are ignored. Errors name the line, column and character."""
+    lines = text.split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    lines = [line.rstrip("\r") for line in lines]
+    if len(lines) == 1 and len(lines[0]) == n * n:
+        lines = [lines[0][i:i + n] for i in range(0, n * n, n)]
+    if len(lines) != n:
+        raise ValueError(f"a maze has {n} lines of {n} cells (or one line of {n * n}); got {len(lines)} lines")
+    codes = {"#": WALL, " ": OPEN, ".": OPEN, "S": START, "G": GOAL}
+    tokens = np.empty(n * n, dtype=np.int64)
+    for r, line in enumerate(lines):
+        if len(line) > n:
+            raise ValueError(f"line {r + 1} has {len(line)} cells, more than {n}")
+        for c, ch in enumerate(line.ljust(n)):
+            if ch not in codes:
+                raise ValueError(f"line {r + 1}, column {c + 1}: bad character {ch!r} (use '#', ' ' or '.', 'S', 'G')")
+            tokens[r * n + c] = codes[ch]
+    for token, name in ((START, "start 'S'"), (GOAL, "goal 'G'")):
+        if (tokens == token).sum() != 1:
+            raise ValueError(f"a maze needs exactly one {name}; got {(tokens == token).sum()}")
+    return tokens
+
+
+def format_maze(tokens, n: int = SIZE) -> str:
+    """n lines of "# SGo" characters (anything else, e.g. padding, as '?')."""
+    chars = np.array(list("?" + CHARSET))
+    grid = np.asarray(tokens).reshape(n, n)
+    return "\n".join("".join(chars[np.clip(row, 0, len(CHARSET))]) for row in grid)
+
+
+def check_path(maze, predicted, n: int = SIZE) -> dict:
+    """Whether `predicted` (tokens) marks a shortest start-to-goal path in `maze`: every non-path cell as in the
+    maze, path cells only on open cells, and the marked cells forming one 4-connected chain from S to G with as
+    many moves as the shortest path. Returns {"valid", "moves", "shortest", "reason"}."""
+    maze, predicted = np.asarray(maze).reshape(-1), np.asarray(predicted).reshape(-1)
+    start, goal = int(np.argmax(maze == START)), int(np.argmax(maze == GOAL))
+    shortest = int(_bfs_moves(maze, start, goal, n)[start])
+    result = {"valid": False, "moves": None, "shortest": shortest if shortest >= 0 else None, "reason": ""}
+    marked = predicted == PATH
+    if not np.array_equal(np.where(marked, maze, predicted), maze):
+        result["reason"] = "the prediction changes cells other than marking the path"
+        return result
+    if (maze[marked] != OPEN).any():
+        result["reason"] = "path marks on walls, start or goal"
+        return result
+
+    def neighbours(cell):
+        r, c = divmod(cell, n)
+        return [x for x in (cell - n if r else -1, cell + n if r < n - 1 else -1, cell - 1 if c else -1,
+                            cell + 1 if c < n - 1 else -1) if x >= 0]
+
+    on_path = set(np.flatnonzero(marked).tolist())
+    cell, previous, moves = start, -1, 0
+    while cell != goal:  # walk the chain; a branch or a dead end makes it invalid
+        nxt = [x for x in neighbours(cell) if x != previous and (x in on_path or x == goal)]
+        if goal in nxt:
+            nxt = [goal]
+        if len(nxt) != 1:
+            result["reason"] = f"the marked cells do not form one chain from S to G (at row {cell // n + 1}, column {cell % n + 1})"
+            return result
+        previous, cell, moves = cell, nxt[0], moves + 1
+        on_path.discard(previous)
+    result["moves"] = moves
+    if on_path:
+        result["reason"] = f"{len(on_path)} marked cells are off the chain from S to G"
+    elif moves != shortest:
+        result["reason"] = f"the path has {moves} moves, the shortest {shortest}"
+    else:
+        result["valid"] = True
+    return result
+
+
 def read_maze_csv(path: str, skip_bad: bool = False) -> tuple[list, int]:
     """(list of (input tokens, label tokens), skipped rows) from a published-format CSV: a header line, then rows
     `source,q,a,rating` with q and a 900 characters of "# SGo". Rows are checked: one 'S' and one 'G' in q, and a
