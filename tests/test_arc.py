@@ -357,6 +357,26 @@ def test_tiny_training_reports_pass_at_k_and_cli_refuses_overlap(tmp_path, capsy
     # a model trained on ARC-2 training data is not evaluated on ARC-1's evaluation tasks
     assert main(["eval", "--ckpt", str(tmp_path / "run"), "--data", str(tmp_path / "arc1ds"), "--device", "cpu"]) == 2
     assert "376" in capsys.readouterr().err
+    # solve one evaluation task by voting over its versions; the truth's rank is reported
+    capsys.readouterr()
+    code = main(["solve", "--ckpt", str(tmp_path / "run"), "--arc-task", "ccc", "--max-steps", "2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code in (0, 1) and out.count("test input ") == 2 and "attempt 1" in out and "task ccc: " in out
+    assert main(["solve", "--ckpt", str(tmp_path / "run"), "--arc-task", "nope", "--device", "cpu"]) == 2
+    assert "not an evaluation task" in capsys.readouterr().err
+    # the task's answers are exactly those of the whole-dataset evaluation's votes
+    from trm_fast.eval.evaluate import arc_voter_for, evaluate
+    from trm_fast.eval.inference import load_trained_model, solve_arc_task
+
+    model, cfg, _ = load_trained_model(str(tmp_path / "run"))
+    _, test_sets = read_split(str(tmp_path / "ds" / "test"))
+    test_meta, _ = read_split(str(tmp_path / "ds" / "test"))
+    voter = arc_voter_for(str(tmp_path / "ds"))
+    evaluate(model, test_sets["all"], test_meta, 3, "cpu", max_steps=2, progress=False, arc_voter=voter)
+    solved = solve_arc_task(model, str(tmp_path / "ds"), "ccc", max_steps=2, batch_size=2)
+    assert solved["versions"] == 1 and len(solved["answers"]) == 2
+    for i, ranked in enumerate(solved["answers"]):
+        assert [g.tolist() for g in ranked] == [g.tolist() for g in voter.ranked("ccc", i)]
 
 
 def test_cli_provenance_check_refuses_test_pairs_seen_in_training(tmp_path):

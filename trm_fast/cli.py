@@ -87,8 +87,11 @@ def cmd_solve(args) -> int:
     from trm_fast.eval.inference import load_trained_model, solve_tokens
     from trm_fast.train.trainer import resolve_device
 
+    if args.arc_task:
+        return _solve_arc(args)
     if bool(args.puzzle) == bool(args.puzzle_file):
-        print("trm-fast solve: give the puzzle with --puzzle TEXT or --puzzle-file PATH (one of them)", file=sys.stderr)
+        print("trm-fast solve: give the puzzle with --puzzle TEXT, --puzzle-file PATH or --arc-task ID (one of them)",
+              file=sys.stderr)
         return 2
     text = args.puzzle
     if args.puzzle_file:
@@ -140,6 +143,30 @@ def cmd_solve(args) -> int:
     return 0 if valid else 1
 
 
+def _solve_arc(args) -> int:
+    """An evaluation task of the checkpoint's ARC dataset (or --data): vote over its versions, print the top answers."""
+    from trm_fast.eval.inference import load_trained_model, solve_arc_task
+    from trm_fast.train.trainer import resolve_device
+
+    model, config, _ = load_trained_model(args.ckpt, resolve_device(args.device))
+    root = args.data or config.data.path
+    if not root or not os.path.isfile(os.path.join(root, "identifiers.json")):
+        print(f"trm-fast solve: --arc-task needs the ARC dataset the model was trained on (give --data DIR; "
+              f"{root or 'the checkpoint names none'} is not an ARC build)", file=sys.stderr)
+        return 2
+    _check_arc_provenance(config.data.path, root)
+    result = solve_arc_task(model, root, args.arc_task, args.max_steps)
+    for i, (ranked, truth, rank) in enumerate(zip(result["answers"], result["truths"], result["solved_at"])):
+        print(f"test input {i + 1}: {len(ranked)} distinct answers from {result['versions']} versions; "
+              + (f"the true output is answer {rank}" if rank else "the true output is not among them"))
+        for a, grid in enumerate(ranked[:2]):
+            print(f"  attempt {a + 1} ({grid.shape[0]}x{grid.shape[1]}):")
+            print("\n".join("    " + "".join(str(int(v)) for v in row) for row in grid))
+    solved = all(rank is not None and rank <= 2 for rank in result["solved_at"])
+    print(f"task {args.arc_task}: {'solved' if solved else 'not solved'} within 2 attempts")
+    return 0 if solved else 1
+
+
 def cmd_presets(args) -> int:
     for name, about in describe_presets():
         print(f"{name:16s} {about}")
@@ -184,6 +211,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint folder or run folder")
     p.add_argument("--puzzle", help="Sudoku: cells row by row, '.' or 0 for blanks; maze: 900 characters '# SG'")
     p.add_argument("--puzzle-file", help="a file holding the puzzle (a maze: 30 lines of '#', ' ' or '.', 'S', 'G')")
+    p.add_argument("--arc-task", help="ARC: an evaluation task id of the model's dataset; votes over its versions")
+    p.add_argument("--data", help="ARC: the built dataset folder (default: the one the model was trained on)")
     p.add_argument("--max-steps", type=int, help="supervision steps allowed (more = more test-time compute)")
     p.add_argument("--no-halt", action="store_true", help="ignore the halting head and run all max-steps")
     p.add_argument("--device", default="auto")

@@ -61,3 +61,43 @@ def solve_tokens(model, tokens: torch.Tensor, puzzle_id: int = 0, max_steps: int
         "steps": step,
         "halt_confidence": float(torch.sigmoid(out.q_halt[0])),
     }
+
+
+@torch.no_grad()
+def solve_arc_task(model, dataset_root: str, task_id: str, max_steps: int | None = None, batch_size: int = 64) -> dict:
+    """One ARC task of a built dataset (trm-fast data build arc1|arc2): every augmented version of its test inputs
+    runs all supervision steps, the answers are mapped back and voted on (trm_fast.eval.arc.ArcVoter). Returns
+    {"task", "versions", "answers": per test input the ranked grids, "truths", "solved_at": per test input the
+    1-based rank of the true output among the answers (None when absent)}."""
+    import numpy as np
+
+    from trm_fast.data.format import read_split
+    from trm_fast.eval.arc import ArcVoter, parse_aug_name
+    from trm_fast.eval.evaluate import run_puzzles
+
+    voter = ArcVoter.from_dataset(dataset_root)
+    if task_id not in voter.truths:
+        known = sorted(voter.truths)
+        raise ValueError(f"task {task_id!r} is not an evaluation task of {dataset_root} ({len(known)} tasks, e.g. "
+                         f"{', '.join(known[:5])})")
+    _, sets = read_split(os.path.join(dataset_root, "test"))
+    test = sets["all"]
+    names = voter.identifiers
+    pids = np.asarray(test.puzzle_identifiers)
+    mine = [p for p, pid in enumerate(pids) if 0 < pid < len(names) and parse_aug_name(names[pid])[0] == task_id]
+    rows = np.concatenate([np.arange(test.puzzle_indices[p], test.puzzle_indices[p + 1]) for p in mine])
+    example_pid = np.repeat(pids[mine], np.diff(np.asarray(test.puzzle_indices))[mine])
+    example_idx = rows - np.repeat(np.asarray(test.puzzle_indices)[mine], np.diff(np.asarray(test.puzzle_indices))[mine])
+    device = next(model.parameters()).device
+    max_steps = max_steps or model.config.halt_max_steps
+    for start in range(0, len(rows), batch_size):
+        part = slice(start, start + batch_size)
+        inputs = torch.as_tensor(np.asarray(test.inputs)[rows[part]], dtype=torch.int32, device=device)
+        ids = torch.as_tensor(example_pid[part], dtype=torch.int64, device=device)
+        preds, q_halt, _, _ = run_puzzles(model, inputs, ids, max_steps)
+        voter.add(example_pid[part], example_idx[part], preds.cpu().numpy(), q_halt.cpu().numpy())
+    truths = voter.truths[task_id]
+    answers = [voter.ranked(task_id, i) for i in range(len(truths))]
+    solved_at = [next((r + 1 for r, grid in enumerate(ranked) if np.array_equal(grid, truth)), None)
+                 for ranked, truth in zip(answers, truths)]
+    return {"task": task_id, "versions": len(mine), "answers": answers, "truths": truths, "solved_at": solved_at}
