@@ -94,3 +94,30 @@ def test_solve_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code in (0, 1) and "supervision steps:" in out and "halting confidence" in out
     assert format_grid(parse_puzzle("1.3..4.2.......1")).count("|") == 4
+
+
+def test_eval_per_step_curve_matches_evaluations_stopped_early(tmp_path, capsys):
+    import json
+
+    from trm_fast.cli import main
+    from trm_fast.config import TRMConfig
+    from trm_fast.eval.evaluate import evaluate
+    from trm_fast.eval.inference import load_trained_model
+    from trm_fast.train.trainer import load_data, train
+
+    config = TRMConfig.preset("sudoku4-tiny").override([f"train.out_dir={tmp_path / 'run'}", "train.max_steps=30",
+                                                        "train.lr_warmup_steps=5", "train.lr=3e-3"])
+    train(config, progress=False, log=lambda *a: None)
+    assert main(["eval", "--ckpt", str(tmp_path / "run"), "--per-step", "--out", str(tmp_path / "ev"), "--device",
+                 "cpu"]) == 0
+    assert "after  1 supervision steps" in capsys.readouterr().out
+    result = json.loads((tmp_path / "ev" / "eval_by_step.json").read_text())
+    assert (tmp_path / "ev" / "eval_by_step.png").stat().st_size > 0
+    curve = result["token_accuracy_by_step"]
+    assert len(curve) == result["steps"] and curve[-1] == pytest.approx(result["token_accuracy"])
+    model, cfg, _ = load_trained_model(str(tmp_path / "run"))
+    data = load_data(cfg, log=lambda *a: None)
+    for k in (1, 2):  # the curve's k-th point is an evaluation stopped after k steps
+        early = evaluate(model, data.test_set, data.test_meta, 32, "cpu", max_steps=k, progress=False)
+        assert result["exact_accuracy_by_step"][k - 1] == pytest.approx(early["exact_accuracy"])
+        assert curve[k - 1] == pytest.approx(early["token_accuracy"])

@@ -61,10 +61,22 @@ def cmd_eval(args) -> int:
     _check_arc_provenance(trained_on, data.root)
     batch = args.batch_size or config.data.eval_batch_size or config.data.global_batch_size
     voter = arc_voter_for(data.root)
-    result = evaluate(model, data.test_set, data.test_meta, batch, device, max_steps=args.max_steps, arc_voter=voter)
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.ckpt.rstrip("/")))
+    result = evaluate(model, data.test_set, data.test_meta, batch, device, max_steps=args.max_steps, arc_voter=voter,
+                      per_step=args.per_step)
     if voter is not None:
-        result.update(arc_scores(voter, args.out or os.path.dirname(os.path.abspath(args.ckpt.rstrip("/")))))
+        result.update(arc_scores(voter, out_dir))
     print(json.dumps(result, indent=2, default=str))
+    if args.per_step:
+        from trm_fast.files import atomic_write_json
+        from trm_fast.train.plots import plot_accuracy_by_step
+
+        os.makedirs(out_dir, exist_ok=True)
+        for step, (exact, token) in enumerate(zip(result["exact_accuracy_by_step"], result["token_accuracy_by_step"]), 1):
+            print(f"after {step:2d} supervision steps: exact {exact:.4f}, token {token:.4f}")
+        atomic_write_json(os.path.join(out_dir, "eval_by_step.json"), result)
+        png = plot_accuracy_by_step(result, os.path.join(out_dir, "eval_by_step.png"), title=f"{config.name}: {args.ckpt}")
+        print(f"written: {os.path.join(out_dir, 'eval_by_step.json')}, {png}")
     return 0
 
 
@@ -204,7 +216,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-ema", action="store_true", help="use the live weights instead of the EMA")
-    p.add_argument("--out", help="ARC: folder for submission.json (default: beside the checkpoint)")
+    p.add_argument("--out", help="folder for submission.json (ARC) and eval_by_step.* (default: beside the checkpoint)")
+    p.add_argument("--per-step", action="store_true",
+                   help="also the accuracy after each supervision step (test-time compute curve, eval_by_step.png)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("solve", help="solve one Sudoku or maze with a trained model")

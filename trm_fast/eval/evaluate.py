@@ -24,9 +24,10 @@ def to_device_batch(batch: dict, ignore_label_id: int | None, device) -> dict:
 
 
 @torch.no_grad()
-def run_puzzles(model, inputs: torch.Tensor, puzzle_ids: torch.Tensor, max_steps: int):
+def run_puzzles(model, inputs: torch.Tensor, puzzle_ids: torch.Tensor, max_steps: int, on_step=None):
     """All supervision steps on a batch. Returns final predictions (B, L), final q_halt (B,), the first step
-    with q_halt > 0 (max_steps where never), and the predictions at that step."""
+    with q_halt > 0 (max_steps where never), and the predictions at that step. `on_step(step, preds, q_halt)`, when
+    given, sees every step's predictions (test-time compute curves)."""
     B = inputs.shape[0]
     carry = model.initial_carry(B, inputs.device)
     first_halt = torch.full((B,), max_steps, dtype=torch.int64, device=inputs.device)
@@ -35,6 +36,8 @@ def run_puzzles(model, inputs: torch.Tensor, puzzle_ids: torch.Tensor, max_steps
         out = model(carry, inputs, puzzle_ids)
         carry = out.carry
         preds = out.logits.argmax(-1)
+        if on_step is not None:
+            on_step(step, preds, out.q_halt)
         if halt_preds is None:
             halt_preds = preds.clone()
         newly = (out.q_halt > 0) & (first_halt == max_steps) & (step < max_steps)
@@ -46,10 +49,11 @@ def run_puzzles(model, inputs: torch.Tensor, puzzle_ids: torch.Tensor, max_steps
 @torch.no_grad()
 def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: int | None = None,
              rank: int = 0, world_size: int = 1, progress: bool = True, return_predictions: bool = False,
-             arc_voter=None) -> dict:
+             arc_voter=None, per_step: bool = False) -> dict:
     """Scores `puzzle_set` (a trm_fast.data.format.PuzzleSet). With world_size > 1 each rank scores its slice of
     every batch and the sums are all-reduced. With an `arc_voter` (trm_fast.eval.arc.ArcVoter) every prediction
-    also votes for its task's test input; the caller gathers and scores the votes."""
+    also votes for its task's test input; the caller gathers and scores the votes. `per_step` adds
+    exact_accuracy_by_step and token_accuracy_by_step: the accuracy had evaluation stopped after step 1, 2, ..."""
     import numpy as np
 
     from trm_fast.data.sampler import iter_eval_batches
@@ -60,13 +64,26 @@ def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: in
     model.eval()
     max_steps = max_steps or model.config.halt_max_steps
     sums = torch.zeros(6, dtype=torch.float64, device=device)  # count, exact, token, halt_acc, halt_step, exact_at_halt
+    by_step = torch.zeros(2, max_steps, dtype=torch.float64, device=device)  # exact, token accuracy sums per step
     predictions, q_halts = [], []
     total_batches = -(-len(puzzle_set.inputs) // batch_size)
     bar = tqdm(iter_eval_batches(puzzle_set, batch_size, rank=rank, world_size=world_size), total=total_batches,
                desc="eval", disable=not progress or rank != 0, leave=False)
     for batch_index, (batch, num_valid) in enumerate(bar):
         b = to_device_batch(batch, metadata.ignore_label_id, device)
-        preds, q_halt, first_halt, halt_preds = run_puzzles(model, b["inputs"], b["puzzle_identifiers"], max_steps)
+        on_step = None
+        if per_step:
+            step_mask = b["labels"] != IGNORE_LABEL
+            step_counts = step_mask.sum(-1)
+            step_rows = (torch.arange(len(b["labels"]), device=device) < num_valid) & (step_counts > 0)
+
+            def on_step(step, step_preds, _q, labels=b["labels"], mask=step_mask, counts=step_counts, rows=step_rows):
+                right = (mask & (step_preds == labels)).sum(-1)
+                by_step[0, step - 1] += (rows & (right == counts)).sum()
+                by_step[1, step - 1] += torch.where(rows, right / counts.clamp_min(1), 0.0).sum()
+
+        preds, q_halt, first_halt, halt_preds = run_puzzles(model, b["inputs"], b["puzzle_identifiers"], max_steps,
+                                                            on_step)
         if arc_voter is not None and num_valid:
             examples = batch_index * batch_size + rank * local + np.arange(num_valid)
             puzzles = puzzle_of_example[examples]
@@ -89,6 +106,8 @@ def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: in
             q_halts.append(q_halt[:num_valid].cpu())
     if world_size > 1:
         torch.distributed.all_reduce(sums)
+        if per_step:
+            torch.distributed.all_reduce(by_step)
     model.train(was_training)
     count, exact, token, halt_acc, halt_step, exact_at_halt = sums.tolist()
     n = max(count, 1.0)
@@ -101,6 +120,9 @@ def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: in
         "exact_accuracy_at_halt": exact_at_halt / n,
         "steps": max_steps,
     }
+    if per_step:
+        result["exact_accuracy_by_step"] = (by_step[0] / n).tolist()
+        result["token_accuracy_by_step"] = (by_step[1] / n).tolist()
     if return_predictions:
         result["predictions"] = torch.cat(predictions) if predictions else torch.empty(0)
         result["q_halt"] = torch.cat(q_halts) if q_halts else torch.empty(0)

@@ -46,3 +46,26 @@ def plot_training_curves(metrics_path: str, png_path: str) -> str | None:
         ax.legend()
     fig.tight_layout()
     return save_figure(fig, png_path, dpi=90)
+
+
+def plot_accuracy_by_step(result: dict, png_path: str, title: str = "") -> str:
+    """Held-out exact and token accuracy had evaluation stopped after each supervision step (test-time compute)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(range(1, len(result["exact_accuracy_by_step"]) + 1))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(steps, result["exact_accuracy_by_step"], "o-", label="exact")
+    ax.plot(steps, result["token_accuracy_by_step"], "s--", label="token")
+    ax.axvline(result["mean_halt_step"], color="0.5", linestyle=":", label=f"mean halting step {result['mean_halt_step']:.2f}")
+    ax.set_xlabel("supervision steps run")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(steps)
+    ax.set_title(title or "accuracy by supervision step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, png_path, dpi=100)
