@@ -153,3 +153,25 @@ def test_cli_export_then_import_and_errors(tmp_path, capsys):
     exported.write_bytes(b"not a checkpoint")
     assert main(["convert", "import", "--published", str(exported), "--preset", "sudoku4-tiny", "--out", str(tmp_path / "bad")]) == 2
     assert "step_2: not a readable PyTorch state_dict" in capsys.readouterr().err
+
+
+def test_eval_interval_epochs_become_steps_and_the_sampler_packing(tmp_path):
+    """The published eval_interval counts epochs (and is its sampler's epochs per iteration); ours counts steps."""
+    import json
+    import math
+
+    from trm_fast.data.recipes import ensure_recipe
+
+    data = ensure_recipe("sudoku4-tiny", str(tmp_path / "data"), log=lambda *a: None)
+    meta = json.loads(open(os.path.join(data, "train", "dataset.json")).read())
+    dump = config_to_published(TRMConfig.preset("sudoku-mlp"))
+    dump.update({"eval_interval": 5000, "global_batch_size": 64, "data_paths": [data]})
+    del dump["trm_fast"]  # as the published script writes it
+    config = config_from_published(dump, TRMConfig())
+    per_epoch = meta["total_groups"] * meta["mean_puzzle_examples"]
+    assert config.data.epochs_per_iter == 5000
+    assert config.train.eval_interval == math.ceil(5000 * per_epoch / 64)
+    assert config_to_published(config)["eval_interval"] == 5000
+    # without the dataset on disk the step count cannot be known: the packing still follows, steps stay the base's
+    dump["data_paths"] = [str(tmp_path / "absent")]
+    assert config_from_published(dump, TRMConfig()).train.eval_interval == TRMConfig().train.eval_interval

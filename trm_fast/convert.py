@@ -165,7 +165,7 @@ def config_from_published(all_config: dict, base, source: str = "all_config.yaml
                          ("lr_warmup_steps", "lr_warmup_steps"), ("beta1", "beta1"), ("beta2", "beta2"),
                          ("weight_decay", "weight_decay"), ("puzzle_emb_lr", "puzzle_emb_lr"),
                          ("puzzle_emb_weight_decay", "puzzle_emb_weight_decay"), ("seed", "seed"),
-                         ("ema_rate", "ema_rate"), ("eval_interval", "eval_interval")):
+                         ("ema_rate", "ema_rate")):
         put(f"train.{ours}", all_config.get(theirs))
     if "ema" in all_config:
         put("train.ema", str(bool(all_config["ema"])).lower())
@@ -176,18 +176,52 @@ def config_from_published(all_config: dict, base, source: str = "all_config.yaml
     put("data.recipe", ours.get("data_recipe"))
     data_paths = all_config.get("data_paths") or []
     data_path = ours.get("data_path") or (data_paths[0] if data_paths else None)
+    meta = _dataset_meta(data_path)
     if data_path:
         put("data.path", data_path)
-        meta_path = os.path.join(data_path, "train", "dataset.json")
-        if "seq_len" not in ours and os.path.isfile(meta_path):
-            import json
-
-            with open(meta_path) as f:
-                put("model.seq_len", json.load(f).get("seq_len"))
+        if "seq_len" not in ours and meta:
+            put("model.seq_len", meta.get("seq_len"))
+    # the published eval_interval counts epochs, and is also its sampler's epochs per iteration; ours counts steps
+    epochs = all_config.get("eval_interval")
+    if epochs:
+        put("data.epochs_per_iter", epochs)
+        per_epoch = _examples_per_epoch(meta)
+        batch = all_config.get("global_batch_size") or base.data.global_batch_size
+        steps = ours.get("eval_interval_steps") or (-(-int(epochs * per_epoch) // batch) if per_epoch else None)
+        put("train.eval_interval", steps)
     try:
         return base.override(overrides)
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
+
+
+def _dataset_meta(data_path: str | None) -> dict | None:
+    """The training split's dataset.json of a built dataset, or None."""
+    import json
+
+    path = os.path.join(data_path or "", "train", "dataset.json")
+    if not data_path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _examples_per_epoch(meta: dict | None) -> float | None:
+    """One sampled puzzle per group per epoch (the published sampler)."""
+    if not meta or "total_groups" not in meta:
+        return None
+    return meta["total_groups"] * meta.get("mean_puzzle_examples", 1.0)
+
+
+def _eval_interval_epochs(config) -> int | None:
+    """Our eval interval (steps) in the published unit (epochs): data.epochs_per_iter where set (that is the
+    published pairing), else converted through the dataset's size when it is on disk, else None."""
+    if config.data.epochs_per_iter:
+        return config.data.epochs_per_iter
+    per_epoch = _examples_per_epoch(_dataset_meta(config.data.path))
+    if not config.train.eval_interval or not per_epoch:
+        return None
+    return max(1, round(config.train.eval_interval * config.data.global_batch_size / per_epoch))
 
 
 def config_to_published(config) -> dict:
@@ -209,14 +243,15 @@ def config_to_published(config) -> dict:
             "puzzle_emb_ndim": m.puzzle_emb_dim, "pos_encodings": m.pos_encoding, "forward_dtype": "bfloat16",
             "mlp_t": m.mixer == "mlp", "puzzle_emb_len": m.puzzle_emb_len, "no_ACT_continue": not m.act_continue,
         },
-        "global_batch_size": config.data.global_batch_size, "epochs": t.epochs, "eval_interval": t.eval_interval or None,
+        "global_batch_size": config.data.global_batch_size, "epochs": t.epochs,
+        "eval_interval": _eval_interval_epochs(config),
         "lr": t.lr, "lr_min_ratio": t.lr_min_ratio, "lr_warmup_steps": t.lr_warmup_steps, "beta1": t.beta1,
         "beta2": t.beta2, "weight_decay": t.weight_decay, "puzzle_emb_weight_decay": t.puzzle_emb_weight_decay,
         "puzzle_emb_lr": t.puzzle_emb_lr, "seed": t.seed, "ema": t.ema, "ema_rate": t.ema_rate,
         "data_paths": [config.data.path] if config.data.path else [],
         # ignored by the published scripts (extra top-level keys are dropped); read back by trm-fast convert import
         "trm_fast": {"seq_len": m.seq_len, "vocab_size": m.vocab_size, "data_path": config.data.path,
-                     "data_recipe": config.data.recipe},
+                     "data_recipe": config.data.recipe, "eval_interval_steps": t.eval_interval or None},
     }
 
 
