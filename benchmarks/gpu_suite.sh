@@ -12,6 +12,12 @@
 #       4  training step, maze and arc1 at batch 192
 #       5  memory: sudoku-att, sudoku-mlp at 768; maze, arc1 at 192
 #       6  evaluation throughput (16 supervision steps): sudoku-mlp, sudoku-att at 768; arc1 at 192
+#       7  training check (issues 3/4): sudoku-mlp on the generated sudoku9-small for COMPARE_STEPS (1500) steps,
+#          backend torch against triton (trm-fast compare; OUTDIR/compare); arms finished by an earlier call are
+#          reused, so repeat the stage until OUTDIR/compare/compare.json lists both
+#       8  the same with a third arm, triton at recomputation level 2 (after 7)
+#          The dataset is built on first use (data_cache/, or TRM_FAST_DATA_CACHE); carry data_cache/sudoku9-small
+#          to skip building it without the native engine. COMPARE_ARGS adds arguments (e.g. --set overrides).
 #   --pip    make trm_fast importable with `pip install --no-deps --no-build-isolation -e .` (builds the optional
 #            C++ data engines) instead of the default, a symlinked package layout on PYTHONPATH (instant, no build)
 #
@@ -31,14 +37,14 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --stage) STAGE="${2:-}"; shift ;;
     --pip) USE_PIP=1 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     -*) echo "gpu_suite.sh: unknown option $1" >&2; exit 2 ;;
     *) OUT="$1" ;;
   esac
   shift
 done
 if [ -z "$OUT" ] || { [ "$QUICK" = 0 ] && [ -z "$STAGE" ]; }; then
-  echo "usage: $0 --quick OUTDIR | $0 --stage N OUTDIR   (N = 1..6; --pip to install with pip)" >&2
+  echo "usage: $0 --quick OUTDIR | $0 --stage N OUTDIR   (N = 1..8; --pip to install with pip)" >&2
   exit 2
 fi
 SUITE_START=$(date +%s)
@@ -138,7 +144,13 @@ else
     4) part bench_step 1000 step --preset maze,arc1 ;;
     5) part bench_memory 1000 memory --preset sudoku-att,sudoku-mlp,maze,arc1 ;;
     6) part bench_eval 1000 eval --preset sudoku-mlp,sudoku-att,arc1 ;;
-    *) echo "gpu_suite.sh: --stage must be 1..6, got '$STAGE'" >&2; exit 2 ;;
+    7|8) [ -d "$REPO/data_cache/sudoku9-small" ] && export TRM_FAST_DATA_CACHE="${TRM_FAST_DATA_CACHE:-$REPO/data_cache}"
+       ARMS=(--arm torch:model.backend=torch --arm triton:model.backend=triton)
+       [ "$STAGE" = 8 ] && ARMS+=(--arm triton-level2:model.backend=triton,model.recompute=2)
+       run $(( $(left) - 20 )) compare "$PY" -m trm_fast compare --preset sudoku-mlp --set data.recipe=sudoku9-small \
+         --set data.path= --set train.lr_warmup_steps=150 --steps "${COMPARE_STEPS:-1500}" --out "$OUT/compare" \
+         --reuse --no-progress "${ARMS[@]}" ${COMPARE_ARGS:-} ;;
+    *) echo "gpu_suite.sh: --stage must be 1..8, got '$STAGE'" >&2; exit 2 ;;
   esac
 fi
 # rows are merged after every contender, so a part stopped at its limit still has figures: render them all
