@@ -14,7 +14,8 @@
 #       6  evaluation throughput (16 supervision steps): sudoku-mlp, sudoku-att at 768; arc1 at 192
 #       7  training check (issues 3/4): sudoku-mlp on the generated sudoku9-small for COMPARE_STEPS (1500) steps,
 #          backend torch against triton (trm-fast compare; OUTDIR/compare); arms finished by an earlier call are
-#          reused, so repeat the stage until OUTDIR/compare/compare.json lists both
+#          reused (COMPARE_OUT, default OUTDIR/compare, holds only their small records), so repeat the stage until
+#          compare.json there lists both
 #       8  the same with a third arm, triton at recomputation level 2 (after 7)
 #          The dataset is built on first use (data_cache/, or TRM_FAST_DATA_CACHE); carry data_cache/sudoku9-small
 #          to skip building it without the native engine. COMPARE_ARGS adds arguments (e.g. --set overrides).
@@ -148,8 +149,8 @@ else
        ARMS=(--arm torch:model.backend=torch --arm triton:model.backend=triton)
        [ "$STAGE" = 8 ] && ARMS+=(--arm triton-level2:model.backend=triton,model.recompute=2)
        run $(( $(left) - 20 )) compare "$PY" -m trm_fast compare --preset sudoku-mlp --set data.recipe=sudoku9-small \
-         --set data.path= --set train.lr_warmup_steps=150 --steps "${COMPARE_STEPS:-1500}" --out "$OUT/compare" \
-         --reuse --no-progress "${ARMS[@]}" ${COMPARE_ARGS:-} ;;
+         --set data.path= --set train.lr_warmup_steps=150 --steps "${COMPARE_STEPS:-1500}" \
+         --out "${COMPARE_OUT:-$OUT/compare}" --reuse --drop-checkpoints --no-progress "${ARMS[@]}" ${COMPARE_ARGS:-} ;;
     *) echo "gpu_suite.sh: --stage must be 1..8, got '$STAGE'" >&2; exit 2 ;;
   esac
 fi

@@ -48,7 +48,9 @@ def test_compare_command_level0_against_level2(tmp_path, capsys):
     # --reuse reads finished arms of the same configuration and trains only what is new or changed
     capsys.readouterr()
     assert main(["compare", "--preset", "sudoku4-tiny", "--steps", "8", "--after", "2", "--out", str(out), "--reuse",
-                 "--no-progress", "--arm", "level0:model.recompute=0", "--arm", "level2:model.recompute=1"]) == 0
+                 "--no-progress", "--drop-checkpoints", "--arm", "level0:model.recompute=0",
+                 "--arm", "level2:model.recompute=1"]) == 0
+    assert not (out / "level2" / "checkpoints").exists() and (out / "level2" / "compare_arm.json").exists()
     printed = capsys.readouterr().out
     assert "arm level0: reusing" in printed and "arm level2: the run" in printed
     reused = json.loads((out / "compare.json").read_text())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 from trm_fast.config import TRMConfig
@@ -104,7 +105,7 @@ def _train_arm(name: str, overrides: list[str], config: TRMConfig, run_dir: str,
 
 def run_compare(base: TRMConfig, arms: list[tuple[str, list[str]]], steps: int, out_dir: str,
                 loss_tolerance: float = 0.02, accuracy_points: float = 2.0, after: int | None = None,
-                progress: bool = True, log=print, reuse: bool = False) -> dict:
+                progress: bool = True, log=print, reuse: bool = False, drop_checkpoints: bool = False) -> dict:
     """Trains every arm (base config + its overrides, `steps` optimizer steps, fresh run folder) and compares each
     with the first. With `reuse`, an arm whose folder holds a finished run of the same configuration
     (compare_arm.json) is read instead of trained, so a long comparison can be spread over several calls.
@@ -136,6 +137,8 @@ def run_compare(base: TRMConfig, arms: list[tuple[str, list[str]]], steps: int, 
             log(f"compare: arm {name}: the run in {run_dir} has another configuration; training it again")
         results.append(_train_arm(name, overrides, config, run_dir, progress, log))
         atomic_write_json(record_path, {"config": config.to_dict(), "result": results[-1]}, indent=None)
+        if drop_checkpoints:  # the record is all a later --reuse needs; small enough to carry between machines
+            shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
     base_result = results[0]
     for r in results[1:]:
         r["verdict"] = verdict(compare_curves(base_result["train_curve"], r["train_curve"], after),
@@ -228,6 +231,8 @@ def add_compare_subparser(sub) -> None:
     p.add_argument("--out", required=True, help="folder for the arms' runs and compare.{json,md,png}")
     p.add_argument("--reuse", action="store_true",
                    help="read arms already finished in OUT with the same configuration instead of training them again")
+    p.add_argument("--drop-checkpoints", action="store_true",
+                   help="delete each arm's checkpoints once its record (compare_arm.json) is written")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_compare_command)
 
@@ -239,7 +244,8 @@ def run_compare_command(args) -> int:
         raise ValueError(f"--steps {args.steps}: at least one optimizer step per arm")
     base = build_config(args)
     payload = run_compare(base, [parse_arm(a) for a in args.arm], args.steps, args.out, args.loss_tolerance,
-                          args.accuracy_points, args.after, progress=not args.no_progress, reuse=args.reuse)
+                          args.accuracy_points, args.after, progress=not args.no_progress, reuse=args.reuse,
+                          drop_checkpoints=args.drop_checkpoints)
     print(render_markdown(payload))
     print(f"written: {os.path.join(args.out, 'compare.json')}, compare.md, compare.png")
     return 0 if payload["pass"] else 1
