@@ -55,6 +55,13 @@ def test_compare_command_level0_against_level2(tmp_path, capsys):
     assert "arm level0: reusing" in printed and "arm level2: the run" in printed
     reused = json.loads((out / "compare.json").read_text())
     assert reused["arms"][0] == again["arms"][0] and reused["arms"][1]["overrides"] == ["model.recompute=1"]
+    # records moved to another folder (another machine) are still reused
+    import shutil
+
+    shutil.copytree(out, tmp_path / "moved")
+    assert main(["compare", "--preset", "sudoku4-tiny", "--steps", "8", "--after", "2", "--out", str(tmp_path / "moved"),
+                 "--reuse", "--no-progress", "--arm", "level0:model.recompute=0", "--arm", "level2:model.recompute=1"]) == 0
+    assert capsys.readouterr().out.count("reusing the finished run") == 2
 
 
 def test_compare_refuses_bad_arguments(tmp_path, capsys):

@@ -78,6 +78,13 @@ def verdict(curves: dict, base_exact: float, exact: float, loss_tolerance: float
             "accuracy_ok": accuracy_gap <= accuracy_points, "pass": loss_ok and accuracy_gap <= accuracy_points}
 
 
+def _without_out_dir(config: dict | None) -> dict | None:
+    """A config dict minus train.out_dir: a run copied to another folder or machine is the same run."""
+    if not isinstance(config, dict):
+        return None
+    return {**config, "train": {k: v for k, v in config.get("train", {}).items() if k != "out_dir"}}
+
+
 def _train_arm(name: str, overrides: list[str], config: TRMConfig, run_dir: str, progress: bool, log) -> dict:
     import torch
 
@@ -130,7 +137,7 @@ def run_compare(base: TRMConfig, arms: list[tuple[str, list[str]]], steps: int, 
         if reuse and os.path.isfile(record_path):
             with open(record_path) as f:
                 record = json.load(f)
-            if record.get("config") == config.to_dict():
+            if _without_out_dir(record.get("config")) == _without_out_dir(config.to_dict()):
                 log(f"compare: arm {name}: reusing the finished run in {run_dir}")
                 results.append(record["result"])
                 continue
