@@ -105,6 +105,9 @@ def test_resume_refuses_a_different_run():
         TrainSampler(data, 16, seed=6).load_state_dict(state)
     with pytest.raises(ValueError, match="num_groups = 50, this run has num_groups = 40"):
         TrainSampler(_sudoku_like(groups=40), 16, seed=5).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"epochs_per_iter = 1, this run has epochs_per_iter = 3.*"
+                                         r"set data.epochs_per_iter=1"):
+        TrainSampler(data, 16, seed=5, epochs_per_iter=3).load_state_dict(state)
 
 
 def test_rank_slices_equal_the_global_batch():

@@ -147,8 +147,9 @@ class TrainSampler:
         for key in ("seed", "global_batch_size", "epochs_per_iter", "num_groups"):
             saved, ours = state.get(key), (self.data.num_groups if key == "num_groups" else getattr(self, key))
             if saved != ours:
+                hint = f" (set data.epochs_per_iter={saved} to continue that run)" if key == "epochs_per_iter" else ""
                 raise ValueError(f"sampler state was saved with {key} = {saved}, this run has {key} = {ours}: "
-                                 "the batch sequence cannot continue")
+                                 f"the batch sequence cannot continue{hint}")
         self._start_iteration(int(state["iteration"]))
         self._rng.bit_generator.state = _restore(self._rng.bit_generator.state, state["rng"])
         self._subset_rng.bit_generator.state = _restore(self._subset_rng.bit_generator.state, state["subset_rng"])
