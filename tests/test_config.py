@@ -73,3 +73,13 @@ def test_every_preset_recipe_is_embedded():
     for name in PRESETS:
         recipe = TRMConfig.preset(name).data.recipe
         assert not recipe or recipe in RECIPES, (name, recipe)
+
+
+def test_every_attention_preset_runs_on_the_triton_kernels():
+    """backend=auto picks Triton on GPUs: no preset may have a head dim the attention kernel refuses."""
+    from trm_fast.kernels.attention import SUPPORTED_HEAD_DIMS
+
+    for name in PRESETS:
+        model = TRMConfig.preset(name).model
+        if model.mixer == "attention":
+            assert model.head_dim in SUPPORTED_HEAD_DIMS, (name, model.head_dim)

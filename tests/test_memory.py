@@ -315,7 +315,7 @@ def test_cuda_graph_replay_equals_eager(tmp_path, backend):
 ])
 @pytest.mark.parametrize("backend, level", [("torch", 0), ("torch", 1), ("torch", 2), ("triton", 0)])
 def test_saved_bytes_of_variants_with_fewer_gradient_calls(variant, backend, level):
-    config = TRMConfig.preset("sudoku4-tiny").override([*variant, "model.num_heads=1", f"model.recompute={level}",
+    config = TRMConfig.preset("sudoku4-tiny").override([*variant, f"model.recompute={level}",
                                                         f"model.backend={backend}", "model.T=2"])
     measured = saved_bytes_per_step(build_model(config.model), 3)
     assert estimate_saved_bytes(config.model, 3, level, backend, "cpu") == measured

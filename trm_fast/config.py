@@ -421,7 +421,8 @@ PRESETS: dict[str, dict] = {
     "sudoku4-tiny": {
         "about": "tiny TRM on generated 4x4 Sudoku: seconds on a CPU, for tests",
         "config": {
-            "model": dict(vocab_size=6, seq_len=16, hidden_size=32, num_heads=2, num_blocks=2, T=2, n=2,
+            # one head of 32 channels: the smallest head dim the Triton attention takes, so it runs on GPUs too
+            "model": dict(vocab_size=6, seq_len=16, hidden_size=32, num_heads=1, num_blocks=2, T=2, n=2,
                           mixer="attention", pos_encoding="rope", puzzle_emb_len=2, puzzle_emb_dim=32,
                           halt_max_steps=4),
             "data": dict(recipe="sudoku4-tiny", path="", global_batch_size=32),
