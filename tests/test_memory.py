@@ -328,3 +328,26 @@ def test_carry_bytes_follow_the_latent_layout(latent):
     config = TRMConfig.preset("sudoku4-tiny").override([f"model.latent={latent}", "model.n=3"])
     carry = build_model(config.model).initial_carry(5, torch.device("cpu"))
     assert estimate(config, 5, "cpu")["fixed"]["carry"] == sum(t.numel() * t.element_size() for t in carry)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_memory_model_against_the_measured_peak_gpu(backend):
+    """trm_fast.memory.estimate's peak (meant to over-estimate a little) against torch.cuda.max_memory_allocated
+    over one whole optimizer step, weights, optimiser state, EMA and puzzle table included."""
+    from trm_fast.bench.step import StepRunner
+    from trm_fast.bench.timing import peak_memory
+    from trm_fast.memory import estimate
+
+    base = TRMConfig.preset("sudoku-att").override(["model.hidden_size=256", "model.num_heads=4",
+                                                    "model.puzzle_emb_dim=256", "model.num_puzzle_identifiers=64",
+                                                    f"model.backend={backend}"])
+    for level in (0, 2):
+        config = base.override([f"model.recompute={level}"])
+        runner = StepRunner(config, 64, torch.device("cuda"), False)
+        runner()  # the optimiser state exists from here on, as in training
+        measured = peak_memory(runner)
+        predicted = estimate(config, 64, "cuda", backend)["levels"][level]["peak"]
+        del runner
+        torch.cuda.empty_cache()
+        assert 0.8 * measured <= predicted <= 1.5 * measured, (level, measured, predicted)
