@@ -157,8 +157,10 @@ def test_two_processes_match_one_and_resume_on_one(reference, tmp_path):
         assert b["state"]["supervision"]["steps"].shape[0] == 16 and b["state"]["world_size"] == 2
         assert len(b["state"]["rng_per_rank"]) == 2
         assert torch.equal(a["state"]["supervision"]["halted"], b["state"]["supervision"]["halted"])
+        # the carry is the output of 42 block applications: weights equal to 1e-5 (another all-reduce order) give
+        # differences of ~1e-4 there; slots gathered in the wrong order would differ by O(1)
         torch.testing.assert_close(a["state"]["supervision"]["carry"][0], b["state"]["supervision"]["carry"][0],
-                                   atol=1e-4, rtol=1e-3)
+                                   atol=1e-3, rtol=1e-2)
     assert sorted(os.listdir(out / "checkpoints")) == ["latest", "step_00000004", "step_00000008"]  # rank 0 writes
 
     # the evaluation split across the two ranks equals one process evaluating the same weights
