@@ -11,8 +11,8 @@ from trm_fast.config import TRMConfig
 from trm_fast.memory import estimate, estimate_saved_bytes, parse_bytes, plan_for_budget, saved_bytes_per_step
 from trm_fast.model import build_model
 from trm_fast.train.act import keyed_uniform
-from trm_fast.train.cuda_graph import GraphedCarryStep, fixed_shape_sign_sgd_, make_graphed_step, tensor_dense_step_
-from trm_fast.train.optim import AdamATan2, SparseSignSGD
+from trm_fast.train.cuda_graph import GraphedCarryStep, make_graphed_step, tensor_dense_step_
+from trm_fast.train.optim import AdamATan2, SparseSignSGD, sign_sgd_rows_
 
 
 def config_for(mixer, backend="torch", level=0, D=32, H=1, T=2, n=2, blocks=2):
@@ -193,7 +193,7 @@ def test_fixed_shape_sparse_update_equals_reference(lr):
     weight = torch.randn(12, 6, generator=g)
     ours = weight.clone()
     rate = torch.tensor(1e-2, dtype=torch.float64) if lr == "tensor" else lr
-    fixed_shape_sign_sgd_(ours, ids, grads, rate, weight_decay=0.1)
+    sign_sgd_rows_(ours, ids, grads, rate, weight_decay=0.1)
 
     class Emb:
         pass

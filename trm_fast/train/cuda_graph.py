@@ -4,7 +4,8 @@ One optimizer step of the carry scheme (every micro-batch's supervision step, it
 the sparse puzzle-embedding update and the EMA) has fixed shapes, so it can be captured once and replayed: one
 launch instead of thousands. What a replay must not contain, and how this module avoids it:
 - host reads (.item(), data-dependent shapes): the model skips its input-range checks while the stream captures,
-  the sparse update groups equal ids by sort + segment sum into a batch-sized buffer (`fixed_shape_sign_sgd_`);
+  the sparse update groups equal ids by sort + segment sum into a batch-sized buffer
+  (trm_fast.train.optim.sign_sgd_rows_, what SparseSignSGD.step runs, with the rate as a device tensor);
 - Python numbers that change from step to step: the step index (halting exploration draws), the learning rates
   and the optimiser's bias corrections live in device tensors written before each replay (`fill_`, no sync);
 - fresh inputs: the batch and the training carry live in static buffers; the graph reads them and writes the
@@ -26,32 +27,6 @@ import torch
 from trm_fast.train.act import SupervisionState, supervision_step
 
 _MASK32 = 0xFFFFFFFF
-
-
-# ---------------------------------------------------------------------------------------------- sparse update
-
-
-@torch.no_grad()
-def fixed_shape_sign_sgd_(weight: torch.Tensor, ids: torch.Tensor, grads: torch.Tensor,
-                          lr: float | torch.Tensor, weight_decay: float) -> None:
-    """Sparse sign-SGD on the rows of `weight` named by `ids` (the rule of trm_fast.train.optim.SparseSignSGD):
-        w[id] = w[id] * (1 - lr * wd) - lr * sign(sum of the gradients of id)
-    for each distinct id, no other row touched. Every shape is the batch's: ids are sorted, runs of equal ids
-    numbered by a cumulative sum, and the gradients summed per run (fp64) into a batch-sized buffer, so nothing
-    is read back to the host and the update can be captured. `lr` may be a 0-d device tensor (fp64 keeps the
-    decay factor bit-identical to the Python-float rule)."""
-    ids = ids.reshape(-1).to(device=weight.device, dtype=torch.int64)
-    grads = grads.reshape(ids.numel(), -1).to(device=weight.device)
-    sorted_ids, order = torch.sort(ids, stable=True)
-    starts = torch.ones_like(sorted_ids, dtype=torch.bool)
-    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
-    segment = torch.cumsum(starts, 0) - 1
-    sums = torch.zeros(ids.numel(), grads.shape[1], dtype=torch.float64, device=weight.device)
-    sums.index_add_(0, segment, grads.index_select(0, order).double())
-    direction = torch.sign(sums).index_select(0, segment).float()
-    rows = weight.index_select(0, sorted_ids).float()
-    rows.mul_(1.0 - lr * weight_decay).sub_(direction * lr)
-    weight.index_copy_(0, sorted_ids, rows.to(weight.dtype))  # duplicates of an id carry identical rows
 
 
 # ---------------------------------------------------------------------------------------------- dense update
@@ -216,13 +191,8 @@ class GraphedCarryStep:
                 value = value.detach().double()
                 metrics[key] = metrics[key] + value if key in metrics else value
         tensor_dense_step_(tr.dense_opt, self.kind, self.lr, self.opt_step)
-        emb = getattr(tr.model, "puzzle_emb", None)
-        if tr.sparse_opt is not None and emb is not None:
-            ids = torch.cat([i.reshape(-1) for i, _ in emb.pending])
-            grads = torch.cat([(r.grad if r.grad is not None else torch.zeros_like(r)).reshape(r.shape[0], -1)
-                               for _, r in emb.pending])
-            emb.pending.clear()
-            fixed_shape_sign_sgd_(emb.weight, ids, grads.float(), self.sparse_lr, tr.sparse_opt.weight_decay)
+        if tr.sparse_opt is not None:  # its update has fixed shapes and reads nothing back (sign_sgd_rows_)
+            tr.sparse_opt.step(self.sparse_lr)
         if tr.ema is not None:
             tr.ema.update()
         return metrics
