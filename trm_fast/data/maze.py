@@ -39,6 +39,13 @@ def _native():
         return None
 
 
+def _neighbours(cell: int, n: int) -> list[int]:
+    """The 4-neighbours of a cell of an n x n grid, in the labels' tie-break order: up, down, left, right."""
+    r, c = divmod(cell, n)
+    return [x for x in (cell - n if r > 0 else -1, cell + n if r < n - 1 else -1, cell - 1 if c > 0 else -1,
+                        cell + 1 if c < n - 1 else -1) if x >= 0]
+
+
 def _bfs_moves(grid: np.ndarray, start: int, goal: int, n: int) -> np.ndarray:
     """Distances (moves) from goal over non-wall cells; -1 where unreachable."""
     dist = np.full(n * n, -1, dtype=np.int64)
@@ -46,9 +53,8 @@ def _bfs_moves(grid: np.ndarray, start: int, goal: int, n: int) -> np.ndarray:
     queue = collections.deque([goal])
     while queue:
         cell = queue.popleft()
-        r, c = divmod(cell, n)
-        for nxt in (cell - n if r > 0 else -1, cell + n if r < n - 1 else -1, cell - 1 if c > 0 else -1, cell + 1 if c < n - 1 else -1):
-            if nxt >= 0 and grid[nxt] != WALL and dist[nxt] < 0:
+        for nxt in _neighbours(cell, n):
+            if grid[nxt] != WALL and dist[nxt] < 0:
                 dist[nxt] = dist[cell] + 1
                 queue.append(nxt)
     return dist
@@ -59,9 +65,8 @@ def _walk(grid: np.ndarray, dist: np.ndarray, start: int, goal: int, n: int) -> 
     label = grid.copy()
     cell = start
     while cell != goal:
-        r, c = divmod(cell, n)
-        for nxt in (cell - n if r > 0 else -1, cell + n if r < n - 1 else -1, cell - 1 if c > 0 else -1, cell + 1 if c < n - 1 else -1):
-            if nxt >= 0 and dist[nxt] == dist[cell] - 1:
+        for nxt in _neighbours(cell, n):
+            if dist[nxt] == dist[cell] - 1:
                 cell = nxt
                 break
         if cell != goal:
@@ -195,15 +200,10 @@ def check_path(maze, predicted, n: int = SIZE) -> dict:
         result["reason"] = "path marks on walls, start or goal"
         return result
 
-    def neighbours(cell):
-        r, c = divmod(cell, n)
-        return [x for x in (cell - n if r else -1, cell + n if r < n - 1 else -1, cell - 1 if c else -1,
-                            cell + 1 if c < n - 1 else -1) if x >= 0]
-
     on_path = set(np.flatnonzero(marked).tolist())
     cell, previous, moves = start, -1, 0
     while cell != goal:  # walk the chain; a branch or a dead end makes it invalid
-        nxt = [x for x in neighbours(cell) if x != previous and (x in on_path or x == goal)]
+        nxt = [x for x in _neighbours(cell, n) if x != previous and (x in on_path or x == goal)]
         if goal in nxt:
             nxt = [goal]
         if len(nxt) != 1:

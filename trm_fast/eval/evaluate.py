@@ -71,32 +71,29 @@ def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: in
                desc="eval", disable=not progress or rank != 0, leave=False)
     for batch_index, (batch, num_valid) in enumerate(bar):
         b = to_device_batch(batch, metadata.ignore_label_id, device)
-        on_step = None
-        if per_step:
-            step_mask = b["labels"] != IGNORE_LABEL
-            step_counts = step_mask.sum(-1)
-            step_rows = (torch.arange(len(b["labels"]), device=device) < num_valid) & (step_counts > 0)
+        labels = b["labels"]
+        mask = labels != IGNORE_LABEL
+        counts = mask.sum(-1)
+        rows = (torch.arange(len(labels), device=device) < num_valid) & (counts > 0)
 
-            def on_step(step, step_preds, _q, labels=b["labels"], mask=step_mask, counts=step_counts, rows=step_rows):
-                right = (mask & (step_preds == labels)).sum(-1)
-                by_step[0, step - 1] += (rows & (right == counts)).sum()
-                by_step[1, step - 1] += torch.where(rows, right / counts.clamp_min(1), 0.0).sum()
+        def correct_tokens(p):
+            return (mask & (p == labels)).sum(-1)
+
+        def score_step(step, step_preds, _q_halt):
+            right = correct_tokens(step_preds)
+            by_step[0, step - 1] += (rows & (right == counts)).sum()
+            by_step[1, step - 1] += torch.where(rows, right / counts.clamp_min(1), 0.0).sum()
 
         preds, q_halt, first_halt, halt_preds = run_puzzles(model, b["inputs"], b["puzzle_identifiers"], max_steps,
-                                                            on_step)
+                                                            score_step if per_step else None)
         if arc_voter is not None and num_valid:
             examples = batch_index * batch_size + rank * local + np.arange(num_valid)
             puzzles = puzzle_of_example[examples]
             arc_voter.add(np.asarray(puzzle_set.puzzle_identifiers)[puzzles], examples - puzzle_set.puzzle_indices[puzzles],
                           preds[:num_valid].cpu().numpy(), q_halt[:num_valid].cpu().numpy())
-        labels = b["labels"]
-        valid_rows = torch.arange(len(labels), device=device) < num_valid
-        mask = labels != IGNORE_LABEL
-        counts = mask.sum(-1)
-        correct = (mask & (preds == labels)).sum(-1)
+        correct = correct_tokens(preds)
         exact = (correct == counts) & (counts > 0)
-        exact_at_halt = ((mask & (halt_preds == labels)).sum(-1) == counts) & (counts > 0)
-        rows = valid_rows & (counts > 0)
+        exact_at_halt = (correct_tokens(halt_preds) == counts) & (counts > 0)
         sums += torch.stack([
             rows.sum(), (rows & exact).sum(), torch.where(rows, correct / counts.clamp_min(1), 0.0).sum(),
             (rows & ((q_halt >= 0) == exact)).sum(), torch.where(rows, first_halt, 0).sum(), (rows & exact_at_halt).sum(),
