@@ -180,14 +180,13 @@ def config_from_published(all_config: dict, base, source: str = "all_config.yaml
     if data_path:
         put("data.path", data_path)
         if "seq_len" not in ours and meta:
-            put("model.seq_len", meta.get("seq_len"))
+            put("model.seq_len", meta.seq_len)
     # the published eval_interval counts epochs, and is also its sampler's epochs per iteration; ours counts steps
     epochs = all_config.get("eval_interval")
     if epochs:
         put("data.epochs_per_iter", epochs)
-        per_epoch = _examples_per_epoch(meta)
         batch = all_config.get("global_batch_size") or base.data.global_batch_size
-        steps = ours.get("eval_interval_steps") or (-(-int(epochs * per_epoch) // batch) if per_epoch else None)
+        steps = ours.get("eval_interval_steps") or (-(-int(epochs * meta.examples_per_epoch) // batch) if meta else None)
         put("train.eval_interval", steps)
     try:
         return base.override(overrides)
@@ -195,22 +194,14 @@ def config_from_published(all_config: dict, base, source: str = "all_config.yaml
         raise ValueError(f"{source}: {exc}") from None
 
 
-def _dataset_meta(data_path: str | None) -> dict | None:
-    """The training split's dataset.json of a built dataset, or None."""
-    import json
+def _dataset_meta(data_path: str | None):
+    """The training split's metadata (trm_fast.data.format.DatasetMetadata) of a built dataset, or None."""
+    from trm_fast.data.format import read_metadata
 
-    path = os.path.join(data_path or "", "train", "dataset.json")
-    if not data_path or not os.path.isfile(path):
+    split = os.path.join(data_path or "", "train")
+    if not data_path or not os.path.isfile(os.path.join(split, "dataset.json")):
         return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _examples_per_epoch(meta: dict | None) -> float | None:
-    """One sampled puzzle per group per epoch (the published sampler)."""
-    if not meta or "total_groups" not in meta:
-        return None
-    return meta["total_groups"] * meta.get("mean_puzzle_examples", 1.0)
+    return read_metadata(split)
 
 
 def _eval_interval_epochs(config) -> int | None:
@@ -218,10 +209,10 @@ def _eval_interval_epochs(config) -> int | None:
     published pairing), else converted through the dataset's size when it is on disk, else None."""
     if config.data.epochs_per_iter:
         return config.data.epochs_per_iter
-    per_epoch = _examples_per_epoch(_dataset_meta(config.data.path))
-    if not config.train.eval_interval or not per_epoch:
+    meta = _dataset_meta(config.data.path)
+    if not config.train.eval_interval or not meta:
         return None
-    return max(1, round(config.train.eval_interval * config.data.global_batch_size / per_epoch))
+    return max(1, round(config.train.eval_interval * config.data.global_batch_size / meta.examples_per_epoch))
 
 
 def config_to_published(config) -> dict:
@@ -339,10 +330,10 @@ def export_published(ckpt: str, out_path: str, compiled: bool = True, use_ema: b
     os.replace(tmp, out_path)
     config_path = os.path.join(out_dir, "all_config.yaml")
     if "config" in loaded["state"] and not os.path.exists(config_path):
-        text = yaml.safe_dump(config_to_published(TRMConfig.from_dict(loaded["state"]["config"])), sort_keys=False)
-        with open(config_path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(config_path + ".tmp", config_path)
+        from trm_fast.files import atomic_write_text
+
+        atomic_write_text(config_path,
+                          yaml.safe_dump(config_to_published(TRMConfig.from_dict(loaded["state"]["config"])), sort_keys=False))
     return out_path
 
 

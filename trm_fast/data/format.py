@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trm_fast.files import atomic_write_json
+
 ARRAY_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 INDEX_FIELDS = ("puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -39,6 +41,11 @@ class DatasetMetadata:
     mean_puzzle_examples: float
     total_puzzles: int = 0
     sets: list[str] = field(default_factory=lambda: ["all"])
+
+    @property
+    def examples_per_epoch(self) -> float:
+        """Examples one epoch of the published sampler draws: one puzzle (with its examples) per group."""
+        return self.total_groups * self.mean_puzzle_examples
 
     @classmethod
     def from_json(cls, data: dict, source: str) -> "DatasetMetadata":
@@ -136,14 +143,11 @@ def write_split(split_dir: str, metadata: DatasetMetadata, sets: dict[str, Puzzl
             np.save(os.path.join(split_dir, f"{set_name}__{arr_name}.npy"), arr)
     data = dataclasses.asdict(metadata)
     data["sets"] = list(sets)
-    path = os.path.join(split_dir, "dataset.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_write_json(os.path.join(split_dir, "dataset.json"), data)
 
 
-def read_split(split_dir: str, mmap: bool = False) -> tuple[DatasetMetadata, dict[str, PuzzleSet]]:
-    """Reads and validates one split; errors name the file that is wrong."""
+def read_metadata(split_dir: str) -> DatasetMetadata:
+    """A split's dataset.json, validated; errors name the file."""
     meta_path = os.path.join(split_dir, "dataset.json")
     if not os.path.isfile(meta_path):
         raise ValueError(f"{meta_path}: no such file (is {split_dir!r} a built dataset split?)")
@@ -154,7 +158,13 @@ def read_split(split_dir: str, mmap: bool = False) -> tuple[DatasetMetadata, dic
         raise ValueError(f"{meta_path}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{meta_path}: expected a JSON object")
-    meta = DatasetMetadata.from_json(raw, meta_path)
+    return DatasetMetadata.from_json(raw, meta_path)
+
+
+def read_split(split_dir: str, mmap: bool = False) -> tuple[DatasetMetadata, dict[str, PuzzleSet]]:
+    """Reads and validates one split; errors name the file that is wrong."""
+    meta = read_metadata(split_dir)
+    meta_path = os.path.join(split_dir, "dataset.json")
     sets = {}
     for set_name in meta.sets:
         arrays = {}
@@ -172,7 +182,7 @@ def read_split(split_dir: str, mmap: bool = False) -> tuple[DatasetMetadata, dic
     groups = sum(s.num_groups for s in sets.values())
     if groups != meta.total_groups:
         raise ValueError(f"{meta_path}: field total_groups = {meta.total_groups} but the sets hold {groups} groups")
-    if "total_puzzles" not in raw:  # older files: the published loader derives it the same way
+    if not meta.total_puzzles:  # older files lack it (0 by default): the published loader derives it the same way
         meta.total_puzzles = sum(len(s.puzzle_identifiers) for s in sets.values())
     return meta, sets
 

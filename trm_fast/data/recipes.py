@@ -10,6 +10,8 @@ import sys
 
 import numpy as np
 
+from trm_fast.files import atomic_write_json
+
 # name -> arguments of trm_fast.data.sudoku.generate_sudoku_dataset
 RECIPES = {
     "sudoku4-tiny": dict(size=4, num_train=96, num_test=32, min_blanks=6, max_blanks=8, aug_per_puzzle=3, seed=0),
@@ -43,9 +45,7 @@ def ensure_recipe(name: str, out_dir: str | None = None, log=print) -> str:
     log(f"building embedded dataset {name!r} into {path} ...")
     # every core: the generators draw from one random stream per puzzle, so the dataset is the same for any count
     summary = generate_sudoku_dataset(path, **spec, threads=os.cpu_count() or 1)
-    with open(stamp + ".tmp", "w") as f:
-        json.dump({"name": name, "spec": spec, "summary": summary}, f, indent=2)
-    os.replace(stamp + ".tmp", stamp)
+    atomic_write_json(stamp, {"name": name, "spec": spec, "summary": summary})
     log(f"built {name!r}: {summary}")
     return path
 

@@ -25,6 +25,8 @@ import json
 import os
 from collections import defaultdict
 
+from trm_fast.files import atomic_write_json
+
 import numpy as np
 
 CANVAS = 30
@@ -290,10 +292,7 @@ class ArcVoter:
 
     def write_submission(self, path: str, attempts: int = 2) -> str:
         """Writes submission.json atomically (temporary file, then rename)."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.submission(attempts), f)
-        os.replace(tmp, path)
+        atomic_write_json(path, self.submission(attempts), indent=None)
         return path
 
 

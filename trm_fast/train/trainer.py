@@ -79,7 +79,7 @@ def fit_model_to_data(config: TRMConfig, meta, log=print) -> None:
 def total_train_steps(config: TRMConfig, meta) -> int:
     if config.train.max_steps:
         return config.train.max_steps
-    examples = config.train.epochs * meta.total_groups * meta.mean_puzzle_examples
+    examples = config.train.epochs * meta.examples_per_epoch
     return max(1, int(examples / config.data.global_batch_size))
 
 
@@ -87,8 +87,7 @@ def epochs_per_iteration(config: TRMConfig, meta, min_batches: int = 100) -> int
     """data.epochs_per_iter, or (0 = auto) the fewest epochs whose examples fill `min_batches` global batches."""
     if config.data.epochs_per_iter:
         return config.data.epochs_per_iter
-    examples_per_epoch = max(1.0, meta.total_groups * meta.mean_puzzle_examples)
-    return max(1, math.ceil(min_batches * config.data.global_batch_size / examples_per_epoch))
+    return max(1, math.ceil(min_batches * config.data.global_batch_size / max(1.0, meta.examples_per_epoch)))
 
 
 class Trainer:
