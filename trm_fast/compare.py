@@ -165,9 +165,9 @@ def render_markdown(payload: dict) -> str:
              "| arm | overrides | final exact | final token | mean rel. loss diff | max rel. loss diff | exact gap (pts) "
              "| train s | peak GPU MB | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda x, spec: "-" if x is None else format(x, spec)
     for r in payload["arms"]:
         v = r.get("verdict")
-        fmt = lambda x, spec: "-" if x is None else format(x, spec)
         peak = None if r["peak_gpu_bytes"] is None else r["peak_gpu_bytes"] / 2**20
         lines.append(
             f"| {r['arm']} | {', '.join(r['overrides']) or '-'} | {r['eval']['exact_accuracy']:.4f} | "

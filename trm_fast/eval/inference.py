@@ -83,11 +83,12 @@ def solve_arc_task(model, dataset_root: str, task_id: str, max_steps: int | None
     _, sets = read_split(os.path.join(dataset_root, "test"))
     test = sets["all"]
     names = voter.identifiers
-    pids = np.asarray(test.puzzle_identifiers)
+    pids, starts = np.asarray(test.puzzle_identifiers), np.asarray(test.puzzle_indices)
     mine = [p for p, pid in enumerate(pids) if 0 < pid < len(names) and parse_aug_name(names[pid])[0] == task_id]
-    rows = np.concatenate([np.arange(test.puzzle_indices[p], test.puzzle_indices[p + 1]) for p in mine])
-    example_pid = np.repeat(pids[mine], np.diff(np.asarray(test.puzzle_indices))[mine])
-    example_idx = rows - np.repeat(np.asarray(test.puzzle_indices)[mine], np.diff(np.asarray(test.puzzle_indices))[mine])
+    rows = np.concatenate([np.arange(starts[p], starts[p + 1]) for p in mine])
+    sizes = np.diff(starts)[mine]
+    example_pid = np.repeat(pids[mine], sizes)
+    example_idx = rows - np.repeat(starts[mine], sizes)  # each example's index within its puzzle: the test input
     device = next(model.parameters()).device
     max_steps = max_steps or model.config.halt_max_steps
     for start in range(0, len(rows), batch_size):
