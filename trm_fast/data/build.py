@@ -22,17 +22,19 @@ from tqdm.auto import tqdm
 HUB_REPO = "sapientinc/sudoku-extreme"
 
 
-def _download(filename: str) -> str:
+def download_from_hub(repo: str, filename: str) -> str:
+    """A file of a Hugging Face dataset repo (cached by huggingface_hub); a clear error offline or without the
+    package, never a traceback."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise ValueError("no --source given and huggingface_hub is not installed: pip install huggingface_hub, "
+        raise ValueError("huggingface_hub is not installed (downloading needs it): pip install huggingface_hub, "
                          "or pass --source path/to/train.csv") from None
     try:
-        return hf_hub_download(HUB_REPO, filename, repo_type="dataset")
+        return hf_hub_download(repo, filename, repo_type="dataset")
     except Exception as exc:  # offline, or the hub refused
-        raise ValueError(f"could not download {filename} from the {HUB_REPO} dataset ({type(exc).__name__}); "
-                         "offline? pass --source path/to/the.csv") from None
+        raise ValueError(f"could not download {filename} from the {repo} dataset ({type(exc).__name__}); "
+                         "offline? pass --source path/to/train.csv") from None
 
 
 def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = True, min_difficulty: int | None = None,
@@ -140,8 +142,9 @@ def build_sudoku(args) -> dict:
         raise ValueError(f"--aug {args.aug}: between 0 and 1000 augmentations per puzzle")
     if args.source and not os.path.isfile(args.source):
         raise ValueError(f"--source {args.source!r}: no such file")
-    train_path = args.source or _download("train.csv")
-    test_path = args.test_source or (os.path.join(os.path.dirname(train_path), "test.csv") if args.source else _download("test.csv"))
+    train_path = args.source or download_from_hub(HUB_REPO, "train.csv")
+    test_path = args.test_source or (os.path.join(os.path.dirname(train_path), "test.csv") if args.source
+                                     else download_from_hub(HUB_REPO, "test.csv"))
     if not os.path.isfile(test_path):
         raise ValueError(f"test CSV {test_path!r}: no such file (give --test-source)")
     read = dict(skip_bad=args.skip_bad, check_solution=not args.no_check, min_difficulty=args.min_difficulty,

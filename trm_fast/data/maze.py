@@ -266,19 +266,6 @@ def read_maze_csv(path: str, skip_bad: bool = False) -> tuple[list, int]:
     return rows, skipped
 
 
-def _download(filename: str) -> str:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise ValueError("--source hub needs huggingface_hub (pip install huggingface_hub); or give --source "
-                         "path/to/train.csv") from None
-    try:
-        return hf_hub_download(HUB_REPO, filename, repo_type="dataset")
-    except Exception as exc:  # offline, or the hub refused
-        raise ValueError(f"could not download {filename} from the {HUB_REPO} dataset ({type(exc).__name__}); "
-                         "offline? give --source path/to/train.csv") from None
-
-
 def _histograms(path: str, walls: np.ndarray, moves: np.ndarray) -> str:
     import matplotlib
 
@@ -311,7 +298,9 @@ def build_maze(args) -> dict:
     summary, stats = {}, {}
     if args.source:
         if args.source == "hub":
-            train_path, test_path = _download("train.csv"), _download("test.csv")
+            from trm_fast.data.build import download_from_hub
+
+            train_path, test_path = download_from_hub(HUB_REPO, "train.csv"), download_from_hub(HUB_REPO, "test.csv")
         else:
             train_path = args.source
             test_path = getattr(args, "test_source", None) or os.path.join(os.path.dirname(args.source), "test.csv")
