@@ -8,7 +8,7 @@ import copy
 import torch
 
 from trm_fast.bench.step import bench_config, random_batch
-from trm_fast.bench.timing import Deadline, measure_calls, on_gpu, selected
+from trm_fast.bench.timing import Deadline, measure_calls, note_skipped, on_gpu, selected
 from trm_fast.model import build_model
 
 EVAL_PRESETS = ["sudoku-mlp", "sudoku-att", "arc1"]
@@ -46,9 +46,7 @@ def run_eval(presets: list[str], batches: dict[str, int], quick: bool, overrides
                 ms = measure_calls(lambda: run_puzzles(fwd, b["inputs"], b["puzzle_identifiers"], steps),
                                    warmup=1, reps=3 if quick else 5)
             except Exception as exc:
-                msg = f"eval {preset}@{batch}: {name} skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-                notes.append(msg)
-                log("  " + msg)
+                note_skipped(notes, log, f"eval {preset}@{batch}: {name}", exc)
                 continue
             finally:
                 if compiled:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from trm_fast.bench.step import StepRunner, bench_config
-from trm_fast.bench.timing import Deadline, on_gpu, peak_memory, selected
+from trm_fast.bench.timing import Deadline, note_skipped, on_gpu, peak_memory, selected
 
 
 def _variants(config, levels) -> dict:
@@ -84,9 +84,7 @@ def run_memory(presets: list[str], batches: dict[str, int], levels, overrides: l
                     peak = peak_memory(runner)
                 predicted = None if compiled else estimate(cfg, batch, device.type, backend)["levels"][level]["peak"]
             except Exception as exc:
-                msg = f"{preset}@{batch}: {name} skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-                notes.append(msg)
-                log("  " + msg)
+                note_skipped(notes, log, f"{preset}@{batch}: {name}", exc)
                 continue
             finally:
                 runner = None

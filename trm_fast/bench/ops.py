@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trm_fast.bench.timing import Deadline, measure_op, measure_op_cudagraph, on_gpu, selected
+from trm_fast.bench.timing import Deadline, measure_op, measure_op_cudagraph, note_skipped, on_gpu, selected
 from trm_fast.config import swiglu_hidden
 from trm_fast.kernels import reference as R
 
@@ -308,9 +308,7 @@ def run_ops(shapes: list[OpShape], quick: bool, autotune: bool, ceilings: dict, 
                 fn = fn() if contender.startswith("compile") else fn
                 timings, out = _time_contender(fn, base, quick, notes, label)
             except Exception as exc:
-                first = str(exc).splitlines()[0][:160] if str(exc) else ""
-                notes.append(f"{label}: skipped ({type(exc).__name__}: {first})")
-                log(f"  {label}: skipped ({type(exc).__name__}: {first})")
+                note_skipped(notes, log, f"{label}:", exc)
                 continue
             finally:
                 if contender.startswith("compile"):

@@ -20,7 +20,8 @@ import copy
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trm_fast.bench.timing import Deadline, datasheet_peak_tflops, measure_calls, on_gpu, peak_memory, selected
+from trm_fast.bench.timing import (Deadline, datasheet_peak_tflops, measure_calls, note_skipped, on_gpu, peak_memory,
+                                   selected)
 from trm_fast.config import TRMConfig
 from trm_fast.model import build_model
 
@@ -294,9 +295,7 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
             # not counted this way (bench memory reports what it holds after the forward instead)
             saved = None if compile_model else saved_bytes_per_step(runner.model, batch, device)
         except Exception as exc:
-            first = str(exc).splitlines()[0][:200] if str(exc) else ""
-            notes.append(f"{preset}@{batch}: {name} skipped ({type(exc).__name__}: {first})")
-            log(f"  {preset}@{batch}: {name} skipped ({type(exc).__name__}: {first})")
+            note_skipped(notes, log, f"{preset}@{batch}: {name}", exc)
             continue
         finally:
             runner = None

@@ -117,6 +117,14 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 31) -> float | None:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
+def note_skipped(notes: list[str], log, what: str, exc: Exception) -> None:
+    """Records and prints that a contender failed and was left out: `what` skipped (exception type: first line)."""
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    message = f"{what} skipped ({type(exc).__name__}: {first})"
+    notes.append(message)
+    log("  " + message)
+
+
 def selected(name: str, only: list[str] | None) -> bool:
     """Whether contender `name` passes a --contenders filter ("trm_fast" selects trm_fast-L0, -L1, ...)."""
     return not only or any(name == o or name.startswith(o + "-") for o in only)
