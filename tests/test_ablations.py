@@ -12,45 +12,13 @@ from trm_fast.ablations import (ROWS, add_ablations_subparser, block_application
                                 run_ablations_command, run_row)
 from trm_fast.model import TRM, build_model
 from kernel_utils import rel_err
+from model_utils import count_block_grads, tiny_batch
 
 TINY = ["model.hidden_size=32", "model.num_heads=2", "model.puzzle_emb_dim=32", "model.num_puzzle_identifiers=4"]
 
 
 def tiny_row(row, *extra):
     return row_config(row, base="sudoku4-tiny", extra=TINY + list(extra))
-
-
-def _batch(config, B=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    m = config.model
-    return (torch.randint(0, m.vocab_size, (B, m.seq_len), generator=g),
-            torch.randint(0, m.num_puzzle_identifiers, (B,), generator=g))
-
-
-NETS = ("net", "net_y", "net_high")
-
-
-def count_block_grads(model, config, B=3):
-    """Runs one supervision step and backward. Returns, per network, [block applications, applications whose
-    output received gradient], and the step output."""
-    counts = {}
-
-    def hook(name):
-        def fn(module, args, output):
-            c = counts.setdefault(name, [0, 0])
-            c[0] += 1
-            if output.requires_grad:
-                output.register_hook(lambda g: c.__setitem__(1, c[1] + 1))
-        return fn
-
-    for name in NETS:
-        if hasattr(model, name):
-            for block in getattr(model, name).blocks:
-                block.register_forward_hook(hook(name))
-    inputs, ids = _batch(config, B)
-    out = model(model.initial_carry(B, "cpu"), inputs, ids)
-    (out.logits.float().square().sum() + out.q_halt.sum() + out.q_continue.sum()).backward()
-    return counts, out
 
 
 # ---------------------------------------------------------------------------------------------- every row
@@ -106,7 +74,7 @@ def test_one_step_gradient_reaches_only_the_last_z_update_and_the_y_update():
         calls.append(output)
 
     model.net.register_forward_hook(fn)
-    inputs, ids = _batch(config)
+    inputs, ids = tiny_batch(config)
     out = model(model.initial_carry(3, "cpu"), inputs, ids)
     out.logits.float().square().sum().backward()
     order = [i for i, o in enumerate(calls) if o.requires_grad]
@@ -133,7 +101,7 @@ def test_separate_networks_both_receive_gradient_and_reduce_to_trm_with_equal_we
             a.copy_(b)
     trm = TRM(config.model)
     trm.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("net_y.")})
-    inputs, ids = _batch(config)
+    inputs, ids = tiny_batch(config)
     torch.testing.assert_close(model(model.initial_carry(3, "cpu"), inputs, ids).logits,
                                trm(trm.initial_carry(3, "cpu"), inputs, ids).logits, rtol=0, atol=0)
 
@@ -146,7 +114,7 @@ def test_single_latent_has_no_y_state():
     counts, out = count_block_grads(model, config)
     assert len(out.carry) == 1 and counts["net"][1] == (config.model.n + 1) * config.model.num_blocks
     # per cycle: z = net(z + x) n times, then z = net(z); heads on z
-    inputs, ids = _batch(config)
+    inputs, ids = tiny_batch(config)
     x, (z,), ops, rope = model.prepare(model.initial_carry(3, "cpu"), inputs, ids)
     with torch.no_grad():
         for _ in range(config.model.T):
@@ -169,7 +137,7 @@ def test_multiscale_carries_n_plus_one_features_as_the_authors_define_them():
     counts, out = count_block_grads(model, config)
     assert len(out.carry) == n + 1 and counts["net"][1] == (n + 1) * config.model.num_blocks
     # trm_hier6: the i-th z update reads the sum of all z features and overwrites z_i; y reads that sum
-    inputs, ids = _batch(config)
+    inputs, ids = tiny_batch(config)
     x, (y, *zs), ops, rope = model.prepare(carry, inputs, ids)
     with torch.no_grad():
         for _ in range(config.model.T):
@@ -188,7 +156,7 @@ def test_multiscale_with_one_feature_is_trm():
     model = build_model(config.model)
     trm = TRM(config.model)
     trm.load_state_dict({k: v for k, v in model.state_dict().items() if k != "z_inits"})
-    inputs, ids = _batch(config)
+    inputs, ids = tiny_batch(config)
     carry = model.initial_carry(3, "cpu")
     torch.testing.assert_close(model(carry, inputs, ids).logits, trm(carry, inputs, ids).logits, rtol=0, atol=0)
 
@@ -286,7 +254,7 @@ def test_act_continue_row_trains_the_continue_head_from_the_next_step():
     with torch.no_grad():  # at init (weight 0) this and the next step's Q-values agree: no gradient to see
         model.q_head_weight.normal_(0, 0.5)
     B = 3
-    inputs, ids = _batch(config, B)
+    inputs, ids = tiny_batch(config, B)
     state = SupervisionState.fresh(model, B, config.model.seq_len, "cpu")
     res = supervision_step(model, state, {"inputs": inputs, "labels": inputs.clone(), "puzzle_identifiers": ids},
                            step=0, seed=0, slot_index=torch.arange(B), training=True)

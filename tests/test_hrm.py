@@ -8,6 +8,8 @@ from trm_fast.model import HRM, build_model, count_parameters
 from trm_fast.train.act import SupervisionState, supervision_step
 from trm_fast.train.losses import q_continue_target
 
+from model_utils import count_block_grads, tiny_batch
+
 TINY = ["model.hidden_size=32", "model.num_heads=2", "model.puzzle_emb_dim=32", "model.num_puzzle_identifiers=4"]
 
 
@@ -18,13 +20,6 @@ def tiny_hrm(*extra):
                                                    "pos_encoding", "puzzle_emb_len", "act_continue")]
         + TINY + list(extra))
     return config
-
-
-def _batch(config, B=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    m = config.model
-    return (torch.randint(0, m.vocab_size, (B, m.seq_len), generator=g),
-            torch.randint(0, m.num_puzzle_identifiers, (B,), generator=g))
 
 
 @pytest.mark.parametrize("vocab, expected", [(11, 27_275_266), (12, 27_276_290)])
@@ -52,7 +47,7 @@ def test_forward_matches_a_transcription_of_the_published_recursion():
     model = build_model(config.model)
     with torch.no_grad():
         model.q_head_weight.normal_(0, 0.3)
-    inputs, ids = _batch(config)
+    inputs, ids = tiny_batch(config)
     carry = model.initial_carry(3, "cpu")
     out = model(carry, inputs, ids)
 
@@ -77,31 +72,10 @@ def test_forward_matches_a_transcription_of_the_published_recursion():
     torch.testing.assert_close(out.q_continue, q[:, 1], rtol=1e-5, atol=1e-5)
 
 
-def _blocks_with_grad(model):
-    """Per network: block applications, and those whose output receives gradient (backward hooks on outputs)."""
-    counts = {}
-
-    def hook(name):
-        def fn(module, args, output):
-            c = counts.setdefault(name, [0, 0])
-            c[0] += 1
-            if output.requires_grad:
-                output.register_hook(lambda g: c.__setitem__(1, c[1] + 1))
-        return fn
-
-    for name in ("net", "net_high"):
-        for block in getattr(model, name).blocks:
-            block.register_forward_hook(hook(name))
-    return counts
-
-
 def test_one_step_gradient_reaches_only_the_last_low_and_high_step():
     config = tiny_hrm("model.T=3", "model.n=3")
     model = build_model(config.model)
-    counts = _blocks_with_grad(model)
-    inputs, ids = _batch(config)
-    out = model(model.initial_carry(3, "cpu"), inputs, ids)
-    (out.logits.float().square().sum() + out.q_halt.sum() + out.q_continue.sum()).backward()
+    counts, out = count_block_grads(model, config)
     T, n, low, high = config.model.T, config.model.n, config.model.hrm_low_blocks, config.model.hrm_high_blocks
     assert counts["net"] == [T * n * low, low]
     assert counts["net_high"] == [T * high, high]
@@ -131,7 +105,7 @@ def test_q_continue_target_is_computed_as_defined():
         model.q_head_bias.copy_(torch.tensor([-2.0, 2.0]))  # some samples halt by Q, one runs to the last step
     B = 4
     state = SupervisionState.fresh(model, B, config.model.seq_len, "cpu")
-    inputs, ids = _batch(config, B)
+    inputs, ids = tiny_batch(config, B)
     batch = {"inputs": inputs, "labels": inputs.clone(), "puzzle_identifiers": ids}
     saw_last = saw_q_halt = False
     for step in range(4):
