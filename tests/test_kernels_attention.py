@@ -68,20 +68,24 @@ def test_kernels_match_transcription_fp32(B, L, H, hd, rope):
     assert_close(dqkv, qkv_ref.grad, atol=2e-5, rtol=1e-4, name="dqkv vs autograd of the reference")
 
 
-def test_kernels_match_transcription_fp16():
-    B, L, H, hd = 2, 17, 2, 32
-    qkv = randn(B, L, 3 * H * hd, seed=3, dtype=torch.float16)
+def _check_fp16_against_reference(B, L, H, hd, seed):
+    """fp16 forward against the reference and backward against the transcription of the kernels' backward."""
+    qkv = randn(B, L, 3 * H * hd, seed=seed, dtype=torch.float16)
     cos, sin = _tables(L, hd)
     o, lse = poisoned(B, L, H * hd, dtype=torch.float16), poisoned(B * H, L)
     K.attention_fwd(qkv, H, cos, sin, o, lse)
     o_ref, lse_ref = K.attention_forward_reference(qkv, H, cos, sin)
     assert_close(o, o_ref, atol=2e-3, rtol=2e-3, name="o fp16")
     assert_close(lse, lse_ref, atol=2e-3, rtol=1e-3, name="lse fp16")
-    do = randn(B, L, H * hd, seed=4, dtype=torch.float16)
+    do = randn(B, L, H * hd, seed=seed + 1, dtype=torch.float16)
     dqkv = poisoned(B, L, 3 * H * hd, dtype=torch.float16)
     K.attention_bwd(do, qkv, o, lse, H, cos, sin, dqkv)
     want = K.attention_backward_transcription(do.float(), qkv.float(), o.float(), lse, H, cos, sin)
     assert_close(dqkv, want, atol=5e-3, rtol=5e-3, name="dqkv fp16")
+
+
+def test_kernels_match_transcription_fp16():
+    _check_fp16_against_reference(2, 17, 2, 32, seed=3)
 
 
 class _HandWrittenAttention(torch.autograd.Function):
@@ -122,18 +126,7 @@ def test_preset_constexprs_run_in_interpreter():
     assert cfg["table"]
     for phase in K.PHASES:
         assert (cfg[phase]["BLOCK_M"], cfg[phase]["BLOCK_N"]) == K.ATTENTION_TABLE[(90, L, hd)][phase][:2]
-    qkv = randn(B, L, 3 * H * hd, seed=5, dtype=torch.float16)
-    cos, sin = _tables(L, hd)
-    o, lse = poisoned(B, L, H * hd, dtype=torch.float16), poisoned(B * H, L)
-    K.attention_fwd(qkv, H, cos, sin, o, lse)
-    o_ref, lse_ref = K.attention_forward_reference(qkv, H, cos, sin)
-    assert_close(o, o_ref, atol=2e-3, rtol=2e-3, name="o")
-    assert_close(lse, lse_ref, atol=2e-3, rtol=1e-3, name="lse")
-    do = randn(B, L, H * hd, seed=6, dtype=torch.float16)
-    dqkv = poisoned(B, L, 3 * H * hd, dtype=torch.float16)
-    K.attention_bwd(do, qkv, o, lse, H, cos, sin, dqkv)
-    want = K.attention_backward_transcription(do.float(), qkv.float(), o.float(), lse, H, cos, sin)
-    assert_close(dqkv, want, atol=5e-3, rtol=5e-3, name="dqkv")
+    _check_fp16_against_reference(B, L, H, hd, seed=5)
 
 
 def test_launch_table():
