@@ -1,5 +1,6 @@
 """Writing files so that nothing half-written is ever left under the final name: write a temporary file beside it,
-then os.replace (atomic on POSIX). Used by every module that writes results, logs and figures."""
+then os.replace (atomic on POSIX). Used by every module that writes results, logs and figures. And reading JSON
+with errors that name the file."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,17 @@ def atomic_write_text(path: str, text: str, fsync: bool = False) -> None:
 
 def atomic_write_json(path: str, data, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(data, indent=indent, default=str))
+
+
+def read_json(path: str, missing_hint: str = ""):
+    """A JSON file's content; a missing file or invalid JSON is a ValueError naming the path."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file" + (f" ({missing_hint})" if missing_hint else ""))
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 def save_figure(fig, path: str, dpi: int = 100) -> str:

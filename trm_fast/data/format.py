@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trm_fast.files import atomic_write_json
+from trm_fast.files import atomic_write_json, read_json
 
 ARRAY_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 INDEX_FIELDS = ("puzzle_identifiers", "puzzle_indices", "group_indices")
@@ -149,13 +148,7 @@ def write_split(split_dir: str, metadata: DatasetMetadata, sets: dict[str, Puzzl
 def read_metadata(split_dir: str) -> DatasetMetadata:
     """A split's dataset.json, validated; errors name the file."""
     meta_path = os.path.join(split_dir, "dataset.json")
-    if not os.path.isfile(meta_path):
-        raise ValueError(f"{meta_path}: no such file (is {split_dir!r} a built dataset split?)")
-    try:
-        with open(meta_path) as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc})") from None
+    raw = read_json(meta_path, f"is {split_dir!r} a built dataset split?")
     if not isinstance(raw, dict):
         raise ValueError(f"{meta_path}: expected a JSON object")
     return DatasetMetadata.from_json(raw, meta_path)

@@ -21,11 +21,10 @@ test_puzzles.json holds, per evaluation task, its original test pairs: {task: [{
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import defaultdict
 
-from trm_fast.files import atomic_write_json
+from trm_fast.files import atomic_write_json, read_json
 
 import numpy as np
 
@@ -168,17 +167,9 @@ def _normalise_truths(test_puzzles: dict) -> tuple[dict, dict]:
 
 def load_arc_files(dataset_root: str) -> tuple[list[str], dict]:
     """(identifiers, test_puzzles) of a built ARC dataset; errors name the missing or broken file."""
-    loaded = []
-    for name in ("identifiers.json", "test_puzzles.json"):
-        path = os.path.join(dataset_root, name)
-        if not os.path.isfile(path):
-            raise ValueError(f"{path}: no such file (is {dataset_root!r} an ARC dataset built by trm-fast data build?)")
-        try:
-            with open(path) as f:
-                loaded.append(json.load(f))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    identifiers, test_puzzles = loaded
+    identifiers, test_puzzles = (
+        read_json(os.path.join(dataset_root, name), f"is {dataset_root!r} an ARC dataset built by trm-fast data build?")
+        for name in ("identifiers.json", "test_puzzles.json"))
     if not isinstance(identifiers, list) or not identifiers or identifiers[0] != BLANK:
         raise ValueError(f"{os.path.join(dataset_root, 'identifiers.json')}: expected a list starting with {BLANK!r}")
     return identifiers, test_puzzles
@@ -358,13 +349,10 @@ def _provenance(value, what: str) -> dict:
     if isinstance(value, dict):
         return value
     path = os.path.join(value, "provenance.json") if os.path.isdir(value) else value
-    if not os.path.isfile(path):
-        raise ValueError(f"{what}: {path}: no such file (datasets built by `trm-fast data build arc1|arc2` have one)")
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}: {path}: not valid JSON ({exc})") from None
+        data = read_json(path, "datasets built by `trm-fast data build arc1|arc2` have one")
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
     if not isinstance(data, dict) or "train_sources" not in data or "eval_set" not in data:
         raise ValueError(f"{what}: {path}: expected an object with train_sources and eval_set")
     return data
