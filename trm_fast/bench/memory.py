@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from trm_fast.bench.step import StepRunner, bench_config
-from trm_fast.bench.timing import Deadline, note_skipped, on_gpu, peak_memory, selected
+from trm_fast.bench.timing import Deadline, note_skipped, on_gpu, peak_memory, release_contender, selected
 
 
 def _variants(config, levels) -> dict:
@@ -88,10 +88,7 @@ def run_memory(presets: list[str], batches: dict[str, int], levels, overrides: l
                 continue
             finally:
                 runner = None
-                if compiled:
-                    torch._dynamo.reset()
-                if on_gpu():
-                    torch.cuda.empty_cache()
+                release_contender(compiled)
             if name == "eager":
                 eager_bytes = saved
             rows.append({"preset": preset, "batch": batch, "contender": name, "saved_bytes": saved,

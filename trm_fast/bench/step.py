@@ -21,7 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from trm_fast.bench.timing import (Deadline, datasheet_peak_tflops, measure_calls, note_skipped, on_gpu, peak_memory,
-                                   selected)
+                                   release_contender, selected)
 from trm_fast.config import TRMConfig
 from trm_fast.model import build_model
 
@@ -299,10 +299,7 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
             continue
         finally:
             runner = None
-            if compile_model:
-                torch._dynamo.reset()
-            if on_gpu():
-                torch.cuda.empty_cache()
+            release_contender(compile_model)
         results[preset][name] = {"ms": ms, "peak": mem, "saved": saved}
         log(f"  {preset}@{batch} {name}: {ms:.2f} ms/step" + (f", peak {mem / 2**30:.2f} GiB" if mem else "")
             + (f", saved {saved / 2**20:.1f} MiB" if saved is not None else ""))

@@ -117,6 +117,15 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 31) -> float | None:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
+def release_contender(compiled: bool) -> None:
+    """After a contender: drop its compiled graphs (not needed again) and, on a GPU, the cached blocks it freed, so
+    the next contender's peak memory is its own."""
+    if compiled:
+        torch._dynamo.reset()
+    if on_gpu():
+        torch.cuda.empty_cache()
+
+
 def note_skipped(notes: list[str], log, what: str, exc: Exception) -> None:
     """Records and prints that a contender failed and was left out: `what` skipped (exception type: first line)."""
     first = str(exc).splitlines()[0][:200] if str(exc) else ""
