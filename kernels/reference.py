@@ -15,6 +15,24 @@ RMS_EPS = 1e-5
 
 _HAS_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(a, b, out_dtype=...) (CUDA)
 
+# Switched on by trm_fast.memory.allocation_only(): fp32-output matmuls then allocate their result and compute
+# nothing, so a CPU run allocates what a GPU run would (the CPU has no mm(out_dtype=) and upcasts its operands).
+ALLOCATION_ONLY = [False]
+
+
+def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of 2-D a, b with fp32 output: fp32 accumulation, never rounded to the inputs' dtype (weight gradients,
+    which autograd then sums over the recursion's tied uses in fp32). CUDA: torch.mm(out_dtype=float32), no copies;
+    elsewhere an fp32 upcast of both operands."""
+    if ALLOCATION_ONLY[0]:
+        return torch.empty(a.shape[0], b.shape[1], dtype=torch.float32, device=a.device)
+    if a.is_cuda and a.dtype != torch.float32 and _HAS_MM_OUT_DTYPE:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a build without this overload: upcast instead
+            pass
+    return a.float() @ b.float()
+
 
 class _CastedLinear(torch.autograd.Function):
     """x @ weight.T with a low-precision x and an fp32 master weight. Unlike F.linear(x, weight.to(x.dtype)), whose
@@ -36,11 +54,7 @@ class _CastedLinear(torch.autograd.Function):
             grad_x = grad_out @ weight.to(grad_out.dtype)
         if ctx.needs_input_grad[1]:
             g2, x2 = grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1])
-            if g2.is_cuda and _HAS_MM_OUT_DTYPE:
-                grad_w = torch.mm(g2.t(), x2, out_dtype=torch.float32)
-            else:
-                grad_w = g2.t().float() @ x2.float()
-            grad_w = grad_w.to(weight.dtype)
+            grad_w = mm_fp32(g2.t(), x2).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).float().sum(0)
         return grad_x, grad_w, grad_b

@@ -1,7 +1,10 @@
-"""Memory of a training step: measured (bytes saved for backward, counted with saved-tensor hooks) and modelled
-(`estimate`), and a planner that picks the recomputation level and micro-batch that fit a budget.
+"""Memory of a training step: measured (bytes saved for backward, counted with saved-tensor hooks; the peak of
+allocated bytes, from the CUDA allocator or, on a CPU, from the allocator events the profiler records) and
+modelled (`estimate`), and a planner that picks the recomputation level and micro-batch that fit a budget.
 
     trm_fast.memory.saved_bytes_per_step(model, batch_size)       # measured, needs no GPU
+    trm_fast.memory.peak_bytes(fn, device)                        # measured peak above the start, CPU or CUDA
+    with trm_fast.memory.allocation_only(): ...                   # CPU: the Triton path allocates, computes nothing
     trm_fast.memory.estimate(config, batch_size)                  # predicted, per level
     trm-fast train --preset sudoku-mlp --memory-budget 4GB        # plan_for_budget
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import re
 
 import torch
@@ -73,6 +77,59 @@ def saved_bytes_per_step(model, batch_size: int, device: str | torch.device = "c
     model.train(was_training)
     del out
     return sum(seen.values())
+
+
+def peak_bytes(fn, device: str | torch.device = "cpu") -> int:
+    """Peak bytes allocated on `device` during fn(), above what was allocated when it started. CUDA: the caching
+    allocator's statistics (torch.cuda.max_memory_allocated). CPU: the allocator's events recorded by
+    torch.profiler (profile_memory=True), summed in time order; a free of a block allocated before fn() started
+    is not reported, so the CPU figure can only err high, never low."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - start)
+    if device.type != "cpu":
+        raise ValueError(f"peak_bytes: device {device} is neither cpu nor cuda")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    cpu = torch.autograd.DeviceType.CPU
+    for event in sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
+        if event.name() == "[memory]" and event.device_type() == cpu:
+            current += event.nbytes()
+            peak = max(peak, current)
+    return int(peak)
+
+
+@contextlib.contextmanager
+def allocation_only():
+    """Within this context, on a CPU with TRITON_INTERPRET=1, the Triton kernels are not run and fp32-output matmuls
+    (weight gradients) are not computed: every op still allocates exactly the tensors it allocates on a GPU, so
+    peak_bytes measures the Triton path's GPU memory at full width in seconds. The values computed are garbage:
+    for memory measurement only."""
+    from trm_fast.kernels import reference
+
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError as exc:  # pragma: no cover - depends on the installed Triton
+        raise RuntimeError(f"allocation_only needs Triton's interpreter ({exc})") from None
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("allocation_only needs TRITON_INTERPRET=1, set before any Triton kernel is imported: "
+                           "it skips the interpreter's kernel launches")
+    run = InterpretedFunction.run
+    InterpretedFunction.run = lambda self, *args, **kwargs: None
+    reference.ALLOCATION_ONLY[0] = True
+    try:
+        yield
+    finally:
+        InterpretedFunction.run = run
+        reference.ALLOCATION_ONLY[0] = False
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -184,7 +241,9 @@ def estimate(config: TRMConfig | ModelConfig, batch_size: int, device: str = "cu
     levels = {}
     for level in (0, 1, 2):
         saved = estimate_saved_bytes(model_cfg, batch_size, level, backend, device)
-        replay = {0: 0, 1: max(0, block[0] - block[1]), 2: block[0]}[level]
+        # level 1 recomputes elementwise outputs: the reference path re-creates one block's at a time; the Triton
+        # kernels recompute inside the backward kernels and materialise nothing extra
+        replay = {0: 0, 1: 0 if backend == "triton" else max(0, block[0] - block[1]), 2: block[0]}[level]
         levels[level] = {"saved_for_backward": saved, "transient": working + replay,
                          "peak": sum(fixed.values()) + saved + working + replay}
     return {"fixed": fixed, "levels": levels, "backend": backend, "device": device, "batch_size": batch_size}

@@ -77,12 +77,9 @@ def cast_weight(w: torch.Tensor, dtype: torch.dtype, row_align: int = 8) -> torc
     return out
 
 
-def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b with fp32 output: fp32 accumulation, no rounding to the inputs' dtype (weight gradients, which
-    autograd then sums over the recursion's tied uses in fp32)."""
-    if a.is_cuda and a.dtype != torch.float32:
-        try:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        except (RuntimeError, TypeError):  # torch without mm(out_dtype=): upcast instead
-            pass
-    return a.float() @ b.float()
+def outputs_without_grad(ctx, *aux: torch.Tensor) -> None:
+    """For setup_context: an op's auxiliary outputs (what backward reads, never used by callers) carry no gradient.
+    Otherwise autograd hands backward a materialised zero tensor for each one, a full-size allocation and memset per
+    call (for SwiGLU's gate/up, 2I wide, more than the op's real gradients). Backward then gets None for them."""
+    ctx.mark_non_differentiable(*aux)
+    ctx.set_materialize_grads(False)

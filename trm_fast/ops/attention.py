@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from trm_fast.kernels import attention as kernels
-from trm_fast.ops._custom_op import cast_weight, check_activation, contiguous, mm_fp32
+from trm_fast.kernels.reference import mm_fp32
+from trm_fast.ops._custom_op import cast_weight, check_activation, contiguous, outputs_without_grad
 
 SUPPORTED_HEAD_DIMS = kernels.SUPPORTED_HEAD_DIMS
 
@@ -82,6 +83,7 @@ def _(dy, x, w_qkv, w_o, qkv, o, lse, cos, sin, num_heads, rope, need_dx, need_d
 def _setup_attention(ctx, inputs, output):
     x, w_qkv, w_o, cos, sin, num_heads, rope = inputs
     _, qkv, o, lse = output
+    outputs_without_grad(ctx, qkv, o, lse)
     ctx.num_heads, ctx.rope = num_heads, rope
     ctx.save_for_backward(x, w_qkv, w_o, qkv, o, lse, cos, sin)
 
@@ -128,11 +130,14 @@ def _(do, qkv, o, lse, cos, sin, num_heads, rope):
 def _setup_flash(ctx, inputs, output):
     qkv, cos, sin, num_heads, rope = inputs
     o, lse = output
+    outputs_without_grad(ctx, lse)
     ctx.num_heads, ctx.rope = num_heads, rope
     ctx.save_for_backward(qkv, o, lse, cos, sin)
 
 
 def _flash_backward_autograd(ctx, do, _dlse):
+    if do is None:
+        return None, None, None, None, None
     qkv, o, lse, cos, sin = ctx.saved_tensors
     return _flash_bwd(do, qkv, o, lse, cos, sin, ctx.num_heads, ctx.rope), None, None, None, None
 

@@ -13,7 +13,7 @@ import torch
 
 from trm_fast.kernels import norm as kernels
 from trm_fast.kernels.reference import RMS_EPS
-from trm_fast.ops._custom_op import INT32_MAX, check_activation, check_like, contiguous
+from trm_fast.ops._custom_op import INT32_MAX, check_activation, check_like, contiguous, outputs_without_grad
 
 
 @torch.library.custom_op("trm_fast::add_rms_norm_fwd", mutates_args=())
@@ -50,10 +50,13 @@ def _(dy, y, rstd, seq_axis):
 def _setup_context(ctx, inputs, output):
     ctx.seq_axis = inputs[3]
     y, rstd = output
+    outputs_without_grad(ctx, rstd)
     ctx.save_for_backward(y, rstd)
 
 
 def _backward(ctx, dy, _drstd):
+    if dy is None:
+        return None, None, None, None
     y, rstd = ctx.saved_tensors
     dx = _rms_norm_bwd(dy, y, rstd, ctx.seq_axis)
     return dx, dx, None, None
@@ -91,6 +94,7 @@ def _(dy, dsum, y, rstd):
 
 def _setup_inject(ctx, inputs, output):
     y, _, rstd = output
+    outputs_without_grad(ctx, rstd)
     ctx.save_for_backward(y, rstd)
 
 

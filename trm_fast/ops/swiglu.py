@@ -20,9 +20,11 @@ import torch
 
 from trm_fast.kernels import matmul as matmul_kernels
 from trm_fast.kernels import swiglu as kernels
-from trm_fast.ops._custom_op import INT32_MAX, cast_weight, check_activation, check_weight, contiguous, mm_fp32, needs_grad
+from trm_fast.kernels.reference import mm_fp32
+from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, check_weight, contiguous, needs_grad,
+                                     outputs_without_grad)
 
-__all__ = ["swiglu", "swiglu_token_mix", "mm_fp32"]
+__all__ = ["swiglu", "swiglu_token_mix"]
 
 
 def _check(op: str, x, w_gate_up, w_down, width_axis: int) -> None:
@@ -74,6 +76,7 @@ def _swiglu_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.
         kernels.swiglu_bwd_from_saved(gu, dh, dgu)
     else:
         kernels.channel_gate_up(x2d, wgu, h=None, dh=dh, dgu=dgu)
+    del dh  # not needed past this point: freed before d x is allocated
     dx = (dgu @ wgu).view(x.shape)
     d_w_gate_up = mm_fp32(dgu.t(), x2d)
     return dx, d_w_gate_up, d_w_down
@@ -88,10 +91,13 @@ def _(dout, x, h, gu, w_gate_up, w_down):
 def _setup(ctx, inputs, output):
     x, w_gate_up, w_down, _ = inputs
     _, h, gu = output
+    outputs_without_grad(ctx, h, gu)
     ctx.save_for_backward(x, h, gu, w_gate_up, w_down)
 
 
 def _swiglu_backward(ctx, dout, _dh, _dgu):
+    if dout is None:
+        return None, None, None, None
     x, h, gu, w_gate_up, w_down = ctx.saved_tensors
     dx, dwgu, dwd = _swiglu_bwd(dout, x, h, gu, w_gate_up, w_down)
     return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None
@@ -111,6 +117,13 @@ def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recom
 # ---------------------------------------------------------------------------------------------- token mixing
 
 
+def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """w (M, K) @ t[b] (K, N) for every b of t (B, K, N), as (B, M, N): one batched matmul over a stride-0 view of w,
+    which copies nothing. torch.matmul's broadcasting instead folds the batch into the matrix and, when w requires
+    grad (a parameter, even inside the op), copies t's transpose first: a (B, 2I, D) copy for d x."""
+    return torch.bmm(w.expand(t.shape[0], -1, -1), t)
+
+
 @torch.library.custom_op("trm_fast::swiglu_token_mix_fwd", mutates_args=())
 def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = contiguous(x)
@@ -120,7 +133,7 @@ def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, s
     h = torch.empty(B, I, D, dtype=x.dtype, device=x.device)
     gu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
     kernels.token_gate_up(x, wgu, h, gu if save_gate_up else None)
-    out = torch.matmul(w_down.to(x.dtype), h)  # (L, I) @ (B, I, D) -> (B, L, D): no transpose
+    out = _weight_times(w_down.to(x.dtype), h)  # (L, I) @ (B, I, D) -> (B, L, D): no transpose
     return out, h, gu
 
 
@@ -139,14 +152,15 @@ def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.T
     B, L, D = x.shape
     wgu = cast_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
-    dh = torch.matmul(w_down.to(x.dtype).t(), dout)  # (I, L) @ (B, L, D) -> (B, I, D)
+    dh = _weight_times(w_down.to(x.dtype).t(), dout)  # (I, L) @ (B, L, D) -> (B, I, D)
     d_w_down = matmul_kernels.sum_over_batch_abt(dout, h)  # sum_b (L, D) @ (D, I), fp32
     dgu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device)
     if gu.numel():  # per batch element the gate block (I*D) precedes the up block: rows of 2 * I * D
         kernels.swiglu_bwd_from_saved(gu.view(B, 2 * I * D), contiguous(dh).view(B, I * D), dgu.view(B, 2 * I * D))
     else:
         kernels.token_gate_up(x, wgu, h=None, dh=contiguous(dh), dgu=dgu)
-    dx = torch.matmul(wgu.t(), dgu)  # (L, 2I) @ (B, 2I, D) -> (B, L, D)
+    del dh  # not needed past this point: freed before d x is allocated
+    dx = _weight_times(wgu.t(), dgu)  # (L, 2I) @ (B, 2I, D) -> (B, L, D)
     d_w_gate_up = matmul_kernels.sum_over_batch_abt(dgu, x)  # sum_b (2I, D) @ (D, L), fp32
     return dx, d_w_gate_up, d_w_down
 
@@ -158,6 +172,8 @@ def _(dout, x, h, gu, w_gate_up, w_down):
 
 
 def _token_backward(ctx, dout, _dh, _dgu):
+    if dout is None:
+        return None, None, None, None
     x, h, gu, w_gate_up, w_down = ctx.saved_tensors
     dx, dwgu, dwd = _token_bwd(dout, x, h, gu, w_gate_up, w_down)
     return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None
