@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from kernel_utils import DEVICE, assert_close, randn, rel_err  # first: sets TRITON_INTERPRET without a GPU
+from kernel_utils import DEVICE, assert_bf16_rule, assert_close, randn  # first: sets TRITON_INTERPRET without a GPU
 from trm_fast.kernels import reference as R
 from trm_fast.ops import attention as attn_op
 from trm_fast.ops import norm as norm_op
@@ -86,12 +86,6 @@ def test_fast_trm_matches_reference_over_supervision_steps(mixer):
 # ---------------------------------------------------------------------------------------------- GPU, bf16
 
 
-def _bf16_rule(fast_out, torch_bf16_out, fp32_out, name):
-    """The guide's rule: error of the kernel in bf16 at most twice PyTorch's error in bf16, both vs fp32."""
-    ours, theirs = rel_err(fast_out, fp32_out), rel_err(torch_bf16_out, fp32_out)
-    assert ours <= 2 * theirs + 1e-6, f"{name}: bf16 error {ours:.2e} vs PyTorch bf16 {theirs:.2e}"
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("L", [97, 916])
 def test_bf16_ops_at_preset_shapes_gpu(L):
@@ -99,18 +93,18 @@ def test_bf16_ops_at_preset_shapes_gpu(L):
     x32 = randn(B, L, D, seed=40, scale=0.5)
     x16 = x32.to(torch.bfloat16)
     w_gu, w_d = randn(2 * I, D, seed=41, scale=D ** -0.5), randn(D, I, seed=42, scale=I ** -0.5)
-    _bf16_rule(swiglu_op.swiglu(x16, w_gu, w_d), R.swiglu(x16, w_gu, w_d), R.swiglu(x32, w_gu, w_d), "swiglu")
+    assert_bf16_rule(swiglu_op.swiglu(x16, w_gu, w_d), R.swiglu(x16, w_gu, w_d), R.swiglu(x32, w_gu, w_d), "swiglu")
     Im = 512 if L == 97 else 2560
     t_gu, t_d = randn(2 * Im, L, seed=43, scale=L ** -0.5), randn(L, Im, seed=44, scale=Im ** -0.5)
-    _bf16_rule(swiglu_op.swiglu_token_mix(x16, t_gu, t_d), R.swiglu_token_mix(x16, t_gu, t_d),
+    assert_bf16_rule(swiglu_op.swiglu_token_mix(x16, t_gu, t_d), R.swiglu_token_mix(x16, t_gu, t_d),
                R.swiglu_token_mix(x32, t_gu, t_d), "token mix")
     cos, sin = (t.cuda() for t in R.rope_cos_sin(L, D // H))
     w_qkv, w_o = randn(3 * D, D, seed=45, scale=D ** -0.5), randn(D, D, seed=46, scale=D ** -0.5)
-    _bf16_rule(attn_op.attention(x16, w_qkv, w_o, cos, sin, H), R.attention(x16, w_qkv, w_o, cos, sin, H),
+    assert_bf16_rule(attn_op.attention(x16, w_qkv, w_o, cos, sin, H), R.attention(x16, w_qkv, w_o, cos, sin, H),
                R.attention(x32, w_qkv, w_o, cos, sin, H), "attention")
     r32 = randn(B, L, D, seed=47)
-    _bf16_rule(norm_op.add_rms_norm(x16, r32.bfloat16()), R.add_rms_norm(x16, r32.bfloat16()), R.add_rms_norm(x32, r32), "norm")
-    _bf16_rule(norm_op.add_rms_norm_seq(x16, r32.bfloat16()), R.add_rms_norm_seq(x16, r32.bfloat16()),
+    assert_bf16_rule(norm_op.add_rms_norm(x16, r32.bfloat16()), R.add_rms_norm(x16, r32.bfloat16()), R.add_rms_norm(x32, r32), "norm")
+    assert_bf16_rule(norm_op.add_rms_norm_seq(x16, r32.bfloat16()), R.add_rms_norm_seq(x16, r32.bfloat16()),
                R.add_rms_norm_seq(x32, r32), "seq norm")
 
 
@@ -125,4 +119,4 @@ def test_bf16_backward_at_preset_shapes_gpu():
         x = randn(B, L, D, seed=52, scale=0.5).to(dtype).requires_grad_(True)
         fn(x, w_qkv, w_o, cos, sin, H).float().square().sum().backward()
         grads[name] = x.grad
-    _bf16_rule(grads["fast"], grads["torch"], grads["fp32"], "attention dx")
+    assert_bf16_rule(grads["fast"], grads["torch"], grads["fp32"], "attention dx")
