@@ -19,6 +19,8 @@
 #       8  the same with a third arm, triton at recomputation level 2 (after 7)
 #          The dataset is built on first use (data_cache/, or TRM_FAST_DATA_CACHE); carry data_cache/sudoku9-small
 #          to skip building it without the native engine. COMPARE_ARGS adds arguments (e.g. --set overrides).
+#   SUITE_BUDGET_S  the call's time in seconds (default 450 for --quick, 525 per stage): set it to what the
+#            session's device time leaves (the budget is 15 minutes per session, all calls together)
 #   --pip    make trm_fast importable with `pip install --no-deps --no-build-isolation -e .` (builds the optional
 #            C++ data engines) instead of the default, a symlinked package layout on PYTHONPATH (instant, no build)
 #
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --stage) STAGE="${2:-}"; shift ;;
     --pip) USE_PIP=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     -*) echo "gpu_suite.sh: unknown option $1" >&2; exit 2 ;;
     *) OUT="$1" ;;
   esac
@@ -118,9 +120,9 @@ BENCH=("$PY" -m trm_fast bench)
 RES=(--out "$OUT/results")
 GPU_TESTS=("$PY" -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests")
 
-# The whole call's time: 8 minutes for --quick, 9 per stage, setup included; each part gets a budget for starting
+# The whole call's time: 8 minutes for --quick, 9 per stage, setup included (SUITE_BUDGET_S overrides, in seconds); each part gets a budget for starting
 # contenders (--budget-s) and a hard limit, both cut from what is left, and the report is rendered last.
-TOTAL=$([ "$QUICK" = 1 ] && echo 450 || echo 525)
+TOTAL=${SUITE_BUDGET_S:-$([ "$QUICK" = 1 ] && echo 450 || echo 525)}
 left() { echo $(( TOTAL - ($(date +%s) - SUITE_START) )); }
 # part NAME SHARE_S ARGS...: a bench part that may start contenders for SHARE_S seconds (at most what is left minus
 # a reserve for the in-flight contender to finish), then is stopped at what is left minus 20 s

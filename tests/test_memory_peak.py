@@ -144,3 +144,21 @@ def test_auxiliary_outputs_carry_no_gradient(make):
         outputs = A._attention_fwd(x, randn(96, 32, seed=7), randn(32, 32, seed=8), cos, sin, 1, True)
     assert outputs[0].requires_grad
     assert not any(t.requires_grad for t in outputs[1:])
+
+
+@cpu_only
+def test_cpu_peak_benchmark_writes_its_results(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "peak.json"
+    subprocess.run([sys.executable, os.path.join(repo, "benchmarks", "bench_peak_memory_cpu.py"), "--preset",
+                    "sudoku4-tiny", "--batches", "2,4", "--levels", "0,2", "--out", str(out)],
+                   check=True, cwd=tmp_path, env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["backend"], r["level"]) for r in rows] == [("triton", 0), ("triton", 2)]
+    assert 0 < rows[1]["measured_bytes_per_sample"] < rows[0]["measured_bytes_per_sample"]
+    assert all(r["predicted_bytes_per_sample"] >= r["measured_bytes_per_sample"] for r in rows)
