@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -23,17 +22,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel import: allo
 
 import torch  # noqa: E402
 
-from trm_fast.bench.step import StepRunner  # noqa: E402
+from trm_fast.bench.memory import cpu_step_peak  # noqa: E402
 from trm_fast.config import TRMConfig  # noqa: E402
 from trm_fast.files import atomic_write_json  # noqa: E402
-from trm_fast.memory import allocation_only, estimate, peak_bytes  # noqa: E402
-
-
-def step_peak(config: TRMConfig, batch: int) -> int:
-    with allocation_only():
-        runner = StepRunner(config, batch, torch.device("cpu"), False)
-        runner()  # the optimiser state exists from here on
-        return peak_bytes(runner, "cpu")
+from trm_fast.memory import estimate  # noqa: E402
 
 
 def predicted_activation_bytes(config: TRMConfig, batch: int, backend: str, level: int) -> int:
@@ -57,7 +49,7 @@ def main(argv=None) -> int:
                 config = TRMConfig.preset(preset).override([f"model.backend={backend}", f"model.recompute={level}",
                                                             "model.forward_dtype=float32"])
                 start = time.time()
-                measured = (step_peak(config, b2) - step_peak(config, b1)) / (b2 - b1)
+                measured = (cpu_step_peak(config, b2) - cpu_step_peak(config, b1)) / (b2 - b1)
                 predicted = (predicted_activation_bytes(config, b2, backend, level)
                              - predicted_activation_bytes(config, b1, backend, level)) / (b2 - b1)
                 rows.append({"preset": preset, "backend": backend, "level": level, "dtype": "float32",

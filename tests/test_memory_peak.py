@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kernel_utils import randn  # first: sets TRITON_INTERPRET without a GPU
+from trm_fast.bench.memory import cpu_step_peak
 from trm_fast.bench.step import StepRunner
 from trm_fast.config import TRMConfig
 from trm_fast.memory import allocation_only, estimate, peak_bytes
@@ -58,10 +59,7 @@ def _step_delta(config, batch):
     backward's working set. The model's fixed parts that exist before a step (weights, optimiser moments, EMA,
     puzzle table, carry) are taken out of its peak."""
     backend, level = config.model.backend, config.model.recompute
-    with allocation_only():
-        runner = StepRunner(config, batch, torch.device("cpu"), False)
-        runner()
-        measured = peak_bytes(runner)
+    measured = cpu_step_peak(config, batch)
     est = estimate(config, batch, "cpu", backend)
     fixed = est["fixed"]
     before = fixed["weights"] + fixed["optimizer"] + fixed["ema"] + fixed["puzzle_table"] + fixed["carry"]

@@ -33,6 +33,18 @@ def _variants(config, levels) -> dict:
     return out
 
 
+def cpu_step_peak(config, batch: int) -> int:
+    """Peak bytes above the start of one whole optimizer step on a CPU, after a first step has created the optimiser
+    state, under trm_fast.memory.allocation_only (the Triton path allocates what it allocates on a GPU, computes
+    nothing; TRITON_INTERPRET=1 must be set before the kernels are imported)."""
+    from trm_fast.memory import allocation_only, peak_bytes
+
+    with allocation_only():
+        runner = StepRunner(config, batch, torch.device("cpu"), False)
+        runner()
+        return peak_bytes(runner, "cpu")
+
+
 def held_after_forward(runner: StepRunner) -> int:
     """GPU bytes the training forward (with its loss) leaves allocated for the backward, measured on the runner's
     model (compiled or not) and carry; the backward then runs and the gradients are dropped."""

@@ -87,11 +87,10 @@ def peak_memory(fn) -> int | None:
     """Peak bytes allocated during one fn() call on CUDA, counted from what was allocated before it (None on CPU)."""
     if not on_gpu():
         return None
+    from trm_fast.memory import peak_bytes
+
     torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return int(torch.cuda.max_memory_allocated())
+    return int(torch.cuda.memory_allocated()) + peak_bytes(fn, "cuda")
 
 
 def matmul_tflops(n: int = 8192) -> float | None:
