@@ -7,30 +7,24 @@ One optimizer step (forward of all cycles, loss, backward, optimiser, EMA) under
 (Triton kernels and fp32-output matmuls skipped, every tensor still allocated) and peak_bytes (the CPU allocator's
 events), in fp32, where a CPU allocates what a GPU does. The per-sample figure is the slope between two batch sizes
 (above the batch at which the token mix's weight-gradient kernel stops splitting the batch further, so the slope
-is pure activation memory). Prints measured and predicted (trm_fast.memory.estimate) per level.
+is pure activation memory). Prints measured and predicted (trm_fast.memory.estimate) per level. The measurement is
+trm_fast.tools.bench.memory.cpu_peak_per_sample.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel import: allocation_only skips its launches
 
 import torch  # noqa: E402
 
-from trm_fast.bench.memory import cpu_step_peak  # noqa: E402
-from trm_fast.config import TRMConfig  # noqa: E402
 from trm_fast.files import atomic_write_json  # noqa: E402
-from trm_fast.memory import estimate  # noqa: E402
-
-
-def predicted_activation_bytes(config: TRMConfig, batch: int, backend: str, level: int) -> int:
-    est = estimate(config, batch, "cpu", backend)
-    return est["levels"][level]["saved_for_backward"] + est["levels"][level]["transient"]
+from trm_fast.tools.bench.memory import cpu_peak_per_sample  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -42,21 +36,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     b1, b2 = (int(b) for b in args.batches.split(","))
-    rows = []
-    for preset in args.preset.split(","):
-        for backend in args.backend.split(","):
-            for level in (int(lv) for lv in args.levels.split(",")):
-                config = TRMConfig.preset(preset).override([f"model.backend={backend}", f"model.recompute={level}",
-                                                            "model.forward_dtype=float32"])
-                start = time.time()
-                measured = (cpu_step_peak(config, b2) - cpu_step_peak(config, b1)) / (b2 - b1)
-                predicted = (predicted_activation_bytes(config, b2, backend, level)
-                             - predicted_activation_bytes(config, b1, backend, level)) / (b2 - b1)
-                rows.append({"preset": preset, "backend": backend, "level": level, "dtype": "float32",
-                             "measured_bytes_per_sample": measured, "predicted_bytes_per_sample": predicted})
-                print(f"{preset:11s} {backend:6s} level {level}: {measured / 1e6:8.2f} MB per sample measured, "
-                      f"{predicted / 1e6:8.2f} MB predicted ({predicted / measured:.2f}x)  [{time.time() - start:.0f} s]",
-                      flush=True)
+    rows = cpu_peak_per_sample(args.preset.split(","), args.backend.split(","),
+                               [int(lv) for lv in args.levels.split(",")], (b1, b2),
+                               log=functools.partial(print, flush=True))
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         atomic_write_json(args.out, {"date": datetime.date.today().isoformat(), "commit": commit,

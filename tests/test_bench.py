@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from trm_fast.bench import report
-from trm_fast.bench.step import model_flops
+from trm_fast.tools.bench import report
+from trm_fast.tools.bench.step import model_flops
 from trm_fast.cli import main
 from trm_fast.config import TRMConfig
 
@@ -175,7 +175,7 @@ def test_gpu_paths_of_ops_and_step(tmp_path):
 def test_graphed_step_runner_equals_the_eager_runner():
     """The `-graph` contender's runner drives the trainer's CUDA-graph step through a trainer view; on a CPU that
     step runs eagerly (capture=False) and must train exactly like the plain runner."""
-    from trm_fast.bench.step import StepRunner, bench_config, contender_configs
+    from trm_fast.tools.bench.step import StepRunner, bench_config, contender_configs
 
     config = bench_config("sudoku-att", ["model.hidden_size=32", "model.num_heads=2", "model.puzzle_emb_dim=32",
                                          "model.seq_len=16", "model.num_puzzle_identifiers=5"])

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from trm_fast.cli import main
-from trm_fast.compare import compare_curves, parse_arm, verdict
+from trm_fast.tools.compare import compare_curves, parse_arm, verdict
 
 
 def test_parse_arm():

@@ -8,7 +8,7 @@ import yaml
 
 from trm_fast.cli import main
 from trm_fast.config import TRMConfig
-from trm_fast.convert import (config_from_published, config_to_published, published_to_trm_fast,
+from trm_fast.tools.convert import (config_from_published, config_to_published, published_to_trm_fast,
                               trm_fast_to_published)
 from trm_fast.model import build_model
 

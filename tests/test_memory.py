@@ -335,8 +335,8 @@ def test_carry_bytes_follow_the_latent_layout(latent):
 def test_memory_model_against_the_measured_peak_gpu(backend):
     """trm_fast.memory.estimate's peak (meant to over-estimate a little) against torch.cuda.max_memory_allocated
     over one whole optimizer step, weights, optimiser state, EMA and puzzle table included."""
-    from trm_fast.bench.step import StepRunner
-    from trm_fast.bench.timing import peak_memory
+    from trm_fast.tools.bench.step import StepRunner
+    from trm_fast.tools.bench.timing import peak_memory
     from trm_fast.memory import estimate
 
     base = TRMConfig.preset("sudoku-att").override(["model.hidden_size=256", "model.num_heads=4",

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from kernel_utils import randn  # first: sets TRITON_INTERPRET without a GPU
-from trm_fast.bench.memory import cpu_step_peak
-from trm_fast.bench.step import StepRunner
+from trm_fast.tools.bench.memory import cpu_step_peak
+from trm_fast.tools.bench.step import StepRunner
 from trm_fast.config import TRMConfig
 from trm_fast.memory import allocation_only, estimate, peak_bytes
 

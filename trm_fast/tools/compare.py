@@ -28,6 +28,7 @@ import time
 
 from trm_fast.config import TRMConfig
 from trm_fast.files import atomic_write_json, atomic_write_text, save_figure
+from trm_fast.tools.run_config import config_from_flags
 
 
 def parse_arm(text: str) -> tuple[str, list[str]]:
@@ -117,7 +118,7 @@ def run_compare(base: TRMConfig, arms: list[tuple[str, list[str]]], steps: int, 
     with the first. With `reuse`, an arm whose folder holds a finished run of the same configuration
     (compare_arm.json) is read instead of trained, so a long comparison can be spread over several calls.
     Returns the payload written to <out_dir>/compare.json."""
-    from trm_fast.bench.report import environment
+    from trm_fast.tools.bench.report import environment
 
     if len(arms) < 2:
         raise ValueError("compare needs at least two --arm settings (the first is the base)")
@@ -245,11 +246,10 @@ def add_compare_subparser(sub) -> None:
 
 
 def run_compare_command(args) -> int:
-    from trm_fast.cli import build_config
-
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: at least one optimizer step per arm")
-    base = build_config(args)
+    # train.out_dir names the comparison's folder in base_config; every arm trains into its own sub-folder
+    base = config_from_flags(args.preset, args.config, [*(args.set or []), f"train.out_dir={args.out}"])
     payload = run_compare(base, [parse_arm(a) for a in args.arm], args.steps, args.out, args.loss_tolerance,
                           args.accuracy_points, args.after, progress=not args.no_progress, reuse=args.reuse,
                           drop_checkpoints=args.drop_checkpoints)

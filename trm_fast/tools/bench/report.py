@@ -12,7 +12,7 @@ import subprocess
 
 import torch
 
-from trm_fast.bench.timing import datasheet_peak_tflops, device_name, on_gpu
+from trm_fast.tools.bench.timing import datasheet_peak_tflops, device_name, on_gpu
 
 SECTIONS = ("ops", "step", "memory", "eval")
 ROW_KEYS = {"ops": ("op", "shape", "mode", "contender"), "step": ("preset", "batch", "contender"),

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from trm_fast.bench.timing import Deadline, measure_op, measure_op_cudagraph, note_skipped, on_gpu, selected
 from trm_fast.config import swiglu_hidden
 from trm_fast.kernels import reference as R
+from trm_fast.tools.bench.contenders import Deadline, run_contenders, selected
+from trm_fast.tools.bench.timing import measure_op, measure_op_cudagraph, on_gpu
 
 
 @dataclass(frozen=True)
@@ -295,31 +296,22 @@ def run_ops(shapes: list[OpShape], quick: bool, autotune: bool, ceilings: dict, 
 
     results = {}  # (op, shape label, contender) -> ({mode: (ms, graph_ms)}, rel_err)
     reference_out = {}
-    for contender in CONTENDER_ORDER:
-        for shape, case, base, _, contenders in cases:
-            if contender not in contenders:
-                continue
-            label = f"{case.name} {shape.label} {contender}"
-            if deadline.expired():
-                notes.append(f"{label}: not run (the --budget-s time was used up)")
-                continue
-            fn = contenders[contender]
-            try:
-                fn = fn() if contender.startswith("compile") else fn
-                timings, out = _time_contender(fn, base, quick, notes, label)
-            except Exception as exc:
-                note_skipped(notes, log, f"{label}:", exc)
-                continue
-            finally:
-                if contender.startswith("compile"):
-                    torch._dynamo.reset()  # compiled graphs of this op are not needed again
-            key = (case.name, shape.label)
-            if contender == "eager":
-                reference_out[key] = out
-            err = _rel_err(out, reference_out[key]) if key in reference_out else None
-            results[(*key, contender)] = (timings, err)
-            log(f"  {label}: " + ", ".join(f"{m} {t[0]:.3f} ms" for m, t in timings.items()))
-            if emit is not None:
-                emit(build_rows())
-    return build_rows()
+    jobs = [(f"{case.name} {shape.label} {contender}:", contender.startswith("compile"),
+             (shape, case, base, contender, contenders[contender]))
+            for contender in CONTENDER_ORDER for shape, case, base, _, contenders in cases if contender in contenders]
 
+    def measure(job) -> tuple[dict, torch.Tensor]:
+        shape, case, base, contender, fn = job
+        fn = fn() if contender.startswith("compile") else fn
+        return _time_contender(fn, base, quick, notes, f"{case.name} {shape.label} {contender}")
+
+    for (shape, case, _, contender, _), (timings, out) in run_contenders(jobs, measure, deadline, notes, log):
+        key = (case.name, shape.label)
+        if contender == "eager":
+            reference_out[key] = out
+        err = _rel_err(out, reference_out[key]) if key in reference_out else None
+        results[(*key, contender)] = (timings, err)
+        log(f"  {case.name} {shape.label} {contender}: " + ", ".join(f"{m} {t[0]:.3f} ms" for m, t in timings.items()))
+        if emit is not None:
+            emit(build_rows())
+    return build_rows()
