@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from trm_fast.bench.common import environment
-from trm_fast.data.sudoku import augment, canonical_forms, generate_hard_sudoku, parse_puzzle, solve, solve_and_rate
+from trm_fast.data.augment import augment_sudoku_pair
+from trm_fast.data.sudoku import canonical_forms, generate_hard_sudoku, parse_puzzle, solve, solve_and_rate
 
 SEVENTEEN = ["000000010400000000020000000000050407008000300001090000300400200050100000000806000",
              "..............3.85..1.2.......5.7.....4...1...9.......5......73..2.1........4...9"]
@@ -36,7 +37,7 @@ variants = []
 for text in SEVENTEEN:
     base = parse_puzzle(text)
     solution = solve(base)
-    variants += [augment(base, solution, rng)[0] for _ in range(10000)]
+    variants += [augment_sudoku_pair(base, solution, rng)[0] for _ in range(10000)]
 seventeen_rate, seventeen_guesses = rate_per_second(np.stack(variants))
 minimal = generate_hard_sudoku(2000, seed=1, iterations=0, threads=threads)
 minimal_rate, minimal_guesses = rate_per_second(minimal["puzzles"])
