@@ -30,15 +30,16 @@ def test_eval_batches_one_pass(benchmark, train_set):
 
 def test_sudoku_augment(benchmark):
     sudoku = pytest.importorskip("trm_fast.data.sudoku")
+    augment = pytest.importorskip("trm_fast.data.augment")
     puzzle = sudoku.parse_puzzle("000000010400000000020000000000050407008000300001090000300400200050100000000806000")
     solution = sudoku.solve(puzzle)
     rng = np.random.default_rng(0)
-    p, s = benchmark(sudoku.augment, puzzle, solution, rng)
+    p, s = benchmark(augment.augment_sudoku_pair, puzzle, solution, rng)
     assert (p > 0).sum() == (puzzle > 0).sum() and sudoku.is_valid_solution(p, s)
 
 
 def test_maze_dihedral(benchmark):
-    maze = pytest.importorskip("trm_fast.data.maze")
+    augment = pytest.importorskip("trm_fast.data.augment")
     tokens = np.random.default_rng(0).integers(1, 6, 900)
-    out = benchmark(maze.dihedral_tokens, tokens, 5)
+    out = benchmark(augment.augment_maze, tokens, 5, 30)
     assert out.shape == tokens.shape and sorted(out) == sorted(tokens)

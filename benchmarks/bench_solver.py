@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 sudoku = pytest.importorskip("trm_fast.data.sudoku")
+augment = pytest.importorskip("trm_fast.data.augment")
 
 SEVENTEEN = "000000010400000000020000000000050407008000300001090000300400200050100000000806000"
 
@@ -14,7 +15,7 @@ def puzzles():
     base = sudoku.parse_puzzle(SEVENTEEN)
     solution = sudoku.solve(base)
     rng = np.random.default_rng(0)
-    return np.stack([sudoku.augment(base, solution, rng)[0] for _ in range(256)])
+    return np.stack([augment.augment_sudoku_pair(base, solution, rng)[0] for _ in range(256)])
 
 
 def test_solve_and_rate_batch(benchmark, puzzles):

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from trm_fast.data.arc import build_arc
+from trm_fast.data.arc import EOS, PAD, build_arc, crop_canvas, grid_to_canvas
+from trm_fast.data.augment import arc_aug_name, augment_arc, parse_arc_aug_name, restore_arc
 from trm_fast.data.format import read_split
-from trm_fast.eval.arc import (EOS, PAD, ArcVoter, aug_name, augment_grid, check_eval_allowed, check_no_overlap,
-                               crop_canvas, evaluate_arc, gather_voter, grid_to_canvas, restore_grid)
+from trm_fast.eval.arc import ArcVoter, check_eval_allowed, check_no_overlap, evaluate_arc, gather_voter
 
 rng = np.random.default_rng(0)
 SHARED_ARC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "arc")
@@ -30,12 +30,12 @@ def test_inverse_transforms_restore_every_augmentation(shape):
     for k in range(8):
         for _ in range(3):
             perm = random_perm()
-            aug = augment_grid(grid, k, perm)
+            aug = augment_arc(grid, k, perm)
             assert aug.shape == (shape if k in (0, 2, 5, 7) else shape[::-1])
-            assert np.array_equal(restore_grid(aug, k, perm), grid)
+            assert np.array_equal(restore_arc(aug, k, perm), grid)
             assert np.array_equal(crop_canvas(grid_to_canvas(aug)), aug)
     # the 8 transforms are distinct on a generic grid
-    versions = [augment_grid(grid, k, np.arange(10)) for k in range(8)]
+    versions = [augment_arc(grid, k, np.arange(10)) for k in range(8)]
     assert len({bytes(v.shape) + v.astype(np.uint8).tobytes() for v in versions}) == (1 if shape == (1, 1) else 8)
 
 
@@ -217,11 +217,11 @@ def _predict(truths, answer_fn, augs_per_task=4):
     for task, outputs in truths.items():
         for _ in range(augs_per_task):
             k, perm = int(rng.integers(0, 8)), random_perm()
-            identifiers.append(aug_name(task, k, perm))
+            identifiers.append(arc_aug_name(task, k, perm))
             for i, truth in enumerate(outputs):
                 pids.append(len(identifiers) - 1)
                 idxs.append(i)
-                preds.append(grid_to_canvas(augment_grid(answer_fn(task, i, truth), k, perm)))
+                preds.append(grid_to_canvas(augment_arc(answer_fn(task, i, truth), k, perm)))
     return identifiers, np.array(pids), np.array(idxs), np.stack(preds)
 
 
@@ -244,13 +244,11 @@ def test_ground_truth_scores_100_wrong_0_and_a_mix_in_between(tmp_path):
 
 def test_voting_and_tie_break_by_halting_confidence():
     truth, wrong, other = np.array([[1, 2], [3, 4]]), np.array([[4, 3], [2, 1]]), np.array([[5]])
-    identifiers = ["<blank>", aug_name("t", 0, np.arange(10)), aug_name("t", 5, random_perm()), aug_name("t", 2, random_perm())]
+    identifiers = ["<blank>", arc_aug_name("t", 0, np.arange(10)), arc_aug_name("t", 5, random_perm()), arc_aug_name("t", 2, random_perm())]
 
     def canvas(grid, pid):
-        from trm_fast.eval.arc import parse_aug_name
-
-        _, k, perm = parse_aug_name(identifiers[pid])
-        return grid_to_canvas(augment_grid(grid, k, perm))
+        _, k, perm = parse_arc_aug_name(identifiers[pid])
+        return grid_to_canvas(augment_arc(grid, k, perm))
 
     voter = ArcVoter(identifiers, {"t": [truth]})
     # one vote each: the answer with the higher sigmoid(q_halt) ranks first
@@ -366,7 +364,8 @@ def test_tiny_training_reports_pass_at_k_and_cli_refuses_overlap(tmp_path, capsy
     assert "not an evaluation task" in capsys.readouterr().err
     # the task's answers are exactly those of the whole-dataset evaluation's votes
     from trm_fast.eval.evaluate import arc_voter_for, evaluate
-    from trm_fast.eval.inference import load_trained_model, solve_arc_task
+    from trm_fast.checkpoint import load_trained_model
+    from trm_fast.eval.inference import solve_arc_task
 
     model, cfg, _ = load_trained_model(str(tmp_path / "run"))
     _, test_sets = read_split(str(tmp_path / "ds" / "test"))

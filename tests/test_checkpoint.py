@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import trm_fast.train.checkpoint as ckpt_mod
+import trm_fast.checkpoint as ckpt_mod
 from trm_fast.config import TRMConfig
 from trm_fast.model import build_model
-from trm_fast.train.checkpoint import (capture_rng_state, check_compatible, find_latest_checkpoint, list_checkpoints,
+from trm_fast.checkpoint import (capture_rng_state, check_compatible, find_latest_checkpoint, list_checkpoints,
                                        load_checkpoint, restore_rng_state, save_checkpoint)
 from trm_fast.train.ema import EMA
 from trm_fast.train.optim import AdamATan2

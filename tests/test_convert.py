@@ -105,7 +105,7 @@ def test_hrm_checkpoint_and_config_round_trip():
 def test_import_a_published_run_folder_without_a_preset(tmp_path):
     """A checkpoint as the published script leaves it: <checkpoint_path>/step_N plus all_config.yaml (Hydra dump
     with keys trm_fast does not use)."""
-    from trm_fast.train.checkpoint import find_latest_checkpoint, load_checkpoint
+    from trm_fast.checkpoint import find_latest_checkpoint, load_checkpoint
 
     config = TRMConfig.preset("sudoku-mlp").override(["model.num_puzzle_identifiers=3", "model.n=4"])
     model = build_model(config.model)
@@ -127,7 +127,7 @@ def test_import_a_published_run_folder_without_a_preset(tmp_path):
 
 
 def test_cli_export_then_import_and_errors(tmp_path, capsys):
-    from trm_fast.train.checkpoint import find_latest_checkpoint, load_checkpoint
+    from trm_fast.checkpoint import find_latest_checkpoint, load_checkpoint
     from trm_fast.train.trainer import train
 
     config = TRMConfig.preset("sudoku4-tiny").override([f"train.out_dir={tmp_path / 'run'}", "train.max_steps=2"])

@@ -1,12 +1,15 @@
-"""The on-disk format: round trip, validation errors that name file and field, atomic output, manifest."""
+"""The on-disk format: round trip, validation errors that name file and field, atomic output, manifest; a run's
+dataset (load_data) and its device batches (to_device_batch)."""
 import json
 import os
 
 import numpy as np
 import pytest
+import torch
 
-from trm_fast.data.format import (DatasetMetadata, PuzzleSet, atomic_output_dir, dataset_manifest, read_split,
-                                  write_split)
+from trm_fast.config import TRMConfig
+from trm_fast.data.format import (IGNORE_LABEL, DatasetMetadata, PuzzleSet, atomic_output_dir, dataset_manifest,
+                                  load_data, read_split, to_device_batch, write_split)
 
 
 def _example(seed=0, groups=(2, 1, 3), examples_per_puzzle=2, seq_len=5, vocab=7):
@@ -83,7 +86,7 @@ def test_missing_field_missing_file_and_bad_json(tmp_path):
     with pytest.raises(ValueError, match="dataset.json: missing field\\(s\\) seq_len"):
         read_split(str(tmp_path))
     (tmp_path / "dataset.json").write_text("{not json")
-    with pytest.raises(ValueError, match="dataset.json: not valid JSON"):
+    with pytest.raises(ValueError, match="dataset.json:1: not valid JSON"):
         read_split(str(tmp_path))
     (tmp_path / "dataset.json").write_text(json.dumps(raw))
     os.remove(tmp_path / "all__labels.npy")
@@ -136,3 +139,26 @@ def test_manifest_detects_any_change(tmp_path):
     second = dataset_manifest(str(tmp_path))
     assert second["train/all__inputs.npy"] != first["train/all__inputs.npy"]
     assert second["train/all__labels.npy"] == first["train/all__labels.npy"]
+
+
+def test_load_data_reads_both_splits_and_names_what_is_missing(tmp_path):
+    meta, puzzle_set = _example()
+    for split in ("train", "test"):
+        write_split(str(tmp_path / "ds" / split), meta, {"all": puzzle_set})
+    config = TRMConfig.preset("sudoku4-tiny").override(["data.recipe=", f"data.path={tmp_path / 'ds'}"])
+    data = load_data(config)
+    assert data.root == str(tmp_path / "ds") and data.train_meta.seq_len == meta.seq_len
+    assert np.array_equal(data.test_set.inputs, puzzle_set.inputs)
+    with pytest.raises(ValueError, match="no built dataset there"):
+        load_data(config.override([f"data.path={tmp_path / 'nowhere'}"]))
+    with pytest.raises(ValueError, match="nothing to train on"):
+        load_data(config.override(["data.path="]))
+
+
+def test_device_batch_marks_the_datasets_ignored_label():
+    batch = {"inputs": np.array([[1, 2, 3]], dtype=np.uint8), "labels": np.array([[0, 4, 0]], dtype=np.int32),
+             "puzzle_identifiers": np.array([5], dtype=np.int32)}
+    tensors = to_device_batch(batch, 0, "cpu")
+    assert tensors["labels"].tolist() == [[IGNORE_LABEL, 4, IGNORE_LABEL]]
+    assert tensors["inputs"].dtype == torch.int32 and tensors["labels"].dtype == tensors["puzzle_identifiers"].dtype == torch.int64
+    assert to_device_batch(batch, None, "cpu")["labels"].tolist() == [[0, 4, 0]]  # no ignore id: every label counts

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from trm_fast.train.checkpoint import find_latest_checkpoint, list_checkpoints, load_checkpoint
+from trm_fast.checkpoint import find_latest_checkpoint, list_checkpoints, load_checkpoint
 
 TINY = ["--preset", "sudoku4-tiny", "--no-progress", "--set", "data.global_batch_size=16",
         "--set", "train.checkpoint_interval=4", "--set", "train.keep_checkpoints=8"]
@@ -165,8 +165,8 @@ def test_two_processes_match_one_and_resume_on_one(reference, tmp_path):
 
     # the evaluation split across the two ranks equals one process evaluating the same weights
     from trm_fast.eval.evaluate import evaluate
-    from trm_fast.eval.inference import load_trained_model
-    from trm_fast.train.trainer import load_data
+    from trm_fast.checkpoint import load_trained_model
+    from trm_fast.data.format import load_data
 
     with open(out / "metrics.jsonl") as f:
         distributed_eval = [r for r in map(json.loads, f) if r["kind"] == "eval"][-1]

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from trm_fast.config import TRMConfig
+from trm_fast.data.format import IGNORE_LABEL
 from trm_fast.model import TRM
 from trm_fast.train.act import SupervisionState, keyed_uniform, supervision_step
-from trm_fast.train.losses import IGNORE_LABEL, q_continue_target, supervision_loss, token_losses
+from trm_fast.train.losses import q_continue_target, supervision_loss, token_losses
 
 
 def test_stablemax_cross_entropy_against_float64_formula():

@@ -249,7 +249,7 @@ def _trainer(tmp_path, name, *extra):
 
 
 def _run(trainer, step_fn, steps):
-    from trm_fast.eval.evaluate import to_device_batch
+    from trm_fast.data.format import to_device_batch
 
     metrics = []
     for _ in range(steps):
@@ -276,13 +276,13 @@ def test_graph_step_body_equals_the_eager_engine(tmp_path):
     """The tensor-parameterised step (what a CUDA graph captures) run eagerly on the CPU: same halting, carry
     slots, puzzle rows and (to fp32 rounding of the optimiser arithmetic) weights as the trainer's eager step."""
     eager, graphed = _trainer(tmp_path, "eager"), _trainer(tmp_path, "graphed")
-    step = GraphedCarryStep(graphed, capture=False)
+    graphed.graphed_step = GraphedCarryStep(graphed.carry_step_parts(), capture=False)
     m_eager = _run(eager, eager.carry_step, 3)
-    m_graph = _run(graphed, step, 3)
-    assert graphed.state is step.state
+    m_graph = _run(graphed, graphed.carry_step, 3)
+    assert graphed.state is graphed.graphed_step.state
     lines = []
     eager.log = lines.append
-    assert make_graphed_step(eager) is None and len(lines) == 1 and "CUDA graphs need CUDA" in lines[0]
+    assert make_graphed_step(eager.carry_step_parts()) is None and len(lines) == 1 and "CUDA graphs need CUDA" in lines[0]
     _assert_same_training_state(eager, graphed, atol=1e-6)
     assert eager.model.puzzle_emb.weight.abs().sum() > 0
     for a, b in zip(m_eager, m_graph):
@@ -296,9 +296,9 @@ def test_graph_step_body_equals_the_eager_engine(tmp_path):
 def test_cuda_graph_replay_equals_eager(tmp_path, backend):
     extra = ("train.device=cuda", f"model.backend={backend}", "model.forward_dtype=float32")
     eager, graphed = _trainer(tmp_path, "eager", *extra), _trainer(tmp_path, "graphed", *extra)
-    step = GraphedCarryStep(graphed, warmup_steps=1)
+    graphed.graphed_step = step = GraphedCarryStep(graphed.carry_step_parts(), warmup_steps=1)
     _run(eager, eager.carry_step, 3)
-    _run(graphed, step, 3)
+    _run(graphed, graphed.carry_step, 3)
     assert step.graph is not None and step.active, "capture failed"
     _assert_same_training_state(eager, graphed, atol=1e-5)
     # the same through the trainer option: two eager warm-up steps, then capture and replay inside carry_step

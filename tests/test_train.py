@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trm_fast.config import TRMConfig
-from trm_fast.train.checkpoint import find_latest_checkpoint, load_checkpoint
+from trm_fast.checkpoint import find_latest_checkpoint, load_checkpoint
 from trm_fast.train.trainer import Trainer, train
 
 
@@ -38,7 +38,7 @@ def test_gradient_accumulation_matches_one_batch(tmp_path):
         trainer = Trainer(tiny(tmp_path / f"a{accum}", f"train.grad_accum={accum}", "train.max_steps=3"), progress=False,
                           log=lambda *a: None)
         for _ in range(3):
-            from trm_fast.eval.evaluate import to_device_batch
+            from trm_fast.data.format import to_device_batch
 
             batch = to_device_batch(trainer.sampler.next_batch(), trainer.data.train_meta.ignore_label_id, trainer.device)
             trainer._set_lr()
@@ -73,9 +73,8 @@ def test_corrupted_checkpoint_is_refused_and_previous_used(tmp_path):
 
 
 def test_architecture_mismatch_is_named(tmp_path):
-    from trm_fast.eval.inference import load_trained_model
+    from trm_fast.checkpoint import check_compatible, load_trained_model
     from trm_fast.model import build_model
-    from trm_fast.train.checkpoint import check_compatible
 
     summary = train(tiny(tmp_path, "train.max_steps=2"), progress=False, log=lambda *a: None)
     other = build_model(TRMConfig.preset("sudoku4-tiny").override(["model.hidden_size=48", "model.puzzle_emb_dim=48"]).model)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trm_fast.config import TRMConfig
-from trm_fast.eval.evaluate import to_device_batch
+from trm_fast.data.format import to_device_batch
 from trm_fast.train.optim import lr_at
 from trm_fast.train.trainer import Trainer, epochs_per_iteration, train
 

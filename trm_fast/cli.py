@@ -57,8 +57,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from trm_fast.eval.evaluate import arc_scores, arc_voter_for, evaluate
-    from trm_fast.eval.inference import load_trained_model
-    from trm_fast.train.trainer import load_data, resolve_device
+    from trm_fast.checkpoint import load_trained_model
+    from trm_fast.data.format import load_data
+    from trm_fast.device import resolve_device
 
     device = resolve_device(args.device)
     model, config, _ = load_trained_model(args.ckpt, device, use_ema=not args.no_ema)
@@ -104,8 +105,9 @@ def cmd_solve(args) -> int:
     """Sudoku (16, 36 or 81 cells) or Maze-Hard (30x30) puzzles, whichever the checkpoint was trained on."""
     import torch
 
-    from trm_fast.eval.inference import load_trained_model, solve_tokens
-    from trm_fast.train.trainer import resolve_device
+    from trm_fast.checkpoint import load_trained_model
+    from trm_fast.device import resolve_device
+    from trm_fast.eval.inference import solve_tokens
 
     if args.arc_task:
         return _solve_arc(args)
@@ -165,8 +167,9 @@ def cmd_solve(args) -> int:
 
 def _solve_arc(args) -> int:
     """An evaluation task of the checkpoint's ARC dataset (or --data): vote over its versions, print the top answers."""
-    from trm_fast.eval.inference import load_trained_model, solve_arc_task
-    from trm_fast.train.trainer import resolve_device
+    from trm_fast.checkpoint import load_trained_model
+    from trm_fast.device import resolve_device
+    from trm_fast.eval.inference import solve_arc_task
 
     model, config, _ = load_trained_model(args.ckpt, resolve_device(args.device))
     root = args.data or config.data.path

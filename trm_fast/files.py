@@ -23,14 +23,14 @@ def atomic_write_json(path: str, data, indent: int | None = 2) -> None:
 
 
 def read_json(path: str, missing_hint: str = ""):
-    """A JSON file's content; a missing file or invalid JSON is a ValueError naming the path."""
+    """A JSON file's content; a missing file or invalid JSON is a ValueError naming the path (and the line)."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file" + (f" ({missing_hint})" if missing_hint else ""))
     try:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
 
 
 def save_figure(fig, path: str, dpi: int = 100) -> str:

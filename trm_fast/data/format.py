@@ -8,7 +8,9 @@
     <root>/<split>/<set>__group_indices.npy     (G+1,) puzzle offsets per group (a puzzle and its augmentations)
 
 Builders write into a temporary folder and rename it when complete (`atomic_output_dir`), so a failed build
-leaves nothing half-written.
+leaves nothing half-written. Readers: `read_split` (one split), `load_data` (a run's dataset: both splits of
+data.path or of an embedded recipe), `to_device_batch` (a sampled batch as tensors, unsupervised labels as
+IGNORE_LABEL).
 """
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trm_fast.config import TRMConfig
 from trm_fast.files import atomic_write_json, read_json
 
+IGNORE_LABEL = -100  # the label of unsupervised tokens in device batches (the loss and the metrics skip them)
 ARRAY_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 INDEX_FIELDS = ("puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -178,6 +182,48 @@ def read_split(split_dir: str, mmap: bool = False) -> tuple[DatasetMetadata, dic
     if not meta.total_puzzles:  # older files lack it (0 by default): the published loader derives it the same way
         meta.total_puzzles = sum(len(s.puzzle_identifiers) for s in sets.values())
     return meta, sets
+
+
+@dataclass
+class DataBundle:
+    root: str
+    train_meta: DatasetMetadata
+    train_set: PuzzleSet
+    test_meta: DatasetMetadata
+    test_set: PuzzleSet
+
+
+def load_data(config: TRMConfig, log=print) -> DataBundle:
+    """The run's dataset: a built folder (data.path) or an embedded recipe built on first use (data.recipe)."""
+    root = config.data.path
+    if config.data.recipe:
+        from trm_fast.data.recipes import ensure_recipe
+
+        root = ensure_recipe(config.data.recipe, root or None, log=log)
+    if not root:
+        raise ValueError("config field data.path is empty and data.recipe names no embedded dataset: nothing to train on")
+    if not os.path.isdir(os.path.join(root, "train")):
+        raise ValueError(
+            f"config field data.path = {root!r}: no built dataset there (expected {root}/train/dataset.json); "
+            "build one with `trm-fast data build ...`"
+        )
+    train_meta, train_sets = read_split(os.path.join(root, "train"))
+    test_meta, test_sets = read_split(os.path.join(root, "test"))
+    return DataBundle(root, train_meta, train_sets["all"], test_meta, test_sets["all"])
+
+
+def to_device_batch(batch: dict, ignore_label_id: int | None, device) -> dict:
+    """Numpy batch -> tensors; labels equal to the dataset's ignore_label_id become IGNORE_LABEL."""
+    import torch  # not at the top: building datasets needs no torch
+
+    labels = torch.as_tensor(np.asarray(batch["labels"]), dtype=torch.int64)
+    if ignore_label_id is not None:
+        labels = torch.where(labels == ignore_label_id, torch.full_like(labels, IGNORE_LABEL), labels)
+    return {
+        "inputs": torch.as_tensor(np.asarray(batch["inputs"]), dtype=torch.int32).to(device, non_blocking=True),
+        "labels": labels.to(device, non_blocking=True),
+        "puzzle_identifiers": torch.as_tensor(np.asarray(batch["puzzle_identifiers"]), dtype=torch.int64).to(device, non_blocking=True),
+    }
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ has more than 110 moves (plain rejection sampling, so the kept mazes follow exac
 Labels: the input grid with the cells of one shortest path marked 'o'; 'S' and 'G' stay. The path is fixed by a
 BFS from the goal and a walk from the start that always steps to the first neighbour one move closer to the goal in
 the order up, down, left, right. Tokens: '#'=1, ' '=2, 'S'=3, 'G'=4, 'o'=5 (pad 0), vocab 6, length 900.
-Augmentation: the 8 dihedral transforms, applied to input and label alike.
+Augmentation: the 8 dihedral transforms, applied to input and label alike (trm_fast/data/augment.py).
 
     trm-fast data build maze --source train.csv --out data/maze-30x30-hard-1k --aug 7   # test.csv beside it
     trm-fast data build maze --source hub --out data/maze-30x30-hard-1k --aug 7         # needs huggingface_hub
@@ -22,6 +22,8 @@ import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from trm_fast.data.augment import augment_maze
 
 CHARSET = "# SGo"
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
@@ -141,11 +143,6 @@ def generate_mazes(count: int, seed: int = 0, n: int = SIZE, min_walls: int = 27
     cat = lambda i, shape: np.concatenate([p[i] for p in parts]) if parts else np.zeros(shape, dtype=np.uint8)
     return {"inputs": cat(0, (0, n * n)), "labels": cat(1, (0, n * n)), "walls": cat(2, (0,)).astype(np.int32),
             "path_moves": cat(3, (0,)).astype(np.int32), "attempts": attempts}
-
-
-def dihedral_tokens(tokens: np.ndarray, k: int, n: int = SIZE) -> np.ndarray:
-    grid = np.rot90(np.asarray(tokens).reshape(n, n), k % 4)
-    return np.ascontiguousarray(grid.T if k >= 4 else grid).ravel()
 
 
 def parse_maze(text: str, n: int = SIZE) -> np.ndarray:
@@ -338,8 +335,8 @@ def build_maze(*, out: str, source: str | None = None, test_source: str | None =
             for inp, lab in tqdm(pairs, desc=f"maze {split}", leave=False):
                 ks = [0] + (sorted(rng.choice(np.arange(1, 8), augs, replace=False).tolist()) if augs else [])
                 for k in ks:
-                    inputs.append(dihedral_tokens(inp, k))
-                    labels.append(dihedral_tokens(lab, k))
+                    inputs.append(augment_maze(inp, k, SIZE))
+                    labels.append(augment_maze(lab, k, SIZE))
                 groups.append(groups[-1] + len(ks))
             n = len(inputs)
             # as published: every example its own puzzle (identifier 0), a maze and its transforms one group

@@ -1,6 +1,6 @@
 """Sudoku of size 4x4 (2x2 boxes), 6x6 (boxes of 2 rows x 3 columns) and 9x9 (3x3): an exact solver that counts
-solutions (uniqueness), generators of puzzles with unique solutions, the TRM_SPEC augmentations, canonical forms
-under the symmetry group (to keep train and test grids inequivalent), parsing and printing.
+solutions (uniqueness), generators of puzzles with unique solutions, canonical forms under the symmetry group (to
+keep train and test grids inequivalent), parsing and printing. The augmentations are in trm_fast/data/augment.py.
 
 Grids are (size, size) int arrays with 0 for a blank. Tokens (TRM_SPEC section 5): pad 0, blank 1, digit d -> d+1.
 """
@@ -332,25 +332,6 @@ def rate(grid: np.ndarray, limit: int = 2) -> tuple[int, int, np.ndarray | None]
 # ---------------------------------------------------------------------------------------------- symmetries
 
 
-def _line_permutations(n_groups: int, group: int, rng: np.random.Generator) -> np.ndarray:
-    """Permute groups (bands or stacks) and lines within each group."""
-    order = rng.permutation(n_groups)
-    return np.concatenate([g * group + rng.permutation(group) for g in order])
-
-
-def augment(puzzle: np.ndarray, solution: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random symmetry applied to puzzle and solution alike: transpose (p 0.5, square boxes only), permutations
-    of bands, rows within bands, stacks, columns within stacks, and a relabelling of the digits."""
-    size = puzzle.shape[0]
-    br, bc = box_shape(size)
-    if br == bc and rng.random() < 0.5:
-        puzzle, solution = puzzle.T, solution.T
-    rows = _line_permutations(size // br, br, rng)
-    cols = _line_permutations(size // bc, bc, rng)
-    relabel = np.concatenate([[0], rng.permutation(size) + 1])
-    return relabel[puzzle[rows][:, cols]], relabel[solution[rows][:, cols]]
-
-
 def _group_line_orders(n_groups: int, group: int) -> np.ndarray:
     """Every line order allowed by the boxes: permutations of the groups and of the lines within each group."""
     orders = []
@@ -606,6 +587,7 @@ def write_sudoku_dataset(out_dir: str, train: list, test: list, aug: int, rng: n
     augmentations; test puzzles are kept as they are. Atomic: nothing is left behind on failure."""
     from tqdm.auto import tqdm
 
+    from trm_fast.data.augment import augment_sudoku_pair
     from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
 
     summary = {}
@@ -622,7 +604,7 @@ def write_sudoku_dataset(out_dir: str, train: list, test: list, aug: int, rng: n
             else:
                 inputs, labels, groups = [], [], [0]
                 for puzzle, solution in tqdm(pairs, desc=f"{split} (aug {augs})", leave=False, disable=not progress):
-                    variants = [(puzzle, solution)] + [augment(puzzle, solution, rng) for _ in range(augs)]
+                    variants = [(puzzle, solution)] + [augment_sudoku_pair(puzzle, solution, rng) for _ in range(augs)]
                     for p, s in variants:
                         inputs.append(_tokens(p.ravel()))
                         labels.append(_tokens(s.ravel()))

@@ -9,9 +9,8 @@ the fraction of its test inputs solved; the report averages over tasks.
     scores = evaluate_arc("data/arc1concept-aug-1000", predictions, q_halt, puzzle_ids, inputs=inputs,
                           ks=(1, 2, 10), submission_path="run/submission.json")
 
-Grids on the canvas: pad 0, EOS 1, colour c -> token c + 2, a 30x30 canvas with the grid at the top-left, an EOS
-row below it and an EOS column right of it (the corner cell stays pad, as in the reference builder). Augmented
-puzzle names (identifiers.json) read `<task_id>|<dihedral 0-7>|<colour permutation as 10 digits>`, e.g.
+The canvas codec is trm_fast/data/arc.py's, the augmentations and their inverses trm_fast/data/augment.py's.
+Augmented puzzle names (identifiers.json) read `<task_id>|<dihedral 0-7>|<colour permutation as 10 digits>`, e.g.
 `007bbfb7|3|0213456789`; id 0 is "<blank>" (padding rows, never scored).
 
 test_puzzles.json holds, per evaluation task, its original test pairs: {task: [{"input": grid, "output": grid}, ...]}
@@ -20,118 +19,17 @@ test_puzzles.json holds, per evaluation task, its original test pairs: {task: [{
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 
-from trm_fast.files import atomic_write_json, read_json
-
 import numpy as np
 
-CANVAS = 30
-PAD, EOS, COLOUR0 = 0, 1, 2
-BLANK = "<blank>"
+from trm_fast.data.arc import BLANK, CANVAS, crop_canvas, grid_key
+from trm_fast.data.augment import parse_arc_aug_name, restore_arc
+from trm_fast.files import atomic_write_json, read_json
+
 # ARC-AGI-2 training holds 376 of the 400 ARC-AGI-1 evaluation tasks (same ids, same test pairs).
 ARC2_TRAIN_HOLDS_ARC1_EVAL = 376
-
-
-# ---------------------------------------------------------------------------------------------- transforms
-
-
-def _rot90(grid: np.ndarray, k: int) -> np.ndarray:
-    """np.rot90(grid, k) for 2-D grids as plain slicing views (np.rot90's generic path dominates a 1000x build)."""
-    k %= 4
-    if k == 1:
-        return grid[:, ::-1].T
-    if k == 2:
-        return grid[::-1, ::-1]
-    if k == 3:
-        return grid.T[:, ::-1]
-    return grid
-
-
-def dihedral(grid: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 8 dihedral transforms: rotations by k*90 degrees, then a transpose for k >= 4."""
-    out = _rot90(np.asarray(grid), k)
-    return np.ascontiguousarray(out.T if k >= 4 else out)
-
-
-def inverse_dihedral(grid: np.ndarray, k: int) -> np.ndarray:
-    grid = np.asarray(grid)
-    if k >= 4:
-        grid = grid.T
-    return np.ascontiguousarray(_rot90(grid, -k))
-
-
-def aug_name(task_id: str, k: int, perm: np.ndarray) -> str:
-    return f"{task_id}|{k}|{''.join(str(int(c)) for c in perm)}"
-
-
-def parse_aug_name(name: str) -> tuple[str, int, np.ndarray]:
-    try:
-        task, k, perm = name.rsplit("|", 2)
-        perm_arr = np.array([int(c) for c in perm])
-        if sorted(perm_arr.tolist()) != list(range(10)) or perm_arr[0] != 0 or not 0 <= int(k) < 8:
-            raise ValueError
-        return task, int(k), perm_arr
-    except ValueError:
-        raise ValueError(f"bad augmented puzzle name {name!r}: expected '<task>|<0-7>|<permutation of 0-9 fixing 0>'") from None
-
-
-def augment_grid(grid: np.ndarray, k: int, perm: np.ndarray) -> np.ndarray:
-    """Colour permutation (perm[c] is the new colour of c) after the dihedral transform."""
-    return perm[dihedral(np.asarray(grid), k)]
-
-
-def restore_grid(grid: np.ndarray, k: int, perm: np.ndarray) -> np.ndarray:
-    """The inverse of augment_grid: inverse colour map, then the inverse transform."""
-    inverse = np.argsort(perm)
-    return inverse_dihedral(inverse[np.asarray(grid)], k)
-
-
-def grid_to_canvas(grid: np.ndarray, row: int = 0, col: int = 0, out: np.ndarray | None = None) -> np.ndarray:
-    """A grid on the 30x30 token canvas at (row, col), with its EOS border (row below, column right; the corner
-    cell is left as pad, as the reference builder does). Flattened to 900 tokens; written into `out` (900 pad
-    tokens, e.g. a row of a preallocated array) when given."""
-    grid = np.asarray(grid)
-    h, w = grid.shape
-    if not (1 <= h and 1 <= w and row + h <= CANVAS and col + w <= CANVAS):
-        raise ValueError(f"grid of shape {grid.shape} at ({row}, {col}) does not fit the {CANVAS}x{CANVAS} canvas")
-    flat = np.full(CANVAS * CANVAS, PAD, dtype=np.uint8) if out is None else out
-    canvas = flat.reshape(CANVAS, CANVAS)
-    canvas[row:row + h, col:col + w] = grid + COLOUR0
-    if row + h < CANVAS:
-        canvas[row + h, col:col + w] = EOS
-    if col + w < CANVAS:
-        canvas[row:row + h, col + w] = EOS
-    return flat
-
-
-def crop_canvas(tokens: np.ndarray) -> np.ndarray | None:
-    """The largest all-colour rectangle anchored at the top-left of a predicted canvas (the reference's crop: rows
-    are added while the usable width, cut at the first non-colour token of each row, keeps the area growing).
-    None when the top-left token is not a colour."""
-    canvas = np.asarray(tokens).reshape(CANVAS, CANVAS)
-    is_colour = (canvas >= COLOUR0) & (canvas < COLOUR0 + 10)
-    # usable width of row r = first non-colour column, never wider than the rows above
-    widths = np.where(is_colour.all(1), CANVAS, np.argmin(is_colour, axis=1))
-    widths = np.minimum.accumulate(widths)
-    areas = widths * np.arange(1, CANVAS + 1)
-    rows = int(np.argmax(areas)) + 1  # the first maximum, as the reference's strict '>' keeps
-    if areas[rows - 1] == 0:
-        return None
-    return (canvas[:rows, : widths[rows - 1]] - COLOUR0).astype(np.int64)
-
-
-def grid_key(grid: np.ndarray) -> bytes:
-    """A hashable identity of a grid (shape and values)."""
-    grid = np.asarray(grid, dtype=np.uint8)
-    return bytes(grid.shape) + grid.tobytes()
-
-
-def pair_hash(inp, out) -> str:
-    """A short content hash of an (input, output) pair, used to detect train/eval overlap across datasets."""
-    return hashlib.sha256(grid_key(np.asarray(inp)) + b"|" + grid_key(np.asarray(out))).hexdigest()[:20]
 
 
 # ---------------------------------------------------------------------------------------------- voting
@@ -215,7 +113,7 @@ class ArcVoter:
             pid = int(puzzle_ids[row])
             if pid == self.blank_id:
                 continue
-            task, k, perm = parse_aug_name(self.identifiers[pid])
+            task, k, perm = parse_arc_aug_name(self.identifiers[pid])
             if task not in self.truths:
                 raise ValueError(f"ArcVoter.add: puzzle {self.identifiers[pid]!r} belongs to no task of test_puzzles.json")
             if test_index is not None:
@@ -228,14 +126,14 @@ class ArcVoter:
                 lookup = self._input_index.get(task)
                 if lookup is None:
                     raise ValueError(f"ArcVoter.add: test_puzzles.json has no test inputs for task {task}; give test_index")
-                idx = lookup.get(grid_key(restore_grid(grid, k, perm))) if grid is not None else None
+                idx = lookup.get(grid_key(restore_arc(grid, k, perm))) if grid is not None else None
                 if idx is None:
                     self.unmatched += 1
                     continue
             grid = crop_canvas(predictions[row])
             if grid is None:
                 continue  # no colour at the top-left: no answer to vote for
-            self.votes[(task, idx)][grid_key(restore_grid(grid, k, perm))].append(float(confidence[row]))
+            self.votes[(task, idx)][grid_key(restore_arc(grid, k, perm))].append(float(confidence[row]))
 
     def merge(self, other_votes: dict) -> None:
         for slot, answers in other_votes.items():

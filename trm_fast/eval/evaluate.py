@@ -8,19 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from trm_fast.train.losses import IGNORE_LABEL
-
-
-def to_device_batch(batch: dict, ignore_label_id: int | None, device) -> dict:
-    """Numpy batch -> tensors; labels equal to the dataset's ignore_label_id become IGNORE_LABEL."""
-    labels = torch.as_tensor(np.asarray(batch["labels"]), dtype=torch.int64)
-    if ignore_label_id is not None:
-        labels = torch.where(labels == ignore_label_id, torch.full_like(labels, IGNORE_LABEL), labels)
-    return {
-        "inputs": torch.as_tensor(np.asarray(batch["inputs"]), dtype=torch.int32).to(device, non_blocking=True),
-        "labels": labels.to(device, non_blocking=True),
-        "puzzle_identifiers": torch.as_tensor(np.asarray(batch["puzzle_identifiers"]), dtype=torch.int64).to(device, non_blocking=True),
-    }
+from trm_fast.data.format import IGNORE_LABEL, to_device_batch
 
 
 @torch.no_grad()

@@ -1,46 +1,10 @@
-"""Loading a trained model from a checkpoint, and solving single puzzles with test-time halting."""
+"""Solving single puzzles with a trained model (trm_fast.checkpoint.load_trained_model): test-time halting, and one
+ARC task's augmented versions voted on."""
 from __future__ import annotations
 
 import os
 
 import torch
-
-from trm_fast.config import TRMConfig
-from trm_fast.model import build_model
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint folder, or a run folder (its latest usable checkpoint)."""
-    from trm_fast.train.checkpoint import find_latest_checkpoint
-
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {path!r} does not exist")
-    if os.path.isfile(os.path.join(path, "meta.json")):
-        return path
-    latest = find_latest_checkpoint(path)
-    if latest is None:
-        raise ValueError(f"no usable checkpoint under {path!r} (expected a checkpoint folder or a run folder)")
-    return latest
-
-
-def load_trained_model(path: str, device: torch.device | str = "cpu", use_ema: bool = True):
-    """(model in eval mode with EMA weights where saved, its TRMConfig, the checkpoint's train state)."""
-    from trm_fast.train.checkpoint import check_compatible, load_checkpoint
-
-    path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(path, map_location="cpu")
-    config = TRMConfig.from_dict(ckpt["state"]["config"])
-    model = build_model(config.model)
-    check_compatible(ckpt["meta"], model)
-    model.load_state_dict(ckpt["model"])
-    if use_ema and ckpt.get("ema"):
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in ckpt["ema"].items():
-                if name in params:
-                    params[name].copy_(value)
-    model.to(device).eval()
-    return model, config, ckpt["state"]
 
 
 @torch.no_grad()
@@ -71,8 +35,9 @@ def solve_arc_task(model, dataset_root: str, task_id: str, max_steps: int | None
     1-based rank of the true output among the answers (None when absent)}."""
     import numpy as np
 
+    from trm_fast.data.augment import parse_arc_aug_name
     from trm_fast.data.format import read_split
-    from trm_fast.eval.arc import ArcVoter, parse_aug_name
+    from trm_fast.eval.arc import ArcVoter
     from trm_fast.eval.evaluate import run_puzzles
 
     voter = ArcVoter.from_dataset(dataset_root)
@@ -84,7 +49,7 @@ def solve_arc_task(model, dataset_root: str, task_id: str, max_steps: int | None
     test = sets["all"]
     names = voter.identifiers
     pids, starts = np.asarray(test.puzzle_identifiers), np.asarray(test.puzzle_indices)
-    mine = [p for p, pid in enumerate(pids) if 0 < pid < len(names) and parse_aug_name(names[pid])[0] == task_id]
+    mine = [p for p, pid in enumerate(pids) if 0 < pid < len(names) and parse_arc_aug_name(names[pid])[0] == task_id]
     rows = np.concatenate([np.arange(starts[p], starts[p + 1]) for p in mine])
     sizes = np.diff(starts)[mine]
     example_pid = np.repeat(pids[mine], sizes)

@@ -275,7 +275,7 @@ def import_published(path: str, out_dir: str, preset_config=None, all_config_pat
     the run's all_config.yaml (found beside the file, or given), on top of a preset when one is named."""
     from trm_fast.config import TRMConfig
     from trm_fast.model import build_model
-    from trm_fast.train.checkpoint import save_checkpoint
+    from trm_fast.checkpoint import save_checkpoint
 
     all_config_path = all_config_path or os.path.join(os.path.dirname(os.path.abspath(path)), "all_config.yaml")
     config = preset_config or TRMConfig()
@@ -322,8 +322,7 @@ def export_published(ckpt: str, out_path: str, compiled: bool = True, use_ema: b
     import torch
 
     from trm_fast.config import TRMConfig
-    from trm_fast.eval.inference import resolve_checkpoint
-    from trm_fast.train.checkpoint import load_checkpoint
+    from trm_fast.checkpoint import load_checkpoint, resolve_checkpoint
 
     loaded = load_checkpoint(resolve_checkpoint(ckpt))
     state = dict(loaded["model"])

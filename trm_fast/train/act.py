@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from trm_fast.train.losses import IGNORE_LABEL, LossOutput, q_continue_target, supervision_loss
+from trm_fast.data.format import IGNORE_LABEL
+from trm_fast.train.losses import LossOutput, q_continue_target, supervision_loss
 
 _MASK32 = 0xFFFFFFFF
 

@@ -15,15 +15,21 @@ compile Triton kernels and create the optimiser states); capture follows. Where 
 several processes, the per-batch scheme, the puzzle table on the host) or fails, one line says so and the
 trainer's eager step runs instead.
 
+The step sees only what it needs of the trainer: a CarryStepParts (fixed for the run, built by
+Trainer.carry_step_parts) and, with every call, the batch, the training carry, the step index and the sparse rate.
 The trainer's hook (trm_fast/train/trainer.py):
-    self.graphed_step = make_graphed_step(self) if cfg_t.cuda_graphs else None      # in __init__
+    self.graphed_step = make_graphed_step(self.carry_step_parts())                  # in __init__, with cuda_graphs
     if self.graphed_step is not None and self.graphed_step.active:                  # first lines of carry_step
-        return self.graphed_step(batch)
+        graphed = self.graphed_step(batch, self.state, self.step, self.sparse_lr)   # None: capture failed
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
+from trm_fast.config import TrainConfig
 from trm_fast.train.act import SupervisionState, supervision_step
 
 _MASK32 = 0xFFFFFFFF
@@ -88,47 +94,67 @@ def tensor_dense_step_(opt, kind: str, lr: torch.Tensor, step: torch.Tensor) -> 
 # ---------------------------------------------------------------------------------------------- the step
 
 
-def capture_blocker(trainer) -> str | None:
-    """Why the trainer's step cannot be captured, or None."""
-    t = trainer.config.train
-    if trainer.device.type != "cuda":
-        return f"the device is {trainer.device.type}, CUDA graphs need CUDA"
+@dataclass(frozen=True)
+class CarryStepParts:
+    """What the carry scheme's optimizer step works with, fixed for the whole run. The dense learning rate is read
+    from the optimiser's first param group, where the trainer's schedule writes it before every step."""
+
+    train: TrainConfig  # seed, loss, supervision scheme, where the puzzle table lives
+    device: torch.device
+    distributed: bool
+    model: torch.nn.Module  # the bare model, for its puzzle_emb
+    forward_model: torch.nn.Module  # what runs the step: the model, or the model under torch.compile
+    dense_opt: torch.optim.Optimizer
+    sparse_opt: object | None  # trm_fast.train.optim.SparseSignSGD
+    ema: object | None  # trm_fast.train.ema.EMA
+    local_batch: int  # this rank's slots
+    micro_batch: int
+    loss_scale: float  # multiplies the summed loss: world_size / global batch
+    slot_index: torch.Tensor  # (local_batch,) global slot index of every slot (keys the halting draws)
+    log: Callable[[str], None]
+
+
+def capture_blocker(parts: CarryStepParts) -> str | None:
+    """Why the step cannot be captured, or None."""
+    t = parts.train
+    if parts.device.type != "cuda":
+        return f"the device is {parts.device.type}, CUDA graphs need CUDA"
     if t.supervision != "carry":
         return "train.supervision=per_batch stops early on data-dependent halting"
-    if trainer.distributed:
+    if parts.distributed:
         return "the collectives of a multi-process run are not captured"
     if t.puzzle_emb_device == "cpu":
         return "the puzzle table on the host is read and written by the CPU every step"
-    if _optimizer_kind(trainer.dense_opt) is None:
-        return f"no graph-safe form of the optimiser {type(trainer.dense_opt).__name__}"
+    if _optimizer_kind(parts.dense_opt) is None:
+        return f"no graph-safe form of the optimiser {type(parts.dense_opt).__name__}"
     return None
 
 
-def make_graphed_step(trainer, warmup_steps: int = 2):
-    """A GraphedCarryStep for the trainer, or None (after one line saying why) where capture is impossible."""
-    reason = capture_blocker(trainer)
+def make_graphed_step(parts: CarryStepParts, warmup_steps: int = 2):
+    """A GraphedCarryStep, or None (after one line saying why) where capture is impossible."""
+    reason = capture_blocker(parts)
     if reason is not None:
-        trainer.log(f"cuda_graphs: {reason}; running the step eagerly")
+        parts.log(f"cuda_graphs: {reason}; running the step eagerly")
         return None
-    return GraphedCarryStep(trainer, warmup_steps)
+    return GraphedCarryStep(parts, warmup_steps)
 
 
 class GraphedCarryStep:
-    """trainer.carry_step as a replayable CUDA graph. `capture=False` runs the same tensor-parameterised step
+    """The trainer's carry_step as a replayable CUDA graph. `capture=False` runs the same tensor-parameterised step
     eagerly every time (what tests check on a CPU against the trainer's eager step)."""
 
-    def __init__(self, trainer, warmup_steps: int = 2, capture: bool = True):
-        self.trainer = trainer
-        self.kind = _optimizer_kind(trainer.dense_opt)
+    def __init__(self, parts: CarryStepParts, warmup_steps: int = 2, capture: bool = True):
+        self.parts = parts
+        self.kind = _optimizer_kind(parts.dense_opt)
         if self.kind is None:
-            raise ValueError(f"GraphedCarryStep: no graph-safe form of the optimiser {type(trainer.dense_opt).__name__}")
+            raise ValueError(f"GraphedCarryStep: no graph-safe form of the optimiser {type(parts.dense_opt).__name__}")
         self.warmup_steps = warmup_steps
         self.capture = capture
         self.active = True
         self.graph = None
-        device = trainer.device
+        device = parts.device
         self.step_index = torch.zeros((), dtype=torch.int64, device=device)  # halting-exploration draws
-        self.seed = torch.tensor(trainer.config.train.seed & _MASK32, dtype=torch.int64, device=device)
+        self.seed = torch.tensor(parts.train.seed & _MASK32, dtype=torch.int64, device=device)
         self.lr = torch.zeros((), dtype=torch.float64, device=device)
         self.sparse_lr = torch.zeros((), dtype=torch.float64, device=device)
         self.opt_step = torch.zeros((), dtype=torch.float64, device=device)
@@ -138,8 +164,8 @@ class GraphedCarryStep:
         self.calls = 0
 
     # -- static buffers ------------------------------------------------------------------------------
-    def _load(self, batch: dict) -> None:
-        tr = self.trainer
+    def _load(self, batch: dict, state: SupervisionState, step: int, sparse_lr: float) -> None:
+        parts = self.parts
         if self.batch is None:
             self.batch = {k: v.clone() for k, v in batch.items()}
         else:
@@ -152,22 +178,21 @@ class GraphedCarryStep:
                 self.batch[k].copy_(v, non_blocking=True)
         if self.state is None:
             self.state = SupervisionState.from_state_dict(
-                {k: ([t.clone() for t in v] if k == "carry" else v.clone()) for k, v in tr.state.state_dict().items()},
-                tr.device)
-        elif tr.state is not self.state:  # replaced from outside (a resume): copy it into the static buffers
-            _copy_state_(self.state, tr.state, 0, tr.local_batch)
-        tr.state = self.state
-        opt_steps = {float(s["step"]) for s in tr.dense_opt.state.values() if "step" in s}
+                {k: ([t.clone() for t in v] if k == "carry" else v.clone()) for k, v in state.state_dict().items()},
+                parts.device)
+        elif state is not self.state:  # replaced from outside (a resume): copy it into the static buffers
+            _copy_state_(self.state, state, 0, parts.local_batch)
+        opt_steps = {float(s["step"]) for s in parts.dense_opt.state.values() if "step" in s}
         if len(opt_steps) > 1:
             raise ValueError(f"cuda_graphs: the dense optimiser's parameters are at different steps {sorted(opt_steps)}")
-        self.step_index.fill_(tr.step)
-        self.lr.fill_(tr.dense_opt.param_groups[0]["lr"])
-        self.sparse_lr.fill_(getattr(tr, "sparse_lr", 0.0))
+        self.step_index.fill_(step)
+        self.lr.fill_(parts.dense_opt.param_groups[0]["lr"])
+        self.sparse_lr.fill_(sparse_lr)
         self.opt_step.fill_((opt_steps.pop() if opt_steps else 0.0) + 1.0)
 
     def _advance_host_counters(self) -> None:
         """The optimiser's host step counters follow the device ones, so checkpoints and an eager fallback agree."""
-        opt = self.trainer.dense_opt
+        opt = self.parts.dense_opt
         for group in opt.param_groups:
             for p in group["params"]:
                 if p.grad is not None or p in opt.state:
@@ -175,36 +200,35 @@ class GraphedCarryStep:
 
     # -- the step body (eager or captured) -------------------------------------------------------------
     def _body(self) -> dict:
-        tr = self.trainer
-        t = tr.config.train
+        parts = self.parts
         metrics: dict = {}
-        for start in range(0, tr.local_batch, tr.micro_batch):
-            stop = start + tr.micro_batch
+        for start in range(0, parts.local_batch, parts.micro_batch):
+            stop = start + parts.micro_batch
             micro = {k: v[start:stop] for k, v in self.batch.items()}
             result = supervision_step(
-                tr.forward_model, self.state.slice(start, stop), micro, step=self.step_index, seed=self.seed,
-                slot_index=tr.slot_index[start:stop], training=True, loss_kind=t.loss,
+                parts.forward_model, self.state.slice(start, stop), micro, step=self.step_index, seed=self.seed,
+                slot_index=parts.slot_index[start:stop], training=True, loss_kind=parts.train.loss,
             )
-            (result.loss.total * tr.loss_scale).backward()
+            (result.loss.total * parts.loss_scale).backward()
             _copy_state_(self.state, result.state, start, stop)
             for key, value in {**result.metrics, "lm_loss": result.loss.lm, "halt_loss": result.loss.halt}.items():
                 value = value.detach().double()
                 metrics[key] = metrics[key] + value if key in metrics else value
-        tensor_dense_step_(tr.dense_opt, self.kind, self.lr, self.opt_step)
-        if tr.sparse_opt is not None:  # its update has fixed shapes and reads nothing back (sign_sgd_rows_)
-            tr.sparse_opt.step(self.sparse_lr)
-        if tr.ema is not None:
-            tr.ema.update()
+        tensor_dense_step_(parts.dense_opt, self.kind, self.lr, self.opt_step)
+        if parts.sparse_opt is not None:  # its update has fixed shapes and reads nothing back (sign_sgd_rows_)
+            parts.sparse_opt.step(self.sparse_lr)
+        if parts.ema is not None:
+            parts.ema.update()
         return metrics
 
     def _zero_grads(self) -> None:
-        for group in self.trainer.dense_opt.param_groups:
+        for group in self.parts.dense_opt.param_groups:
             for p in group["params"]:
                 p.grad = None
 
     def _eager(self) -> dict:
         self._zero_grads()
-        if self.trainer.device.type == "cuda":  # warm-up on a side stream, as capture wants
+        if self.parts.device.type == "cuda":  # warm-up on a side stream, as capture wants
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -215,24 +239,27 @@ class GraphedCarryStep:
         self._zero_grads()
         return metrics
 
-    def __call__(self, batch: dict) -> dict:
-        self._load(batch)
+    def __call__(self, batch: dict, state: SupervisionState, step: int,
+                 sparse_lr: float) -> tuple[dict, SupervisionState] | None:
+        """One optimizer step from the training carry `state` at optimizer step `step` (the halting draws' key):
+        (metrics, the next carry: the static buffers), or None when capture failed (self.active is now False:
+        the caller runs its eager step)."""
+        self._load(batch, state, step, sparse_lr)
         self.calls += 1
         if not self.capture or self.calls <= self.warmup_steps:
             metrics = self._eager()
             self._advance_host_counters()
         else:
             if self.graph is None and not self._capture():
-                return self.trainer.carry_step(batch)  # self.active is now False: the trainer's eager step
+                return None
             self.graph.replay()
             self._advance_host_counters()
             metrics = {k: v.clone() for k, v in self.metrics.items()}
-        metrics["loss_rows"] = float(self.trainer.local_batch)
-        return metrics
+        metrics["loss_rows"] = float(self.parts.local_batch)
+        return metrics, self.state
 
     def _capture(self) -> bool:
-        tr = self.trainer
-        emb = getattr(tr.model, "puzzle_emb", None)
+        emb = getattr(self.parts.model, "puzzle_emb", None)
         self._zero_grads()  # gradients are then allocated inside the graph's pool, at fixed addresses
         graph = torch.cuda.CUDAGraph()
         try:
@@ -245,7 +272,7 @@ class GraphedCarryStep:
             if emb is not None:
                 emb.pending.clear()
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            tr.log(f"cuda_graphs: capture failed ({type(exc).__name__}: {first_line[:200]}); running the step eagerly")
+            self.parts.log(f"cuda_graphs: capture failed ({type(exc).__name__}: {first_line[:200]}); running the step eagerly")
             return False
         self.graph = graph
         return True

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -118,12 +119,11 @@ def _gather_to_rank0(t: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def gather_train_state(trainer) -> dict | None:
-    """The full training state with the carry of every rank's slots and every rank's RNG state (on rank 0; None
-    elsewhere). A collective: every rank calls it."""
-    from trm_fast.train.checkpoint import capture_rng_state
+def gather_train_state(state: SupervisionState, train_state: Callable[[SupervisionState], dict]) -> dict | None:
+    """The full training state, `train_state(carry of every rank's slots)`, with every rank's RNG state added (on
+    rank 0; None elsewhere). A collective: every rank calls it."""
+    from trm_fast.checkpoint import capture_rng_state
 
-    state = trainer.state
     gathered = [_gather_to_rank0(t) for t in (*state.carry, state.steps, state.halted, state.inputs, state.labels,
                                               state.puzzle_ids)]
     rng_states = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
@@ -131,25 +131,19 @@ def gather_train_state(trainer) -> dict | None:
     if dist.get_rank() != 0:
         return None
     n_carry = len(state.carry)
-    full = SupervisionState(tuple(gathered[:n_carry]), *gathered[n_carry:])
-    saved, trainer.state = trainer.state, full
-    try:
-        train_state = trainer.train_state()
-    finally:
-        trainer.state = saved
-    train_state["rng_per_rank"] = rng_states
-    train_state["world_size"] = dist.get_world_size()
-    return train_state
+    result = train_state(SupervisionState(tuple(gathered[:n_carry]), *gathered[n_carry:]))
+    result["rng_per_rank"] = rng_states
+    result["world_size"] = dist.get_world_size()
+    return result
 
 
-def scatter_supervision_state(trainer, full: dict) -> SupervisionState:
+def scatter_supervision_state(full: dict, rank: int, world_size: int, local_batch: int, device) -> SupervisionState:
     """This rank's slice of a checkpoint's global carry."""
     rows = full["steps"].shape[0]
-    if rows != trainer.local_batch * trainer.world_size:
+    if rows != local_batch * world_size:
         raise ValueError(f"the checkpoint's training carry has {rows} slots, this run's global batch is "
-                         f"{trainer.local_batch * trainer.world_size}: resume with the same data.global_batch_size")
-    start, stop = trainer.rank * trainer.local_batch, (trainer.rank + 1) * trainer.local_batch
-    return SupervisionState.from_state_dict(full, trainer.device).slice(start, stop)
+                         f"{local_batch * world_size}: resume with the same data.global_batch_size")
+    return SupervisionState.from_state_dict(full, device).slice(rank * local_batch, (rank + 1) * local_batch)
 
 
 def rng_state_for_rank(state: dict, rank_: int, world_size: int) -> dict:

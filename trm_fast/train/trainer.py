@@ -12,56 +12,18 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from trm_fast.config import TRMConfig
-from trm_fast.eval.evaluate import evaluate, to_device_batch
-from trm_fast.files import atomic_write_json
+from trm_fast.data.format import load_data, to_device_batch
+from trm_fast.device import resolve_device
+from trm_fast.eval.evaluate import evaluate
+from trm_fast.files import atomic_write_json, atomic_write_text
 from trm_fast.model import build_model, count_parameters
 from trm_fast.train.act import SupervisionState, supervision_step
 from trm_fast.train.losses import supervision_loss
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config field train.device = {name!r}, but no CUDA device is available")
-    return device
-
-
-@dataclass
-class DataBundle:
-    root: str
-    train_meta: object
-    train_set: object
-    test_meta: object
-    test_set: object
-
-
-def load_data(config: TRMConfig, log=print) -> DataBundle:
-    """The run's dataset: a built folder (data.path) or an embedded recipe built on first use (data.recipe)."""
-    from trm_fast.data.format import read_split
-
-    root = config.data.path
-    if config.data.recipe:
-        from trm_fast.data.recipes import ensure_recipe
-
-        root = ensure_recipe(config.data.recipe, root or None, log=log)
-    if not root:
-        raise ValueError("config field data.path is empty and data.recipe names no embedded dataset: nothing to train on")
-    if not os.path.isdir(os.path.join(root, "train")):
-        raise ValueError(
-            f"config field data.path = {root!r}: no built dataset there (expected {root}/train/dataset.json); "
-            "build one with `trm-fast data build ...`"
-        )
-    train_meta, train_sets = read_split(os.path.join(root, "train"))
-    test_meta, test_sets = read_split(os.path.join(root, "test"))
-    return DataBundle(root, train_meta, train_sets["all"], test_meta, test_sets["all"])
 
 
 def fit_model_to_data(config: TRMConfig, meta, log=print) -> None:
@@ -149,6 +111,7 @@ class Trainer:
                                     epochs_per_iter=epochs_per_iteration(config, self.data.train_meta))
         self.state = SupervisionState.fresh(self.model, self.local_batch, config.model.seq_len, self.device)
         self.step = 0
+        self.sparse_lr = 0.0  # the puzzle table's rate of the current step (_set_lr)
         self.slot_index = torch.arange(self.local_batch, device=self.device, dtype=torch.int64) + self.rank * self.local_batch
         self.run_dir = cfg_t.out_dir
         self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
@@ -157,31 +120,44 @@ class Trainer:
         if cfg_t.cuda_graphs:
             from trm_fast.train.cuda_graph import make_graphed_step
 
-            self.graphed_step = make_graphed_step(self)  # None, after one line saying why, where capture is impossible
+            # None, after one line saying why, where capture is impossible
+            self.graphed_step = make_graphed_step(self.carry_step_parts())
+
+    def carry_step_parts(self):
+        """What the CUDA-graph step works with (trm_fast.train.cuda_graph.CarryStepParts)."""
+        from trm_fast.train.cuda_graph import CarryStepParts
+
+        return CarryStepParts(
+            train=self.config.train, device=self.device, distributed=self.distributed, model=self.model,
+            forward_model=self.forward_model, dense_opt=self.dense_opt, sparse_opt=self.sparse_opt, ema=self.ema,
+            local_batch=self.local_batch, micro_batch=self.micro_batch, loss_scale=self.loss_scale,
+            slot_index=self.slot_index, log=self.log)
 
     # -- checkpoints ---------------------------------------------------------------------------------
-    def train_state(self) -> dict:
+    def train_state(self, supervision: SupervisionState | None = None) -> dict:
+        """Everything a checkpoint holds besides the weights; `supervision` replaces this rank's training carry
+        (the carry of every rank, gathered by a multi-process save)."""
+        from trm_fast.checkpoint import capture_rng_state
         from trm_fast.data.format import dataset_manifest
-        from trm_fast.train.checkpoint import capture_rng_state
 
         return {
             "step": self.step,
             "config": self.config.to_dict(),
             "dense_optimizer": self.dense_opt.state_dict(),
             "sparse_optimizer": self.sparse_opt.state_dict() if self.sparse_opt else {},
-            "supervision": self.state.state_dict(),
+            "supervision": (self.state if supervision is None else supervision).state_dict(),
             "rng": capture_rng_state(),
             "sampler": self.sampler.state_dict(),
             "dataset_manifest": dataset_manifest(self.data.root),
         }
 
     def save(self) -> str | None:
-        from trm_fast.train.checkpoint import save_checkpoint
+        from trm_fast.checkpoint import save_checkpoint
 
         if self.distributed:
             from trm_fast.train.distributed import gather_train_state
 
-            state = gather_train_state(self)
+            state = gather_train_state(self.state, self.train_state)
         else:
             state = self.train_state()
         if self.rank != 0:
@@ -195,7 +171,7 @@ class Trainer:
         )
 
     def resume(self, path: str) -> None:
-        from trm_fast.train.checkpoint import check_compatible, find_latest_checkpoint, load_checkpoint, restore_rng_state
+        from trm_fast.checkpoint import check_compatible, find_latest_checkpoint, load_checkpoint, restore_rng_state
 
         if path == "auto":
             from trm_fast.train.distributed import broadcast_object
@@ -221,7 +197,8 @@ class Trainer:
         if self.distributed:
             from trm_fast.train.distributed import scatter_supervision_state
 
-            self.state = scatter_supervision_state(self, state["supervision"])
+            self.state = scatter_supervision_state(state["supervision"], self.rank, self.world_size, self.local_batch,
+                                                   self.device)
         else:
             self.state = SupervisionState.from_state_dict(state["supervision"], self.device)
         from trm_fast.train.distributed import rng_state_for_rank
@@ -254,7 +231,10 @@ class Trainer:
         from trm_fast.train.distributed import sync_gradients
 
         if self.graphed_step is not None and self.graphed_step.active:
-            return self.graphed_step(batch)
+            graphed = self.graphed_step(batch, self.state, self.step, self.sparse_lr)
+            if graphed is not None:  # None: capture failed, the eager step below from now on
+                metrics, self.state = graphed
+                return metrics
 
         t = self.config.train
         metrics = {}
@@ -330,8 +310,7 @@ class Trainer:
         t = self.config.train
         os.makedirs(self.run_dir, exist_ok=True)
         if self.rank == 0:
-            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
-                f.write(self.config.to_json())
+            atomic_write_text(os.path.join(self.run_dir, "config.json"), self.config.to_json())
         self.log(
             f"trm_fast: {self.config.name} on {self.device} ({self.world_size} process{'es' if self.world_size > 1 else ''}), "
             f"{count_parameters(self.model):,} parameters, backend {self.model.backend(self.device)}, "

@@ -74,14 +74,15 @@ def sudoku_engine(count: int, iterations: int, threads: int) -> dict:
     minimal puzzles (a second, more varied, workload); 2. canonical forms of 9x9 solution grids on one core;
     3. generation of `count` unique-solution 9x9 puzzles searched toward many guesses (`iterations` moves each) on
     `threads` threads. Returns the result record."""
-    from trm_fast.data.sudoku import augment, canonical_forms, generate_hard_sudoku, parse_puzzle, solve
+    from trm_fast.data.augment import augment_sudoku_pair
+    from trm_fast.data.sudoku import canonical_forms, generate_hard_sudoku, parse_puzzle, solve
 
     rng = np.random.default_rng(0)
     variants = []
     for text in SEVENTEEN_CLUE:
         base = parse_puzzle(text)
         solution = solve(base)
-        variants += [augment(base, solution, rng)[0] for _ in range(10000)]
+        variants += [augment_sudoku_pair(base, solution, rng)[0] for _ in range(10000)]
     seventeen_rate, seventeen_guesses = _rate_per_second(np.stack(variants))
     minimal = generate_hard_sudoku(2000, seed=1, iterations=0, threads=threads)
     minimal_rate, minimal_guesses = _rate_per_second(minimal["puzzles"])

@@ -97,15 +97,25 @@ class StepRunner:
         self.steps = 0
         self.graphed = None
         if graphed:  # the trainer's CUDA-graph step; on a CPU its same tensor-parameterised step runs eagerly
-            from trm_fast.train.cuda_graph import GraphedCarryStep
+            from trm_fast.train.cuda_graph import CarryStepParts, GraphedCarryStep
 
-            self.graphed = GraphedCarryStep(_TrainerView(self, config), capture=torch.device(device).type == "cuda")
+            parts = CarryStepParts(train=t, device=self.slots.device, distributed=False, model=self.model,
+                                   forward_model=self.model, dense_opt=self.dense, sparse_opt=self.sparse, ema=self.ema,
+                                   local_batch=batch, micro_batch=batch, loss_scale=1.0 / batch, slot_index=self.slots,
+                                   log=print)
+            self.graphed = GraphedCarryStep(parts, capture=torch.device(device).type == "cuda")
 
     def __call__(self):
+        graphed = None
         if self.graphed is not None:
-            self.graphed(self.batch)
-        else:
+            sparse_lr = self.sparse.lr if self.sparse is not None else 0.0
+            graphed = self.graphed(self.batch, self.state, self.steps, sparse_lr)
+            if graphed is None:  # capture failed: the eager step from now on
+                self.graphed = None
+        if graphed is None:
             self.eager_step()
+        else:
+            self.state = graphed[1]
         self.steps += 1
 
     def eager_step(self) -> None:
@@ -121,42 +131,6 @@ class StepRunner:
         if self.ema is not None:
             self.ema.update()
         self.state = result.state
-
-
-class _TrainerView:
-    """What GraphedCarryStep reads and writes of a trainer, backed by a StepRunner (one micro-batch, loss / batch)."""
-
-    def __init__(self, runner: StepRunner, config: TRMConfig):
-        self.runner, self.config = runner, config
-        self.model = self.forward_model = runner.model
-        self.dense_opt, self.sparse_opt, self.ema = runner.dense, runner.sparse, runner.ema
-        self.device = runner.slots.device
-        self.local_batch = self.micro_batch = runner.global_batch
-        self.loss_scale = 1.0 / runner.global_batch
-        self.slot_index = runner.slots
-        self.sparse_lr = runner.sparse.lr if runner.sparse is not None else 0.0
-        self.distributed = False
-
-    @property
-    def step(self) -> int:
-        return self.runner.steps
-
-    @property
-    def state(self):
-        return self.runner.state
-
-    @state.setter
-    def state(self, value):
-        self.runner.state = value
-
-    def log(self, message: str) -> None:
-        print(message)
-
-    def carry_step(self, batch: dict) -> dict:
-        """The eager step, where capture failed (GraphedCarryStep is then inactive: the runner drops it)."""
-        self.runner.graphed = None
-        self.runner.eager_step()
-        return {}
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs and roofline

@@ -10,6 +10,8 @@
 
 A checkpoint folder is written under a temporary name, fsynced and renamed when complete, so a crash never leaves a
 half-written checkpoint under a real name; a corrupted or truncated file is refused with its name and what is wrong.
+
+Below both training (which writes and resumes) and evaluation (which loads a trained model): it imports neither.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from trm_fast.config import TRMConfig
 from trm_fast.files import atomic_write_text
 
 FORMAT = "trm_fast-checkpoint-1"
@@ -297,3 +300,39 @@ def check_compatible(meta: dict, model: torch.nn.Module) -> None:
         if saved[name] != current[name]:
             raise ValueError(f"architecture mismatch: tensor {name!r} has shape {saved[name][0]} {saved[name][1]} in "
                              f"the checkpoint, {current[name][0]} {current[name][1]} in this model")
+
+
+# ---------------------------------------------------------------------------------------------- a trained model
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint folder, or a run folder (its latest usable checkpoint)."""
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint {path!r} does not exist")
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        return path
+    latest = find_latest_checkpoint(path)
+    if latest is None:
+        raise ValueError(f"no usable checkpoint under {path!r} (expected a checkpoint folder or a run folder)")
+    return latest
+
+
+def load_trained_model(path: str, device: torch.device | str = "cpu", use_ema: bool = True):
+    """(model in eval mode with EMA weights where saved, its TRMConfig, the checkpoint's train state) of a
+    checkpoint folder or a run folder."""
+    from trm_fast.model import build_model
+
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    config = TRMConfig.from_dict(ckpt["state"]["config"])
+    model = build_model(config.model)
+    check_compatible(ckpt["meta"], model)
+    model.load_state_dict(ckpt["model"])
+    if use_ema and ckpt.get("ema"):
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in ckpt["ema"].items():
+                if name in params:
+                    params[name].copy_(value)
+    model.to(device).eval()
+    return model, config, ckpt["state"]
