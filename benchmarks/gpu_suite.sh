@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benchmark suite for a bare machine with no network (system python with torch and triton).
 #
-#   benchmarks/gpu_suite.sh --quick OUTDIR      GPU tests, ops at the Sudoku shape (D = 512, batch 768; max-autotune
-#                                              for single ops only), and the training step of sudoku-att, sudoku-mlp
-#                                              and maze at batch 192: meant to end within 8 minutes on one H100 with
+#   benchmarks/gpu_suite.sh --quick OUTDIR      `trm-fast doctor` (its report: OUTDIR/results/doctor.json), GPU tests,
+#                                              ops at the Sudoku shape (D = 512, batch 768; max-autotune for single
+#                                              ops only), and the training step of sudoku-att, sudoku-mlp and maze
+#                                              at batch 192: meant to end within 8 minutes on one H100 with
 #                                              cold compile caches (each part has a time budget and a hard limit)
 #   benchmarks/gpu_suite.sh --stage N OUTDIR    the full suite, one stage of at most 9 minutes per call:
 #       1  GPU tests; ops at the Sudoku shape (eager, trm_fast, Liger, torch.compile)
@@ -134,6 +135,8 @@ part() {
   run $(( l - 20 < budget + 120 ? l - 20 : budget + 120 )) "$name" "${BENCH[@]}" "$@" --budget-s "$budget" "${RES[@]}"
 }
 if [ "$QUICK" = 1 ]; then
+  # first: does every kernel work here at all (per op, and one training step)? Its report is in results/
+  run 120 doctor "$PY" -m trm_fast doctor --json "$OUT/results/doctor.json"
   run 100 gpu_tests "${GPU_TESTS[@]}"
   part bench_ops 100 ops --quick
   part bench_step 1000 step --quick --preset sudoku-att,sudoku-mlp,maze
