@@ -27,7 +27,7 @@ def cache_dir() -> str:
 def environment(device: torch.device) -> dict:
     """What a verdict depends on: the device model (its name and compute capability; "cpu" for Triton's
     interpreter) and the versions of torch, triton and trm_fast."""
-    from trm_fast import __version__
+    import trm_fast
 
     try:
         import triton
@@ -42,7 +42,7 @@ def environment(device: torch.device) -> dict:
     else:
         name, capability = f"{device.type} (Triton interpreter)", None
     return {"device": name, "capability": capability, "torch": torch.__version__, "triton": triton_version,
-            "trm_fast": __version__}
+            "trm_fast": trm_fast.__version__}
 
 
 def cache_path(env: dict) -> str:

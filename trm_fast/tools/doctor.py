@@ -107,10 +107,10 @@ def _driver_version() -> str:
 def machine(device) -> dict:
     import torch
 
-    from trm_fast import __version__
+    import trm_fast
 
     info = {"device": str(device), "python": platform.python_version(), "torch": torch.__version__,
-            "triton": _version("triton"), "numpy": _version("numpy"), "trm_fast": __version__,
+            "triton": _version("triton"), "numpy": _version("numpy"), "trm_fast": trm_fast.__version__,
             "native_extension": _native_extension()}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -241,8 +241,9 @@ def _one_step(model, batch: dict, device):
     result = supervision_step(model, state, batch, step=0, seed=0, slot_index=torch.arange(B, device=device),
                               training=True)
     result.loss.total.backward()
-    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
-    return result.loss.total.detach().float(), grads
+    # kept on the host: the next run's peak memory is its own
+    grads = {name: p.grad.detach().float().cpu() for name, p in model.named_parameters() if p.grad is not None}
+    return result.loss.total.detach().float().cpu(), grads
 
 
 def training_step(config, device, implementations: dict, log) -> dict:
