@@ -50,7 +50,7 @@ SHARED_LIMIT = {90: 232448, 80: 166912}  # opt-in shared memory per block (bytes
 USER_BATCH = 101  # odd: B * L is not a multiple of 16 at any preset length (97, 916, 82, 901, 18, 40)
 DTYPE = torch.bfloat16  # the presets' activation dtype on sm_80 and newer (forward_dtype "auto")
 CACHE_DIR = os.environ.get("TRM_AOT_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "trm_fast", "aot"))
-ROW_FORMAT = 2  # bump when a row's fields or their meaning change: old cache entries are then ignored
+ROW_FORMAT = 3  # bump when a row's fields or their meaning change: old cache entries are then ignored
 WGMMA_ROWS = 64  # a Hopper warpgroup MMA computes 64 rows: tl.dot on tiles of at least 64 rows must use it
 DOCS_BEGIN = "<!-- aot-table:begin (written by python -m trm_fast.kernels.aot --docs docs/kernels.md) -->"
 DOCS_END = "<!-- aot-table:end -->"
@@ -131,14 +131,11 @@ def capture(arch: int):
     kernels are interpreted functions; their launches go to a JIT twin of the same function, so the record is
     the same as without the interpreter."""
     from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
 
     recorder = Recorder(arch)
-    twins: dict = {}
 
     def interpreted_run(self, *args, grid, warmup, **kwargs):
-        twin = twins.get(self.fn) or twins.setdefault(self.fn, JITFunction(self.fn, **self.kwargs))
-        return twin.run(*args, grid=grid, warmup=warmup, **kwargs)
+        return _jit_twin(self).run(*args, grid=grid, warmup=warmup, **kwargs)
 
     original = InterpretedFunction.run
     InterpretedFunction.run = interpreted_run
@@ -282,12 +279,29 @@ def preset_launches(arch: int, shapes: dict[BlockShape, list[str]] | None = None
 # ---------------------------------------------------------------------------------------------- compile
 
 
-def jit_function(kernel: str):
+_TWINS: dict = {}
+
+
+def _jit_twin(fn):
+    """The JIT function of an interpreted kernel's source: it specialises launches exactly as the JIT would."""
+    from triton.runtime.jit import JITFunction
+
+    if fn.fn not in _TWINS:
+        _TWINS[fn.fn] = JITFunction(fn.fn, **fn.kwargs)
+    return _TWINS[fn.fn]
+
+
+def jit_function(kernel: str, compile: bool = True):
+    """The @triton.jit function `module.qualname`; with `compile=False`, an interpreted one's JIT twin."""
+    from triton.runtime.jit import JITFunction
+
     module, _, name = kernel.rpartition(".")
     fn = getattr(importlib.import_module(module), name)
-    if type(fn).__name__ != "JITFunction":
+    if isinstance(fn, JITFunction):
+        return fn
+    if compile:
         raise RuntimeError(f"{kernel} is a {type(fn).__name__}: unset TRITON_INTERPRET to compile ahead of time")
-    return fn
+    return _jit_twin(fn)
 
 
 def describe(launch: Launch) -> tuple[str, str]:
@@ -295,7 +309,7 @@ def describe(launch: Launch) -> tuple[str, str]:
     runtime arguments' specialisation where it is not the common case: '!16' an integer not divisible by 16 or a
     pointer not 16-byte aligned, '=1' an integer equal to 1 (compiled as a constant)."""
     data = json.loads(launch.data)
-    fn = jit_function(launch.kernel)
+    fn = jit_function(launch.kernel, compile=False)
     names = fn.arg_names
     consts = {names[k[0]]: v for k, v in zip(data["constant_keys"], data["constant_vals"])}
     divisible = {names[k[0]] for k, v in zip(data["attrs_keys"], data["attrs_vals"]) if ["tt.divisibility", 16] in v}
@@ -377,7 +391,8 @@ def compile_launch(launch: Launch, cache_dir: str | None = CACHE_DIR) -> dict:
                     "cubin_bytes": len(kernel.asm["cubin"]), "error": None})
     except Exception as exc:  # one failing build must not hide the others' results
         row.update({"error": f"{type(exc).__name__}: {str(exc)[-1500:]}", "registers": -1, "spill_stores": -1,
-                    "spill_loads": -1, "shared_bytes": -1, "dot_rows": 0, "wgmma": False, "cubin_bytes": 0})
+                    "spill_loads": -1, "shared_bytes": -1, "dot_rows": 0, "wgmma": False, "cp_async": 0,
+                    "ld_global": 0, "ld_global_scalar16": 0, "cubin_bytes": 0})
         return row  # not cached: an error may come from the environment
     row["compile_s"] = round(time.perf_counter() - start, 2)
     if path:
@@ -399,6 +414,9 @@ def problems(row: dict) -> list[str]:
         issues.append(f"shared memory {row['shared_bytes']} B > {row['shared_limit']} B")
     if row["arch"] == 90 and row["bf16"] and row["dot_rows"] >= WGMMA_ROWS and not row["wgmma"]:
         issues.append(f"sm_90 bf16 matmul of {row['dot_rows']}-row tiles without wgmma")
+    if row["dot_rows"] and (row["ld_global_scalar16"] or not row["cp_async"]):
+        issues.append(f"matmul tiles not staged by cp.async: {row['cp_async']} cp.async, "
+                      f"{row['ld_global_scalar16']} scalar 1-2 byte global loads")
     return issues
 
 

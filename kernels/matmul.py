@@ -18,7 +18,9 @@ import triton.language as tl
 from trm_fast.kernels import launch_configs
 
 
-@triton.jit
+# The batch count and range are not specialised (divisible by 16, equal to 1): they only bound the loop, and
+# specialising them would give each class of batch size its own compile.
+@triton.jit(do_not_specialize=["n_batch", "batches_per_split"])
 def _sum_over_batch_abt(p_ptr, q_ptr, out_ptr, M, N, K, n_batch, batches_per_split,
                         stride_pb, stride_pm, stride_qb, stride_qn, stride_os,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
