@@ -8,6 +8,7 @@ kernels/aot.py's `capture` records each launch as Triton's JIT would specialise 
 """
 from kernel_utils import GPU  # noqa: F401  (first: sets TRITON_INTERPRET like every kernel test)
 
+import dataclasses
 import functools
 
 import pytest
@@ -95,3 +96,17 @@ def test_capture_sees_batch_dependent_specialisations():
     assert all("M!16" not in v for v in gate_up[768]) and all("M!16" in v for v in gate_up[aot.USER_BATCH])
     attn = {b: {(label, v) for label, v in ls if label.startswith("attn_fwd")} for b, ls in labels.items()}
     assert attn[768] == attn[aot.USER_BATCH] and len(attn[768]) == 1
+
+
+@pytest.mark.parametrize("arch", aot.ARCHS)
+def test_every_batch_size_launches_a_built_specialisation(arch):
+    """Batch sizes other than the captured ones (1 to 33: every residue of B * L modulo 16; the per-GPU batches of
+    2, 4 and 8 GPUs; evaluation's last partial batch is any of these) launch no specialisation the check lacks."""
+    built = aot.preset_launches(arch, SHAPES)
+    shapes = {}
+    for shape in SHAPES:
+        for batch in {*range(1, 34), *(shape.batch // gpus for gpus in (2, 4, 8) if shape.batch >= gpus)}:
+            shapes.setdefault(dataclasses.replace(shape, batch=batch), [])
+    missing = {aot.describe(launch): sites[:3] for launch, sites in aot.preset_launches(arch, shapes).items()
+               if launch not in built}
+    assert not missing, f"sm_{arch}: specialisations launched at other batch sizes but not built: {missing}"
