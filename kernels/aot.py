@@ -452,6 +452,27 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: list[dict]) -> str:
+    """The builds grouped by kernel, tiles and architecture over their specialisations (the variants of batch
+    sizes and shapes): the range of registers, the largest spills and shared memory."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((-r["arch"], r["label"], r["num_warps"], r["num_stages"]), []).append(r)
+    lines = ["| kernel | arch | warps | stages | builds | registers | spills (st/ld B) | shared B | wgmma | cp.async |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (arch, label, warps, stages), group in sorted(groups.items()):
+        if any(r["error"] for r in group):
+            lines.append(f"| {label} | sm_{-arch} | {warps} | {stages} | {len(group)} | compile error | | | | |")
+            continue
+        regs = sorted({r["registers"] for r in group})
+        lines.append(f"| {label} | sm_{-arch} | {warps} | {stages} | {len(group)} | "
+                     f"{regs[0] if len(regs) == 1 else f'{regs[0]}-{regs[-1]}'} | "
+                     f"{max(r['spill_stores'] for r in group)}/{max(r['spill_loads'] for r in group)} | "
+                     f"{max(r['shared_bytes'] for r in group)} | {'yes' if all(r['wgmma'] for r in group) else '-'} | "
+                     f"{max(r['cp_async'] for r in group)} |")
+    return "\n".join(lines)
+
+
 def write_docs_table(rows: list[dict], path: str) -> None:
     """Replace the table between the markers in `path` (atomic: temporary file, then os.replace)."""
     import triton
@@ -462,7 +483,7 @@ def write_docs_table(rows: list[dict], path: str) -> None:
         raise ValueError(f"{path}: no '{DOCS_BEGIN}' ... '{DOCS_END}' markers to write the table between")
     head, rest = text.split(DOCS_BEGIN, 1)
     _, tail = rest.split(DOCS_END, 1)
-    body = f"\n(triton {triton.__version__}; {len(rows)} builds)\n\n{format_table(rows)}\n"
+    body = f"\n(triton {triton.__version__}; {len(rows)} builds)\n\n{summary_table(rows)}\n"
     with open(f"{path}.tmp", "w") as f:
         f.write(head + DOCS_BEGIN + body + DOCS_END + tail)
     os.replace(f"{path}.tmp", path)
