@@ -7,7 +7,8 @@ Triton 3.6 and 3.9, wgmma on sm_90. They were not timed on a GPU; docs/kernels.m
 
 Preset shapes: hidden D = 512, channel SwiGLU I = 1536; sequence L = 97 (Sudoku, 16 puzzle tokens + 81) or
 916 (Maze/ARC, 16 + 900); token-mixing SwiGLU hidden I = token_mix_hidden(L) = 512 (L = 97) or 2560 (L = 916).
-Nothing here imports Triton, so the tables can be read anywhere.
+Nothing here imports Triton or torch at import time (device_arch does when called), so the tables can be read
+anywhere.
 """
 from __future__ import annotations
 
