@@ -129,6 +129,18 @@ def test_token_gate_up_kernel_all_modes(B, L, D, I):
     assert_close(dgu, torch.cat([d_gate, d_up], 1), name="d gate_up (recompute)")
 
 
+def test_gate_up_grouped_tile_order_odd_size(monkeypatch):
+    """The grouped (GROUP_M) program order with several row and column blocks, partial last blocks and a group
+    size that does not divide the row-block count (7 row blocks in groups of 3): every output tile is written once
+    and right, in every mode and both forms (NaN-poisoned outputs show a skipped tile)."""
+    tiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 3, "num_warps": 4, "num_stages": 2}
+    monkeypatch.setattr(K.launch_configs, "gate_up_config", lambda *args: dict(tiles, table=False))
+    M, D, I = 7 * 16 - 5, 48, 40  # 7 row blocks, 3 column blocks (the last 8 wide), 3 K blocks
+    assert -(-M // 16) % tiles["GROUP_M"] and -(-I // 16) == 3
+    test_channel_gate_up_kernel_all_modes(M, D, I)
+    test_token_gate_up_kernel_all_modes(2, D, M, I)  # token form: M = D = 107 rows, K = L = 48
+
+
 @pytest.mark.parametrize("B, M, N, K", [(3, 17, 40, 48), (1, 1, 16, 80), (5, 97, 24, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_sum_over_batch_abt_kernel(B, M, N, K, dtype):

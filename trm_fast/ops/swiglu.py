@@ -117,6 +117,12 @@ def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recom
 # ---------------------------------------------------------------------------------------------- token mixing
 
 
+def _token_weight(w_gate_up: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """w_gate_up (2I, L) in `dtype`, stored transposed as (L, 2I) rows: the gate_up kernel then loads its weight
+    tiles along 2I (a multiple of 16) with cp.async, where rows of L = 97 or 916 values would be masked scalar loads."""
+    return cast_weight(w_gate_up.t(), dtype).t()
+
+
 def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """w (M, K) @ t[b] (K, N) for every b of t (B, K, N), as (B, M, N): one batched matmul over a stride-0 view of w,
     which copies nothing. torch.matmul's broadcasting instead folds the batch into the matrix and, when w requires
@@ -128,7 +134,7 @@ def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = contiguous(x)
     B, L, D = x.shape
-    wgu = cast_weight(w_gate_up, x.dtype)
+    wgu = _token_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
     h = torch.empty(B, I, D, dtype=x.dtype, device=x.device)
     gu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
@@ -150,7 +156,7 @@ def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.T
                w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, dout = contiguous(x), contiguous(dout.to(x.dtype))
     B, L, D = x.shape
-    wgu = cast_weight(w_gate_up, x.dtype)
+    wgu = _token_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
     dh = _weight_times(w_down.to(x.dtype).t(), dout)  # (I, L) @ (B, L, D) -> (B, I, D)
     d_w_down = matmul_kernels.sum_over_batch_abt(dout, h)  # sum_b (L, D) @ (D, I), fp32
