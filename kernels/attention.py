@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from trm_fast.kernels import launch_configs
+
 LOG2E = 1.4426950408889634
 
 
@@ -222,7 +224,6 @@ def _attn_bwd_dq(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, cos_ptr, sin_ptr
 
 # ---------------------------------------------------------------------------------------------- launch configs
 
-PRESET_SEQ_LENS = (97, 916)  # Sudoku (16 puzzle tokens + 81), Maze/ARC (16 + 900)
 PRESET_HEAD_DIM = 64
 SUPPORTED_HEAD_DIMS = (32, 64, 128)  # the RoPE halves feed tl.dot, whose K must be >= 16; powers of two for arange
 PREPROCESS_BLOCK_M = 32  # delta = rowsum(dO * O): 2 x (32, hd) fp32 tiles per program
@@ -432,8 +433,8 @@ def _signatures(dtype: str) -> dict:
     }
 
 
-def aot_specs(arch: int = 90, dtype: str = "bf16", seq_lens=PRESET_SEQ_LENS, head_dim: int = PRESET_HEAD_DIM,
-              table: dict | None = None) -> list[dict]:
+def aot_specs(arch: int = 90, dtype: str = "bf16", seq_lens=launch_configs.PRESET_SEQ_LENS,
+              head_dim: int = PRESET_HEAD_DIM, table: dict | None = None) -> list[dict]:
     """Every attention kernel at every launch config the presets use (bf16, RoPE on), for kernels/aot.py.
     `table` overrides the per-phase tiles ({phase: (BLOCK_M, BLOCK_N, warps, stages)}) to try candidates."""
     kernels = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}

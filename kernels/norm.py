@@ -22,7 +22,6 @@ import triton
 import triton.language as tl
 
 from trm_fast.kernels import launch_configs
-from trm_fast.kernels.reference import RMS_EPS
 
 # ---------------------------------------------------------------------------------------------- kernels
 
@@ -195,9 +194,10 @@ def rms_norm_seq_bwd(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, dx: 
 # ---------------------------------------------------------------------------------------------- references
 
 
-def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS, dim: int = -1):
+def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, eps: float, dim: int = -1):
     """(y, rstd) in plain PyTorch, the kernels' oracle (rstd has the reduced axis squeezed). The fused
-    injection output is y + inject in the activation dtype."""
+    injection output is y + inject in the activation dtype. `eps` is the caller's (the model's is
+    trm_fast.ops.reference.RMS_EPS): the kernels take it as an argument and define none of their own."""
     s = (residual + x).float()
     rstd = torch.rsqrt(s.square().mean(dim, keepdim=True) + eps)
     return (s * rstd).to(x.dtype), rstd.squeeze(dim)

@@ -18,8 +18,9 @@ import pytest  # noqa: E402
 
 from kernel_utils import DEVICE, assert_bf16_rule, assert_close, poisoned, randn  # noqa: E402
 from trm_fast.kernels import attention as K  # noqa: E402
-from trm_fast.kernels import reference as R  # noqa: E402
+from trm_fast.kernels import launch_configs  # noqa: E402
 from trm_fast.ops import attention as attn_op  # noqa: E402
+from trm_fast.ops import reference as R  # noqa: E402
 
 
 def _tables(L, hd, dtype=torch.float32):
@@ -131,7 +132,7 @@ def test_preset_constexprs_run_in_interpreter():
 
 def test_launch_table():
     for arch in (90, 80):
-        for L in K.PRESET_SEQ_LENS:
+        for L in launch_configs.PRESET_SEQ_LENS:
             cfg = K.attention_config(L, arch, K.PRESET_HEAD_DIM)
             assert cfg["table"], (arch, L)
             for phase in K.PHASES:
@@ -147,12 +148,12 @@ def test_aot_specs_cover_every_kernel_and_preset():
         specs = K.aot_specs(arch)
         labels = [s["label"] for s in specs]
         assert len(labels) == len(set(labels))
-        assert len(specs) == 4 * len(K.PRESET_SEQ_LENS)
+        assert len(specs) == 4 * len(launch_configs.PRESET_SEQ_LENS)
         for s in specs:
             assert set(s["constexprs"]) | set(s["signature"]) <= set(s["fn"].arg_names)
             assert set(s["constexprs"]).isdisjoint(s["signature"])
             assert all(t in ("*bf16", "*fp32", "i32", "fp32") for t in s["signature"].values())
-        for L in K.PRESET_SEQ_LENS:
+        for L in launch_configs.PRESET_SEQ_LENS:
             cfg = K.attention_config(L, arch)
             for phase in K.PHASES:
                 c = cfg[phase]

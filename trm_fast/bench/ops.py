@@ -1,7 +1,7 @@
 """Per-op benchmark: residual+norm (channel and sequence axis), SwiGLU, token-mixing SwiGLU, attention with RoPE and
 the loss head, forward / backward / both, at the presets' shapes, every contender in the same run:
 
-    eager                   the plain-PyTorch reference (trm_fast.kernels.reference), as the published code runs it
+    eager                   the plain-PyTorch reference (trm_fast.ops.reference), as the published code runs it
     compile                 torch.compile of that reference (default mode)
     compile-max-autotune    torch.compile(mode="max-autotune-no-cudagraphs") of it (GPU only)
     liger                   Liger-Kernel where it has the op (optional import; GPU only)
@@ -19,7 +19,7 @@ import torch
 
 from trm_fast.bench.timing import Deadline, measure_op, measure_op_cudagraph, note_skipped, on_gpu, selected
 from trm_fast.config import swiglu_hidden
-from trm_fast.kernels import reference as R
+from trm_fast.ops import reference as R
 
 
 @dataclass(frozen=True)
