@@ -224,7 +224,6 @@ def _attn_bwd_dq(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, cos_ptr, sin_ptr
 
 # ---------------------------------------------------------------------------------------------- launch configs
 
-PRESET_SEQ_LENS = (97, 916)  # Sudoku (16 puzzle tokens + 81), Maze/ARC (16 + 900)
 PRESET_HEAD_DIM = 64
 SUPPORTED_HEAD_DIMS = (32, 64, 128)  # the RoPE halves feed tl.dot, whose K must be >= 16; powers of two for arange
 PREPROCESS_BLOCK_M = 32  # delta = rowsum(dO * O): 2 x (32, hd) fp32 tiles per program

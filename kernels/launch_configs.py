@@ -12,16 +12,10 @@ anywhere.
 """
 from __future__ import annotations
 
-import math
+from trm_fast.config import swiglu_hidden  # the model's rule; config is a leaf every layer may import
 
 PRESET_HIDDEN = 512
-PRESET_SEQ_LENS = (97, 916)
-
-
-def swiglu_hidden(width: int, expansion: float = 4.0) -> int:
-    """round(expansion * width * 2/3) rounded up to a multiple of 256 (the model's rule, restated here because
-    kernels import nothing from the model)."""
-    return 256 * math.ceil(round(expansion * width * 2 / 3) / 256)
+PRESET_SEQ_LENS = (97, 916)  # Sudoku (16 puzzle tokens + 81), Maze/ARC (16 + 900)
 
 
 PRESET_MLP_HIDDEN = swiglu_hidden(PRESET_HIDDEN)  # 1536

@@ -18,8 +18,9 @@ import pytest  # noqa: E402
 
 from kernel_utils import DEVICE, assert_bf16_rule, assert_close, poisoned, randn  # noqa: E402
 from trm_fast.kernels import attention as K  # noqa: E402
-from trm_fast.kernels import reference as R  # noqa: E402
+from trm_fast.kernels import launch_configs  # noqa: E402
 from trm_fast.ops import attention as attn_op  # noqa: E402
+from trm_fast.ops import reference as R  # noqa: E402
 
 
 def _tables(L, hd, dtype=torch.float32):
@@ -131,7 +132,7 @@ def test_preset_constexprs_run_in_interpreter():
 
 def test_launch_table():
     for arch in (90, 80):
-        for L in K.PRESET_SEQ_LENS:
+        for L in launch_configs.PRESET_SEQ_LENS:
             cfg = K.attention_config(L, arch, K.PRESET_HEAD_DIM)
             assert cfg["table"], (arch, L)
             for phase in K.PHASES:

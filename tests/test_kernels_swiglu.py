@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trm_fast.config import swiglu_hidden
 from trm_fast.kernels import launch_configs
 from trm_fast.kernels import matmul as MM
-from trm_fast.kernels import reference as R
 from trm_fast.kernels import swiglu as K
 from trm_fast.ops import norm as norm_ops
+from trm_fast.ops import reference as R
 from trm_fast.ops import swiglu as ops
 
 # ---------------------------------------------------------------------------------------------- transcriptions
@@ -330,7 +331,7 @@ def test_bad_inputs_name_the_problem():
 def test_bf16_at_preset_shapes_gpu(L, recompute):
     """Forward and every gradient within twice PyTorch-in-bf16's error against fp32, at the presets' shapes."""
     B, D, I = 8, launch_configs.PRESET_HIDDEN, launch_configs.PRESET_MLP_HIDDEN
-    Im = launch_configs.swiglu_hidden(L)
+    Im = swiglu_hidden(L)
     x32, dy32 = randn(B, L, D, seed=40, scale=0.5), randn(B, L, D, seed=41)
     for op, ref, width, hidden in ((ops.swiglu, R.swiglu, D, I), (ops.swiglu_token_mix, R.swiglu_token_mix, L, Im)):
         wgu = randn(2 * hidden, width, seed=42, scale=width ** -0.5, requires_grad=True)

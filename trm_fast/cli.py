@@ -41,7 +41,7 @@ def cmd_train(args) -> int:
         print(config.to_json())
         return 0
     if args.memory_budget:
-        from trm_fast.memory import plan_for_budget
+        from trm_fast.tools.memory import plan_for_budget
 
         config = plan_for_budget(config, args.memory_budget, log=print)
     try:

@@ -4,10 +4,11 @@ Forward: one Triton kernel runs the gate_up matmul and writes h = silu(gate) * u
 a plain cuBLAS matmul (nothing to fuse into it). Weights are fp32 master copies cast to the activation dtype, as
 reference.linear does.
 
-Saved for backward: x, h, and, with `recompute=False` (the default, recompute level 0), gate/up (2I wide) so
-the backward's SwiGLU step is elementwise. With `recompute=True` nothing 2I wide is saved: the backward re-runs
-the gate_up matmul with the derivative in its epilogue. silu is never saved. Without grad (grad mode off or no
-input requiring grad) only h is written.
+Saved for backward (the "swiglu"/"swiglu_token_mix" Triton entries of trm_fast.ops.levels.OP_SAVES, which decide
+it): x, h, and, with `recompute=False` (the default, recompute level 0), gate/up (2I wide) so the backward's SwiGLU
+step is elementwise. With `recompute=True` nothing 2I wide is saved: the backward re-runs the gate_up matmul with the
+derivative in its epilogue. silu is never saved. Without grad (grad mode off or no input requiring grad) only h is
+written.
 
 Backward matmuls (d h, d x, weight gradients) are cuBLAS. Weight gradients come out in fp32 (fp32 accumulation,
 never rounded to bf16), so autograd sums the 2(n+1) tied uses of a weight in the recursion in fp32.
@@ -20,11 +21,17 @@ import torch
 
 from trm_fast.kernels import matmul as matmul_kernels
 from trm_fast.kernels import swiglu as kernels
-from trm_fast.kernels.reference import mm_fp32
+from trm_fast.ops.reference import mm_fp32
 from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, check_weight, contiguous, needs_grad,
                                      outputs_without_grad)
+from trm_fast.ops.levels import OP_SAVES
 
 __all__ = ["swiglu", "swiglu_token_mix"]
+
+
+def _saves_gate_up(op: str, x, w_gate_up, w_down, recompute: bool) -> bool:
+    saves = OP_SAVES[(op, "triton")]["recompute" if recompute else "plain"]
+    return needs_grad(x, w_gate_up, w_down) and saves.keeps("gate_up")
 
 
 def _check(op: str, x, w_gate_up, w_down, width_axis: int) -> None:
@@ -110,8 +117,7 @@ def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recom
     """down(silu(gate) * up) with gate, up = chunk(x @ w_gate_up.T, 2) (gate first); w_gate_up (2I, D),
     w_down (D, I). `recompute`: re-run the gate_up matmul in backward instead of saving gate/up."""
     _check("swiglu", x, w_gate_up, w_down, -1)
-    save = needs_grad(x, w_gate_up, w_down) and not recompute
-    return _swiglu_fwd(x, w_gate_up, w_down, save)[0]
+    return _swiglu_fwd(x, w_gate_up, w_down, _saves_gate_up("swiglu", x, w_gate_up, w_down, recompute))[0]
 
 
 # ---------------------------------------------------------------------------------------------- token mixing
@@ -192,5 +198,4 @@ def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Ten
     """The SwiGLU along the sequence axis of x (B, L, D): w_gate_up (2I, L), w_down (L, I), no transpose copies.
     out[b, :, d] = w_down @ (silu(g) * u), [g; u] = w_gate_up @ x[b, :, d]."""
     _check("swiglu_token_mix", x, w_gate_up, w_down, 1)
-    save = needs_grad(x, w_gate_up, w_down) and not recompute
-    return _token_fwd(x, w_gate_up, w_down, save)[0]
+    return _token_fwd(x, w_gate_up, w_down, _saves_gate_up("swiglu_token_mix", x, w_gate_up, w_down, recompute))[0]
