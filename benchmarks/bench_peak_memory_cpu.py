@@ -3,11 +3,11 @@
     TRITON_INTERPRET=1 python benchmarks/bench_peak_memory_cpu.py [--preset sudoku-mlp,sudoku-att,maze]
         [--backend triton,torch] [--batches 24,32] [--out benchmarks/results/cpu-peak-memory.json]
 
-One optimizer step (forward of all cycles, loss, backward, optimiser, EMA) under trm_fast.memory.allocation_only
+One optimizer step (forward of all cycles, loss, backward, optimiser, EMA) under trm_fast.tools.memory.allocation_only
 (Triton kernels and fp32-output matmuls skipped, every tensor still allocated) and peak_bytes (the CPU allocator's
 events), in fp32, where a CPU allocates what a GPU does. The per-sample figure is the slope between two batch sizes
 (above the batch at which the token mix's weight-gradient kernel stops splitting the batch further, so the slope
-is pure activation memory). Prints measured and predicted (trm_fast.memory.estimate) per level. The measurement is
+is pure activation memory). Prints measured and predicted (trm_fast.tools.memory.estimate) per level. The measurement is
 trm_fast.tools.bench.memory.cpu_peak_per_sample.
 """
 from __future__ import annotations

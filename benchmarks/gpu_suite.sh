@@ -63,7 +63,9 @@ say() { echo "[gpu_suite $(( $(date +%s) - SUITE_START ))s] $*" | tee -a "$LOG";
 
 # ---- trm_fast importable with the system python. Every part runs from OUTDIR: `python -m` puts the working
 # directory first on sys.path, and the tree's own trm_fast/ (without kernels/ inside) would shadow the layout below.
-if (cd "$OUT" && $PY -c "import trm_fast.kernels.reference") 2>/dev/null; then
+# IMPORT_CHECK: kernels/ as trm_fast.kernels (a module without Triton), the ops, the CLI (tests/test_gpu_suite.py)
+IMPORT_CHECK="import trm_fast.kernels.launch_configs, trm_fast.ops.reference, trm_fast.tools.bench.cli"
+if (cd "$OUT" && $PY -c "$IMPORT_CHECK") 2>/dev/null; then
   say "trm_fast already importable: $(cd "$OUT" && $PY -c 'import trm_fast; print(trm_fast.__file__)')"
 elif [ "$USE_PIP" = 1 ]; then
   say "installing trm_fast: pip install --no-deps --no-build-isolation --no-index -e ."
@@ -79,7 +81,7 @@ else
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   say "trm_fast on PYTHONPATH through $SITE (symlinks into $REPO; the optional C++ data engines are not built)"
 fi
-(cd "$OUT" && $PY -c "import trm_fast.kernels.reference, trm_fast.tools.bench.cli") || { say "trm_fast does not import"; exit 1; }
+(cd "$OUT" && $PY -c "$IMPORT_CHECK") || { say "trm_fast does not import"; exit 1; }
 
 # ---- optional Liger-Kernel from a carried wheel
 shopt -s nullglob

@@ -11,8 +11,8 @@ on the un-rotated qkv.
 Forward saves only O and the log-sum-exp (fp32). Backward: delta = rowsum(dO * O); one kernel per key block
 for dK and dV, one per query block for dQ (no atomics: deterministic).
 
-Launch configs come from ATTENTION_TABLE (per arch, L, head dim; no autotuning); aot_specs() lists every kernel at
-every preset config for kernels/aot.py. docs/attention.md has the design notes and the ptxas resource table.
+Launch configs come from ATTENTION_TABLE (per arch, L, head dim; no autotuning). docs/attention.md has the design
+notes; kernels/aot.py builds every preset launch ahead of time (docs/kernels.md has the resource table).
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+from trm_fast.kernels import launch_configs
 
 LOG2E = 1.4426950408889634
 
@@ -222,21 +224,22 @@ def _attn_bwd_dq(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, cos_ptr, sin_ptr
 
 # ---------------------------------------------------------------------------------------------- launch configs
 
-PRESET_SEQ_LENS = (97, 916)  # Sudoku (16 puzzle tokens + 81), Maze/ARC (16 + 900)
 PRESET_HEAD_DIM = 64
 SUPPORTED_HEAD_DIMS = (32, 64, 128)  # the RoPE halves feed tl.dot, whose K must be >= 16; powers of two for arange
 PREPROCESS_BLOCK_M = 32  # delta = rowsum(dO * O): 2 x (32, hd) fp32 tiles per program
 PHASES = ("fwd", "dkdv", "dq")
+CLIPPED_TILE_PER_WARP = 256  # tile elements per warp when a short sequence clips the table's tiles
 
 # (arch, L, head_dim) -> phase -> (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M tiles queries, BLOCK_N keys;
 # "fwd" and "dq" own a query block and loop over keys, "dkdv" owns a key block and loops over queries.
-# Chosen with ptxas -v (docs/attention.md has the table): zero spills on sm_90 and sm_80 under Triton 3.9 and 3.6
-# (the GPU image's version; 16x64 dK/dV spilled 12 B on sm_80 there), wgmma on sm_90; not timed.
+# Chosen on the JIT's own builds of the presets' launches (kernels/aot.py; docs/kernels.md has the resources): zero
+# spills on sm_90 and sm_80 under Triton 3.9 and 3.6 (the GPU image's version), wgmma on sm_90; not timed. On
+# sm_80, dK/dV at 32x32 spills 4 B under 3.9 and 32x64 spills under both; 16x64 is clean (222-240 registers).
 ATTENTION_TABLE = {
-    (90, 97, 64): {"fwd": (64, 64, 4, 2), "dkdv": (64, 64, 8, 2), "dq": (64, 32, 8, 2)},
-    (90, 916, 64): {"fwd": (128, 64, 8, 2), "dkdv": (64, 64, 8, 2), "dq": (64, 32, 8, 2)},
-    (80, 97, 64): {"fwd": (64, 64, 4, 2), "dkdv": (16, 32, 8, 2), "dq": (64, 32, 8, 2)},
-    (80, 916, 64): {"fwd": (128, 64, 8, 2), "dkdv": (16, 32, 8, 2), "dq": (64, 32, 8, 2)},
+    (90, 97, 64): {"fwd": (64, 64, 4, 2), "dkdv": (64, 64, 8, 2), "dq": (64, 64, 8, 2)},
+    (90, 916, 64): {"fwd": (128, 64, 8, 2), "dkdv": (64, 64, 8, 2), "dq": (64, 64, 8, 2)},
+    (80, 97, 64): {"fwd": (64, 64, 4, 2), "dkdv": (16, 64, 8, 2), "dq": (64, 32, 8, 2)},
+    (80, 916, 64): {"fwd": (128, 64, 8, 2), "dkdv": (16, 64, 8, 2), "dq": (64, 32, 8, 2)},
 }
 
 
@@ -248,18 +251,12 @@ def _fallback(arch: int, L: int, head_dim: int) -> dict:
     return cfg
 
 
-def device_arch(t: torch.Tensor) -> int:
-    """90 on Hopper and newer, 80 on older GPUs; the interpreter (CPU) uses the Hopper table."""
-    if t.is_cuda:
-        return 90 if torch.cuda.get_device_capability(t.device)[0] >= 9 else 80
-    return 90
-
-
 def attention_config(L: int, arch: int = 90, head_dim: int = PRESET_HEAD_DIM, elem_bytes: int = 2) -> dict:
     """{"fwd" | "dkdv" | "dq": {BLOCK_M, BLOCK_N, num_warps, num_stages}, "table": bool} for a sequence length,
     GPU arch (90 or 80), head dim and input element size. 4-byte inputs (fp32, exact "ieee" dots without tensor
     cores: tests and fp32 runs) halve both tiles, which otherwise spill heavily. Tiles are clipped to the next power
-    of two of L (at least 16, tl.dot's minimum), so short sequences launch few, small programs."""
+    of two of L (at least 16, tl.dot's minimum), so short sequences launch few, small programs; a clipped tile
+    keeps at most one warp per CLIPPED_TILE_PER_WARP elements (at least 4 warps): 8 warps on a 32x32 dQ tile spill."""
     arch = 90 if arch >= 90 else 80
     key = (arch, L, head_dim)
     cfg = ATTENTION_TABLE.get(key) or _fallback(arch, L, head_dim)
@@ -269,7 +266,10 @@ def attention_config(L: int, arch: int = 90, head_dim: int = PRESET_HEAD_DIM, el
     for phase in PHASES:
         bm, bn, warps, stages = cfg[phase]
         bm, bn = max(16, bm // shrink), max(16, bn // shrink)
-        out[phase] = {"BLOCK_M": min(bm, cap), "BLOCK_N": min(bn, cap), "num_warps": warps, "num_stages": stages}
+        if max(bm, bn) > cap:
+            bm, bn = min(bm, cap), min(bn, cap)
+            warps = min(warps, max(4, bm * bn // CLIPPED_TILE_PER_WARP))
+        out[phase] = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
     return out
 
 
@@ -313,7 +313,7 @@ def attention_fwd(qkv: torch.Tensor, num_heads: int, cos, sin, o: torch.Tensor, 
     """qkv (B, L, 3*H*hd) contiguous -> o (B, L, H*hd) and lse (B*H, L) fp32: the base-2 log-sum-exp of the
     scores scaled by log2(e)/sqrt(hd), what the backward recomputes P from. cos/sin: fp32 (L, hd), or None."""
     B, L, hd = _check_buffers(qkv, num_heads, cos, sin, o=o, lse=lse)
-    cfg = attention_config(L, device_arch(qkv), hd, qkv.element_size())["fwd"]
+    cfg = attention_config(L, launch_configs.device_arch(qkv), hd, qkv.element_size())["fwd"]
     cos, sin, rope = _tables(cos, sin, qkv)
     grid = (triton.cdiv(L, cfg["BLOCK_M"]) * B * num_heads,)
     _attn_fwd[grid](qkv, o, lse, cos, sin, L, num_heads, float(hd ** -0.5 * LOG2E),
@@ -327,7 +327,7 @@ def attention_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: tor
     the forward's o and lse. delta = rowsum(dO * O) first (fp32), then one program per key block for dK and dV
     and one per query block for dQ: every output element is written by exactly one program (deterministic)."""
     B, L, hd = _check_buffers(qkv, num_heads, cos, sin, do=do, o=o, lse=lse, dqkv=dqkv)
-    cfg = attention_config(L, device_arch(qkv), hd, qkv.element_size())
+    cfg = attention_config(L, launch_configs.device_arch(qkv), hd, qkv.element_size())
     cos, sin, rope = _tables(cos, sin, qkv)
     BH = B * num_heads
     delta = torch.empty_like(lse)
@@ -415,42 +415,3 @@ def attention_backward_transcription(do: torch.Tensor, qkv: torch.Tensor, o: tor
     if cos is not None:
         dq, dk = rope_backward_reference(dq, cos, sin), rope_backward_reference(dk, cos, sin)
     return torch.cat((dq, dk, dv), dim=2).reshape(B, L, three_d).to(qkv.dtype)
-
-
-# ---------------------------------------------------------------------------------------------- AOT specs
-
-
-def _signatures(dtype: str) -> dict:
-    act = f"*{dtype}"
-    bwd = {"qkv_ptr": act, "do_ptr": act, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "dqkv_ptr": act,
-           "cos_ptr": "*fp32", "sin_ptr": "*fp32", "L": "i32", "H": "i32", "qk_scale": "fp32", "sm_scale": "fp32"}
-    return {
-        "fwd": {"qkv_ptr": act, "o_ptr": act, "lse_ptr": "*fp32", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
-                "L": "i32", "H": "i32", "qk_scale": "fp32"},
-        "dkdv": bwd, "dq": bwd,
-        "preprocess": {"o_ptr": act, "do_ptr": act, "delta_ptr": "*fp32", "L": "i32", "H": "i32"},
-    }
-
-
-def aot_specs(arch: int = 90, dtype: str = "bf16", seq_lens=PRESET_SEQ_LENS, head_dim: int = PRESET_HEAD_DIM,
-              table: dict | None = None) -> list[dict]:
-    """Every attention kernel at every launch config the presets use (bf16, RoPE on), for kernels/aot.py.
-    `table` overrides the per-phase tiles ({phase: (BLOCK_M, BLOCK_N, warps, stages)}) to try candidates."""
-    kernels = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
-    sigs = _signatures(dtype)
-    specs = []
-    for L in seq_lens:
-        cfg = attention_config(L, arch, head_dim, 4 if dtype == "fp32" else 2)
-        for phase in PHASES:
-            c = cfg[phase] if table is None else dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"), table[phase]))
-            specs.append({
-                "label": f"attn_{phase}[L={L},hd={head_dim},{c['BLOCK_M']}x{c['BLOCK_N']},{dtype}]", "fn": kernels[phase],
-                "signature": sigs[phase],
-                "constexprs": {"HEAD_DIM": head_dim, "BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"], "ROPE": True,
-                               "IEEE": dtype == "fp32"},
-                "num_warps": c["num_warps"], "num_stages": c["num_stages"], "is_matmul": True})
-        pre = min(PREPROCESS_BLOCK_M, triton.next_power_of_2(L))
-        specs.append({"label": f"attn_bwd_preprocess[L={L},hd={head_dim},{dtype}]", "fn": _attn_bwd_preprocess,
-                      "signature": sigs["preprocess"], "constexprs": {"HEAD_DIM": head_dim, "BLOCK_M": pre},
-                      "num_warps": 4, "num_stages": 1, "is_matmul": False})
-    return specs

@@ -1,26 +1,21 @@
 """Launch configurations of the norm and SwiGLU kernels: a small table for the presets' shapes, a rule for
 every other shape. No run-time autotuning (it fails in the interpreter and makes runs irreproducible).
 
-The table entries were checked ahead of time with ptxas -v (kernels/aot.py, tests/test_aot_compile.py): zero
-register spills and shared memory within the limit on sm_90 and sm_80, wgmma on sm_90. They were not timed
-on a GPU; docs/kernels.md lists them with their resources.
+The table entries were checked on the builds Triton's JIT makes for the presets' launches (kernels/aot.py,
+tests/test_aot_compile.py): zero register spills and shared memory within the limit on sm_90 and sm_80 under
+Triton 3.6 and 3.9, wgmma on sm_90. They were not timed on a GPU; docs/kernels.md lists them with their resources.
 
 Preset shapes: hidden D = 512, channel SwiGLU I = 1536; sequence L = 97 (Sudoku, 16 puzzle tokens + 81) or
 916 (Maze/ARC, 16 + 900); token-mixing SwiGLU hidden I = token_mix_hidden(L) = 512 (L = 97) or 2560 (L = 916).
-Nothing here imports Triton, so the tables can be read anywhere.
+Nothing here imports Triton or torch at import time (device_arch does when called), so the tables can be read
+anywhere.
 """
 from __future__ import annotations
 
-import math
+from trm_fast.config import swiglu_hidden  # the model's rule; config is a leaf every layer may import
 
 PRESET_HIDDEN = 512
-PRESET_SEQ_LENS = (97, 916)
-
-
-def swiglu_hidden(width: int, expansion: float = 4.0) -> int:
-    """round(expansion * width * 2/3) rounded up to a multiple of 256 (the model's rule, restated here because
-    kernels import nothing from the model)."""
-    return 256 * math.ceil(round(expansion * width * 2 / 3) / 256)
+PRESET_SEQ_LENS = (97, 916)  # Sudoku (16 puzzle tokens + 81), Maze/ARC (16 + 900)
 
 
 PRESET_MLP_HIDDEN = swiglu_hidden(PRESET_HIDDEN)  # 1536
@@ -70,24 +65,49 @@ def norm_seq_config(L: int, D: int) -> dict:
 # ---------------------------------------------------------------------------------------------- SwiGLU
 
 # gate_up matmul with the silu * up epilogue: two fp32 accumulators (gate, up) of BLOCK_M x BLOCK_N each.
-# Channel: M = tokens, N = I, K = D, keyed by (I, D). Token mixing: M = D, N = I, K = L, keyed by (I, L).
-GATE_UP_TABLE = {  # ptxas: BLOCK_K = 64 or 4 warps on 64 x 64 spill on sm_80 (the epilogue holds both accumulators)
-    ("channel", PRESET_MLP_HIDDEN, PRESET_HIDDEN): {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
-    ("token", 512, 97): {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
-    ("token", 2560, 916): {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
+# Channel: M = tokens, N = I, K = D, keyed by (arch, "channel", I, D). Token mixing: M = D, N = I, K = L (the weight
+# stored transposed, so its tiles are rows along I), keyed by (arch, "token", I, L). Programs run in groups of
+# GROUP_M row blocks across all column blocks (kernels/swiglu.py), so A is read from HBM about once.
+# ptxas on the JIT's own builds (kernels/aot.py, docs/kernels.md): the channel tile with BLOCK_K = 64 is clean on
+# sm_90 (128 registers, 96 KB shared) but spills 4 B on sm_80 in the save mode under Triton 3.9, so sm_80 keeps
+# BLOCK_K = 32 there (146 registers, 32 KB); 128 x 128 tiles spill in the recompute mode on both.
+_GATE_UP_128x64x64 = {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3, "GROUP_M": 8}
+GATE_UP_TABLE = {
+    (90, "channel", PRESET_MLP_HIDDEN, PRESET_HIDDEN): _GATE_UP_128x64x64,
+    (80, "channel", PRESET_MLP_HIDDEN, PRESET_HIDDEN): dict(_GATE_UP_128x64x64, BLOCK_K=32),
+    (90, "token", 512, 97): _GATE_UP_128x64x64,
+    (80, "token", 512, 97): _GATE_UP_128x64x64,
+    (90, "token", 2560, 916): _GATE_UP_128x64x64,
+    (80, "token", 2560, 916): _GATE_UP_128x64x64,
 }
 
-_GATE_UP_FALLBACK = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3}
+_GATE_UP_FALLBACK = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3, "GROUP_M": 8}
 
 
-def gate_up_config(kind: str, M: int, N_HALF: int, K: int, elem_bytes: int = 2) -> dict:
+def device_arch(t) -> int:
+    """The launch tables a launch on tensor `t` uses: 90 on Hopper and newer, 80 on older GPUs. Off the GPU it is
+    the target of Triton's active driver when there is one (kernels/aot.py sets a stand-in for each GPU it builds
+    for), else the Hopper tables (the interpreter)."""
+    if t.is_cuda:
+        import torch
+
+        return 90 if torch.cuda.get_device_capability(t.device)[0] >= 9 else 80
+    try:
+        from triton.runtime.driver import driver
+
+        return 90 if driver.active.get_current_target().arch >= 90 else 80
+    except RuntimeError:  # no GPU driver: the interpreter
+        return 90
+
+
+def gate_up_config(kind: str, M: int, N_HALF: int, K: int, elem_bytes: int = 2, arch: int = 90) -> dict:
     """Tiles for the gate_up kernel; `kind` is "channel" or "token". Tiles never exceed the problem by more
     than one power of two (tl.dot needs at least 16), which keeps small test problems to a few programs.
     4-byte inputs (fp32, exact "ieee" dots: tests, fp32 runs) halve BLOCK_K to keep the staged tiles' shared
     memory within sm_80's limit."""
     if kind not in ("channel", "token"):
         raise ValueError(f"gate_up_config: kind must be 'channel' or 'token', got {kind!r}")
-    entry = GATE_UP_TABLE.get((kind, N_HALF, K))
+    entry = GATE_UP_TABLE.get((90 if arch >= 90 else 80, kind, N_HALF, K))
     cfg = dict(entry if entry is not None else _GATE_UP_FALLBACK, table=entry is not None)
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], _next_pow2(M)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], _next_pow2(N_HALF)))
@@ -97,10 +117,12 @@ def gate_up_config(kind: str, M: int, N_HALF: int, K: int, elem_bytes: int = 2) 
 
 # sum_b P[b] @ Q[b]^T (kernels/matmul.py), the token-mixing weight gradients; keyed by (M, N, K):
 # d w_down is (L, I), d w_gate_up (2I, L), K = D. SPLIT (batch ranges per output tile) is set at launch.
-# ptxas: 64 x 64 with BLOCK_K = 64 and 4 warps needs 254 registers on sm_80; BLOCK_K = 32 needs 168.
+# ptxas on the JIT's builds: 64 x 64 with BLOCK_K = 64 and 8 warps needs at most 64 registers (sm_80 and sm_90,
+# Triton 3.6 and 3.9); with 4 warps it spills 24 B on sm_80 under 3.6.
+_BATCH_REDUCE_64x64x64 = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
 BATCH_REDUCE_TABLE = {
-    (97, 512, 512): {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3},
-    (1024, 97, 512): {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3},
+    (97, 512, 512): _BATCH_REDUCE_64x64x64,
+    (1024, 97, 512): _BATCH_REDUCE_64x64x64,
     (916, 2560, 512): {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
     (5120, 916, 512): {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
 }

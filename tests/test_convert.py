@@ -152,7 +152,19 @@ def test_cli_export_then_import_and_errors(tmp_path, capsys):
     assert "--preset" in capsys.readouterr().err
     exported.write_bytes(b"not a checkpoint")
     assert main(["convert", "import", "--published", str(exported), "--preset", "sudoku4-tiny", "--out", str(tmp_path / "bad")]) == 2
-    assert "step_2: not a readable PyTorch state_dict" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "step_2: not a readable PyTorch state_dict (not a file torch.save writes" in err and err.count("\n") == 1
+    # a file torch.save wrote, damaged: torch's several lines of advice become one
+    torch.save({"w": torch.zeros(3)}, exported)
+    exported.write_bytes(exported.read_bytes()[:60])
+    assert main(["convert", "import", "--published", str(exported), "--preset", "sudoku4-tiny",
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "step_2: not a readable PyTorch state_dict (" in err and err.count("\n") == 1
+    (tmp_path / "exported" / "all_config.yaml").write_text("arch:\n  name: [trm\n")
+    assert main(["convert", "import", "--published", str(exported), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "all_config.yaml: not valid YAML (line 3, column 1: expected ',' or ']'" in err and err.count("\n") == 1
 
 
 def test_eval_interval_epochs_become_steps_and_the_sampler_packing(tmp_path):
@@ -175,3 +187,33 @@ def test_eval_interval_epochs_become_steps_and_the_sampler_packing(tmp_path):
     # without the dataset on disk the step count cannot be known: the packing still follows, steps stay the base's
     dump["data_paths"] = [str(tmp_path / "absent")]
     assert config_from_published(dump, TRMConfig()).train.eval_interval == TRMConfig().train.eval_interval
+
+
+def test_training_continues_from_an_imported_checkpoint(tmp_path, capsys):
+    """What `convert import` writes holds weights only: --resume on it says to use --init-from, which starts a run
+    from those weights (the EMA from the same weights, fresh optimiser, schedule and sampler)."""
+    from trm_fast.checkpoint import load_checkpoint
+    from trm_fast.tools.convert import export_published, import_published
+    from trm_fast.train.trainer import Trainer, train
+
+    quiet = lambda *a: None
+    tiny = lambda out, *extra: TRMConfig.preset("sudoku4-tiny").override([f"train.out_dir={out}", *extra])
+    train(tiny(tmp_path / "run", "train.max_steps=2"), progress=False, log=quiet)
+    export_published(str(tmp_path / "run"), str(tmp_path / "published" / "step_2"), use_ema=False)
+    imported = import_published(str(tmp_path / "published" / "step_2"), str(tmp_path / "imp"))
+    argv = ["train", "--preset", "sudoku4-tiny", "--out", str(tmp_path / "imp"), "--resume", "auto", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {imported} was written by `trm-fast convert import`" in err
+    assert f"start a run from it with --init-from {imported}" in err and err.count("\n") == 1
+    trainer = Trainer(tiny(tmp_path / "ft", "train.max_steps=2"), progress=False, log=quiet)
+    trainer.init_from(str(tmp_path / "imp"))
+    weights = load_checkpoint(imported)["model"]
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    for name, value in trainer.ema.state_dict().items():
+        assert torch.equal(value, weights[name].float()), name
+    assert trainer.fit()["steps"] == 2
+    assert main(["train", "--preset", "sudoku4-tiny", "--out", str(tmp_path / "x"), "--resume", str(tmp_path / "imp"),
+                 "--init-from", imported]) == 2
+    assert "--resume PATH and --init-from exclude each other" in capsys.readouterr().err

@@ -1,7 +1,9 @@
-"""The on-disk format: round trip, validation errors that name file and field, atomic output, manifest; a run's
-dataset (load_data) and its device batches (to_device_batch)."""
+"""The on-disk format: round trip, validation errors that name file and field, atomic output (which replaces
+only a dataset this tool wrote, and that only when asked), manifest; a run's dataset (load_data) and its device
+batches (to_device_batch)."""
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from trm_fast.config import TRMConfig
 from trm_fast.data.format import (IGNORE_LABEL, DatasetMetadata, PuzzleSet, atomic_output_dir, dataset_manifest,
-                                  load_data, read_split, to_device_batch, write_split)
+                                  load_data, read_split, rows_in, to_device_batch, write_split)
 
 
 def _example(seed=0, groups=(2, 1, 3), examples_per_puzzle=2, seq_len=5, vocab=7):
@@ -112,20 +114,86 @@ def test_puzzle_set_validation(mutate, message):
         puzzle_set.validate("train/all", meta)
 
 
+def _built(tmp, name="first"):
+    """A folder as a builder leaves it: train/dataset.json and the build stamp."""
+    os.makedirs(os.path.join(tmp, "train"), exist_ok=True)
+    open(os.path.join(tmp, "train", "dataset.json"), "w").write("{}")
+    open(os.path.join(tmp, "build.json"), "w").write(json.dumps({"name": name}))
+
+
 def test_atomic_output_dir_replaces_only_on_success(tmp_path):
     out = tmp_path / "ds"
     with atomic_output_dir(str(out)) as tmp:
-        open(os.path.join(tmp, "a.txt"), "w").write("first")
-    assert (out / "a.txt").read_text() == "first"
+        _built(tmp, "first")
+    assert json.loads((out / "build.json").read_text()) == {"name": "first"}
     with pytest.raises(RuntimeError):
-        with atomic_output_dir(str(out)) as tmp:
-            open(os.path.join(tmp, "a.txt"), "w").write("half")
+        with atomic_output_dir(str(out), overwrite=True) as tmp:
+            _built(tmp, "half")
             raise RuntimeError("build failed")
-    assert (out / "a.txt").read_text() == "first"  # the old dataset survives a failed rebuild
+    assert json.loads((out / "build.json").read_text()) == {"name": "first"}  # the old dataset survives a failed rebuild
     assert sorted(os.listdir(tmp_path)) == ["ds"]  # and no temporary folder is left behind
-    with atomic_output_dir(str(out)) as tmp:
-        open(os.path.join(tmp, "b.txt"), "w").write("second")
-    assert sorted(os.listdir(out)) == ["b.txt"] and sorted(os.listdir(tmp_path)) == ["ds"]
+    with atomic_output_dir(str(out), overwrite=True) as tmp:
+        _built(tmp, "second")
+        open(os.path.join(tmp, "identifiers.json"), "w").write("[]")
+    assert sorted(os.listdir(out)) == ["build.json", "identifiers.json", "train"]
+    assert sorted(os.listdir(tmp_path)) == ["ds"]
+
+
+def test_output_dir_replaces_only_a_dataset_this_tool_wrote(tmp_path, monkeypatch):
+    def refused(out, match, **kw):
+        with pytest.raises(ValueError, match=match):
+            with atomic_output_dir(str(out), **kw) as tmp:
+                _built(tmp, "new")
+
+    mine = tmp_path / "mine"
+    (mine / "keep").parent.mkdir()
+    (mine / "keep").write_text("x")
+    refused(mine, "not a dataset this tool wrote .it holds keep.", overwrite=True)
+    assert (mine / "keep").read_text() == "x" and sorted(os.listdir(tmp_path)) == ["mine"]
+    stamped = tmp_path / "stamped"  # a build stamp is not enough: train/dataset.json too
+    stamped.mkdir()
+    (stamped / "build.json").write_text("{}")
+    refused(stamped, "no train/dataset.json with build.json or recipe.json", overwrite=True)
+    built = tmp_path / "built"
+    _built(str(built), "old")
+    refused(built, "pass --overwrite to replace it")
+    (built / "notes.txt").write_text("mine")  # something of the user's inside a built dataset: never replaced
+    refused(built, "it holds notes.txt", overwrite=True)
+    os.remove(built / "notes.txt")
+    with atomic_output_dir(str(built), overwrite=True) as tmp:
+        _built(tmp, "new")
+    assert json.loads((built / "build.json").read_text()) == {"name": "new"}
+    (tmp_path / "file").write_text("x")
+    refused(tmp_path / "file", "exists and is not a folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_output_dir(str(empty)) as tmp:
+        _built(tmp)
+    # a folder holding an input, the current folder and a folder above it: refused even when empty or built here
+    refused(built, "it holds the input .*train.csv", overwrite=True, inputs=[str(built / "train.csv")])
+    refused(built, "it holds the input", overwrite=True, inputs=[str(built / "train")])
+    monkeypatch.chdir(built)
+    refused(".", "the current folder or holds it", overwrite=True)
+    refused(tmp_path, "the current folder or holds it", overwrite=True)
+    monkeypatch.chdir(empty / "train")
+    refused("..", "the current folder or holds it", overwrite=True)
+    assert json.loads((built / "build.json").read_text()) == {"name": "new"}
+
+
+def test_output_dir_is_made_with_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(str(tmp_path / "ds")) as tmp:
+            _built(tmp)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "ds").st_mode) == 0o755  # not mkdtemp's 0700
+
+
+def test_rows_in():
+    pool = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint8)
+    assert rows_in(np.array([[4, 5, 6], [1, 2, 4], [1, 2, 3]]), pool).tolist() == [True, False, True]
+    assert rows_in(np.zeros((0, 3), dtype=np.uint8), pool).tolist() == []
 
 
 def test_manifest_detects_any_change(tmp_path):

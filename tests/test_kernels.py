@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from kernel_utils import DEVICE, assert_bf16_rule, assert_close, randn  # first: sets TRITON_INTERPRET without a GPU
-from trm_fast.kernels import reference as R
 from trm_fast.ops import attention as attn_op
 from trm_fast.ops import norm as norm_op
+from trm_fast.ops import reference as R
 from trm_fast.ops import swiglu as swiglu_op
 
 

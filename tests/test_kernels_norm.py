@@ -10,8 +10,8 @@ import triton
 
 from trm_fast.kernels import launch_configs
 from trm_fast.kernels import norm as K
-from trm_fast.kernels import reference as R
 from trm_fast.ops import norm as ops
+from trm_fast.ops import reference as R
 
 FORMS = {  # name: (launch fwd, launch bwd, reduced dim, rstd shape of (B, L, D))
     "channel": (K.add_rms_norm_fwd, K.rms_norm_bwd, -1, lambda s: s[:-1]),
@@ -52,7 +52,7 @@ def test_kernels_against_reference_and_transcription(form, shape, dtype):
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     y, rstd = poisoned(*shape, dtype=dtype), poisoned(*rstd_shape(shape))
     fwd(x, r, R.RMS_EPS, y, rstd)
-    y_ref, rstd_ref = K.add_rms_norm_reference(x, r, dim=dim)
+    y_ref, rstd_ref = K.add_rms_norm_reference(x, r, R.RMS_EPS, dim=dim)
     assert_close(y, y_ref, tol, tol, "y")
     assert_close(y, (R.add_rms_norm if form == "channel" else R.add_rms_norm_seq)(x, r), tol, tol, "y vs reference op")
     assert_close(rstd, rstd_ref, 1e-5, 1e-5, "rstd")
@@ -68,7 +68,7 @@ def test_seq_form_looped_path():
     y, rstd, dx = poisoned(B, L, D), poisoned(B, D), poisoned(B, L, D)
     grid = (triton.cdiv(D, 16) * B,)
     K._add_rms_norm_seq_fwd[grid](x, r, y, rstd, L, D, R.RMS_EPS, BLOCK_L=8, BLOCK_D=16, SINGLE_PASS=False)
-    y_ref, rstd_ref = K.add_rms_norm_reference(x, r, dim=1)
+    y_ref, rstd_ref = K.add_rms_norm_reference(x, r, R.RMS_EPS, dim=1)
     assert_close(y, y_ref, name="y")
     assert_close(rstd, rstd_ref, name="rstd")
     K._rms_norm_seq_bwd[grid](dy, y, rstd, dx, L, D, BLOCK_L=8, BLOCK_D=16, SINGLE_PASS=False)
@@ -100,7 +100,7 @@ def test_fused_injection_output():
     x, r, inject, dy, dsum = (randn(*shape, seed=s) for s in (30, 31, 32, 33, 34))
     y, rstd, out_sum = poisoned(*shape), poisoned(2, 17), poisoned(*shape)
     K.add_rms_norm_fwd(x, r, R.RMS_EPS, y, rstd, inject, out_sum)
-    y_ref, _ = K.add_rms_norm_reference(x, r)
+    y_ref, _ = K.add_rms_norm_reference(x, r, R.RMS_EPS)
     assert_close(out_sum, y_ref + inject, name="y + inject")
     dx = poisoned(*shape)
     K.rms_norm_bwd(dy, y, rstd, dx, dsum)

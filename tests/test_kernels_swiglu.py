@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trm_fast.config import swiglu_hidden
 from trm_fast.kernels import launch_configs
 from trm_fast.kernels import matmul as MM
-from trm_fast.kernels import reference as R
 from trm_fast.kernels import swiglu as K
 from trm_fast.ops import norm as norm_ops
+from trm_fast.ops import reference as R
 from trm_fast.ops import swiglu as ops
 
 # ---------------------------------------------------------------------------------------------- transcriptions
@@ -127,6 +128,18 @@ def test_token_gate_up_kernel_all_modes(B, L, D, I):
     K.token_gate_up(x, w, h=None, dh=dh, dgu=dgu)
     d_gate, d_up = K.swiglu_backward_reference(gu_ref[:, :I], gu_ref[:, I:], dh)
     assert_close(dgu, torch.cat([d_gate, d_up], 1), name="d gate_up (recompute)")
+
+
+def test_gate_up_grouped_tile_order_odd_size(monkeypatch):
+    """The grouped (GROUP_M) program order with several row and column blocks, partial last blocks and a group
+    size that does not divide the row-block count (7 row blocks in groups of 3): every output tile is written once
+    and right, in every mode and both forms (NaN-poisoned outputs show a skipped tile)."""
+    tiles = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 3, "num_warps": 4, "num_stages": 2}
+    monkeypatch.setattr(K.launch_configs, "gate_up_config", lambda *args: dict(tiles, table=False))
+    M, D, I = 7 * 16 - 5, 48, 40  # 7 row blocks, 3 column blocks (the last 8 wide), 3 K blocks
+    assert -(-M // 16) % tiles["GROUP_M"] and -(-I // 16) == 3
+    test_channel_gate_up_kernel_all_modes(M, D, I)
+    test_token_gate_up_kernel_all_modes(2, D, M, I)  # token form: M = D = 107 rows, K = L = 48
 
 
 @pytest.mark.parametrize("B, M, N, K", [(3, 17, 40, 48), (1, 1, 16, 80), (5, 97, 24, 16)])
@@ -318,7 +331,7 @@ def test_bad_inputs_name_the_problem():
 def test_bf16_at_preset_shapes_gpu(L, recompute):
     """Forward and every gradient within twice PyTorch-in-bf16's error against fp32, at the presets' shapes."""
     B, D, I = 8, launch_configs.PRESET_HIDDEN, launch_configs.PRESET_MLP_HIDDEN
-    Im = launch_configs.swiglu_hidden(L)
+    Im = swiglu_hidden(L)
     x32, dy32 = randn(B, L, D, seed=40, scale=0.5), randn(B, L, D, seed=41)
     for op, ref, width, hidden in ((ops.swiglu, R.swiglu, D, I), (ops.swiglu_token_mix, R.swiglu_token_mix, L, Im)):
         wgu = randn(2 * hidden, width, seed=42, scale=width ** -0.5, requires_grad=True)

@@ -1,8 +1,10 @@
 """Maze-Hard: generated mazes have one start and one goal, walls in range, and a labelled path that is a shortest
 path (independent BFS) longer than the hard threshold; generation is seeded and independent of threads and
-chunking; dihedral augmentation keeps mazes valid; the CSV reader names or skips every bad-row class; builds
-round-trip through the on-disk format."""
+chunking; dihedral augmentation keeps mazes valid; the CSV reader names or skips every bad-row class (labels that
+do not mark one shortest path included) and takes spreadsheet CSVs; builds round-trip through the on-disk format,
+count train/test overlap and replace only a dataset built earlier, with --overwrite."""
 import collections
+import json
 
 import numpy as np
 import pytest
@@ -166,7 +168,7 @@ def test_build_round_trip_and_every_bad_row(tmp_path, capsys):
     assert main(["data", "build", "maze", "--source", str(csv), "--out", str(tmp_path / "bad"), "--skip-bad"]) == 0
     assert '"skipped_bad_rows": 5' in capsys.readouterr().out
     csv.write_text(good(0) + "\n")
-    assert main(["data", "build", "maze", "--source", str(csv), "--out", str(tmp_path / "bad")]) == 2
+    assert main(["data", "build", "maze", "--source", str(csv), "--out", str(tmp_path / "headless")]) == 2
     assert "header line is missing" in capsys.readouterr().err
 
 
@@ -219,3 +221,61 @@ def test_solve_command_reads_a_maze_file(tmp_path, capsys):
     assert main(["solve", "--ckpt", str(tmp_path / "run"), "--puzzle-file", str(maze_file)]) == 2
     assert "bad maze" in capsys.readouterr().err
     assert main(["solve", "--ckpt", str(tmp_path / "run")]) == 2  # neither --puzzle nor --puzzle-file
+
+
+def _csv(path, pairs, prefix="", suffix=""):
+    path.write_text(prefix + "source,q,a,rating\n" + "".join(f"s,{_text(q)},{_text(a)},0\n" for q, a in pairs) + suffix)
+
+
+def test_csv_labels_must_mark_one_shortest_path(tmp_path, capsys):
+    made = M.generate_mazes(3, seed=2, min_path=30)
+    pairs = list(zip(made["inputs"], made["labels"]))
+    q, a = pairs[1]
+    rng = np.random.default_rng(0)
+    scattered = q.copy()
+    scattered[rng.choice(np.flatnonzero(q == M.OPEN), 5, replace=False)] = M.PATH
+    stray = a.copy()  # the shortest path plus one open cell away from it
+    stray[next(c for c in np.flatnonzero(a == M.OPEN) if all(a[x] in (M.OPEN, M.WALL) for x in M._neighbours(c, N)))] = M.PATH
+    walled = q.copy()
+    goal = int(np.argmax(q == M.GOAL))
+    for x in M._neighbours(goal, N):
+        walled[x] = M.WALL
+    bad = {"field a does not mark one shortest path from S to G: the marked cells do not form one chain": (q, q),
+           "field a does not mark one shortest path from S to G": (q, scattered),
+           "field a does not mark one shortest path from S to G: 1 marked cells are off the chain": (q, stray),
+           "field q: the goal 'G' cannot be reached from the start 'S'": (walled, walled)}
+    _csv(tmp_path / "test.csv", pairs[:1])
+    for message, pair in bad.items():
+        _csv(tmp_path / "train.csv", [pairs[0], pair, pairs[2]])
+        assert main(["data", "build", "maze", "--source", str(tmp_path / "train.csv"), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert f"train.csv:3: {message}" in err, err
+    q, a = pairs[2]
+    overwritten = np.where((q == M.START) | (q == M.GOAL), M.PATH, a)  # S and G marked 'o': accepted
+    _csv(tmp_path / "train.csv", [pairs[0], (q, overwritten)])
+    assert main(["data", "build", "maze", "--source", str(tmp_path / "train.csv"), "--out", str(tmp_path / "o")]) == 0
+    _csv(tmp_path / "train.csv", [pairs[0], *bad.values(), pairs[2]])
+    assert main(["data", "build", "maze", "--source", str(tmp_path / "train.csv"), "--out", str(tmp_path / "o"),
+                 "--skip-bad", "--overwrite"]) == 0
+    assert '"skipped_bad_rows": 4' in capsys.readouterr().out
+
+
+def test_overlap_spreadsheet_csv_and_output_folder(tmp_path, capsys):
+    made = M.generate_mazes(5, seed=4, min_path=30)
+    pairs = list(zip(made["inputs"], made["labels"]))
+    turned = tuple(augment_maze(x, 1, N) for x in pairs[1])
+    _csv(tmp_path / "train.csv", pairs[:4], prefix="\ufeff", suffix="\n\n")  # a byte-order mark, blank last lines
+    _csv(tmp_path / "test.csv", [pairs[0], turned, pairs[4]])
+    build = lambda out, *extra: main(["data", "build", "maze", "--source", str(tmp_path / "train.csv"), "--out",
+                                      str(tmp_path / out), *extra])
+    assert build("ds") == 0
+    assert "test mazes also in training: 1 exactly, 2 up to dihedral transforms (of 3)" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "ds" / "build.json").read_text())
+    assert summary["test_in_train"] == 1 and summary["test_in_train_up_to_dihedral_transforms"] == 2
+    assert build("refused", "--no-overlap") == 2
+    assert "--no-overlap refuses" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert build("ds") == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert build("ds", "--overwrite") == 0
+    (tmp_path / "ds" / "mine.txt").write_text("x")
+    assert build("ds", "--overwrite") == 2 and "it holds mine.txt" in capsys.readouterr().err
+    assert build(".", "--overwrite") == 2 and "holds the input" in capsys.readouterr().err

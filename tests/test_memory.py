@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from trm_fast.config import TRMConfig
-from trm_fast.memory import estimate, estimate_saved_bytes, parse_bytes, plan_for_budget, saved_bytes_per_step
+from trm_fast.tools.memory import estimate, estimate_saved_bytes, parse_bytes, plan_for_budget, saved_bytes_per_step
 from trm_fast.model import build_model
+from trm_fast.ops import OP_NAMES
 from trm_fast.train.act import keyed_uniform
 from trm_fast.train.cuda_graph import GraphedCarryStep, make_graphed_step, tensor_dense_step_
 from trm_fast.train.optim import AdamATan2, SparseSignSGD, sign_sgd_rows_
@@ -76,6 +77,51 @@ def test_saved_bytes_are_exact(mixer, backend, level, small):
     expected = expected_saved_bytes(config, backend, level, 3)
     assert saved_bytes_per_step(build_model(config.model), 3) == expected
     assert estimate_saved_bytes(config.model, 3, level, backend, "cpu") == expected  # the model is exact here
+
+
+MIXED_SETS = [("torch", {"attention": "triton"}), ("torch", {"swiglu": "triton"}),  # (the config's backend, overrides)
+              ("torch", {"add_rms_norm": "triton", "add_rms_norm_seq": "triton"}),
+              ("triton", {"attention": "torch", "swiglu_token_mix": "torch"})]
+
+
+@pytest.mark.parametrize("mixer", ["attention", "mlp"])
+@pytest.mark.parametrize("backend, overrides", MIXED_SETS, ids=lambda o: o if isinstance(o, str) else ",".join(o))
+def test_saved_bytes_of_mixed_op_sets_are_exact(mixer, backend, overrides):
+    """Some ops on Triton (the interpreter), the rest on the reference: the memory model, summed per op from the levels
+    table, is exact at every level. At level 1 a block with a reference op runs under selective checkpointing, which
+    keeps the Triton ops' outputs; every activation between two ops is counted once."""
+    for level in (0, 1, 2):
+        config = config_for(mixer, backend, level, T=1, n=1)
+        model = build_model(config.model)
+        model.override_ops(overrides)
+        implementations = model.op_implementations(torch.device("cpu"))
+        assert len(set(implementations.values())) == 2
+        measured = saved_bytes_per_step(model, 3)
+        assert estimate_saved_bytes(config.model, 3, level, implementations, "cpu") == measured, (level, implementations)
+
+
+# (preset, backend, device) -> [(saved_for_backward, transient) per level] at batch 64 on a capability-9.0 GPU or the
+# CPU, computed with the formulas per backend that the per-op levels table (trm_fast.ops.levels) replaced
+PINNED_ESTIMATES = {
+    ("sudoku-att", "torch", "cuda"): [(2145824256, 69926912), (1166152192, 139903488), (95396352, 222743040)],
+    ("sudoku-att", "triton", "cuda"): [(1382985216, 69926912), (848997888, 69926912), (95396352, 171887104)],
+    ("sudoku-mlp", "torch", "cpu"): [(6620966912, 226754560), (3493765632, 450126080), (190751232, 698769664)],
+    ("sudoku-mlp", "triton", "cuda"): [(2434985984, 113377280), (961474560, 113377280), (95396352, 290480384)],
+    ("maze", "torch", "cuda"): [(14491375616, 660340736), (7883278336, 1321150464), (660801536, 2103429120)],
+    ("maze", "triton", "cpu"): [(18633512960, 1320681472), (11429795840, 1320681472), (1321142272, 3244017664)],
+    ("hrm-sudoku", "triton", "cuda"): [(657342976, 59113472), (399393280, 59113472), (48407040, 145306624)],
+}
+
+
+@pytest.mark.parametrize("preset, backend, device", sorted(PINNED_ESTIMATES))
+def test_memory_model_of_pure_op_sets_is_unchanged(preset, backend, device):
+    est = estimate(TRMConfig.preset(preset), 64, device, backend, capability=(9, 0))
+    got = [(est["levels"][level]["saved_for_backward"], est["levels"][level]["transient"]) for level in (0, 1, 2)]
+    assert got == PINNED_ESTIMATES[(preset, backend, device)]
+    assert est["implementations"] == {op: backend for op in OP_NAMES}
+    if preset == "sudoku-att":  # the resolver's choice on such a GPU, and the whole peak
+        peaks = [estimate(TRMConfig.preset(preset), 64, "cuda", capability=(9, 0))["levels"][lv]["peak"] for lv in (0, 1, 2)]
+        assert peaks == [1602188840, 1068201512, 416560168]
 
 
 @pytest.mark.parametrize("mixer", ["attention", "mlp"])
@@ -323,7 +369,7 @@ def test_saved_bytes_of_variants_with_fewer_gradient_calls(variant, backend, lev
 
 @pytest.mark.parametrize("latent", ["dual", "single", "multiscale"])
 def test_carry_bytes_follow_the_latent_layout(latent):
-    from trm_fast.memory import estimate
+    from trm_fast.tools.memory import estimate
 
     config = TRMConfig.preset("sudoku4-tiny").override([f"model.latent={latent}", "model.n=3"])
     carry = build_model(config.model).initial_carry(5, torch.device("cpu"))
@@ -333,11 +379,11 @@ def test_carry_bytes_follow_the_latent_layout(latent):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_memory_model_against_the_measured_peak_gpu(backend):
-    """trm_fast.memory.estimate's peak (meant to over-estimate a little) against torch.cuda.max_memory_allocated
+    """trm_fast.tools.memory.estimate's peak (meant to over-estimate a little) against torch.cuda.max_memory_allocated
     over one whole optimizer step, weights, optimiser state, EMA and puzzle table included."""
     from trm_fast.tools.bench.step import StepRunner
     from trm_fast.tools.bench.timing import peak_memory
-    from trm_fast.memory import estimate
+    from trm_fast.tools.memory import estimate
 
     base = TRMConfig.preset("sudoku-att").override(["model.hidden_size=256", "model.num_heads=4",
                                                     "model.puzzle_emb_dim=256", "model.num_puzzle_identifiers=64",

@@ -1,4 +1,4 @@
-"""Peak memory measured on a CPU: trm_fast.memory.peak_bytes (the allocator's events, recorded by the profiler),
+"""Peak memory measured on a CPU: trm_fast.tools.memory.peak_bytes (the allocator's events, recorded by the profiler),
 allocation_only (the Triton path allocates as on a GPU and computes nothing), the memory model as an upper bound of
 the measured peak of whole training steps, and the Triton ops' backward allocating only their own gradients.
 
@@ -13,8 +13,8 @@ import torch
 from kernel_utils import randn  # first: sets TRITON_INTERPRET without a GPU
 from trm_fast.tools.bench.memory import cpu_step_peak
 from trm_fast.tools.bench.step import StepRunner
-from trm_fast.config import TRMConfig
-from trm_fast.memory import allocation_only, estimate, peak_bytes
+from trm_fast.config import TRMConfig, swiglu_hidden
+from trm_fast.tools.memory import allocation_only, estimate, peak_bytes
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU allocator measurement (Triton's interpreter)")
 MB = 1e6
@@ -77,6 +77,29 @@ def test_memory_model_bounds_the_measured_peak(mixer, backend, level):
 
 
 @cpu_only
+@pytest.mark.parametrize("mixer, backend, overrides, level", [
+    *(("attention", "torch", {"attention": "triton"}, level) for level in (0, 1, 2)),
+    ("mlp", "triton", {"swiglu": "torch"}, 1)])
+def test_memory_model_bounds_the_peak_of_a_mixed_op_set(mixer, backend, overrides, level):
+    """One op on the other implementation than the rest (at level 1 the blocks then run under selective
+    checkpointing, which keeps the Triton ops' outputs): bounded as tightly as the pure sets."""
+    config = TRMConfig.preset("sudoku-mlp").override(_SMALL + _MIXERS[mixer] + [f"model.backend={backend}",
+                                                                                 f"model.recompute={level}"])
+    with allocation_only():  # as bench.memory.cpu_step_peak, with the override
+        runner = StepRunner(config, 48, torch.device("cpu"), False)
+        runner.model.override_ops(overrides)
+        runner()
+        measured = peak_bytes(runner, "cpu")
+    implementations = runner.model.op_implementations(torch.device("cpu"))
+    assert len(set(implementations.values())) == 2
+    est = estimate(config, 48, "cpu", implementations)
+    fixed = est["fixed"]
+    predicted = est["levels"][level]["peak"] - (fixed["weights"] + fixed["optimizer"] + fixed["ema"] +
+                                                fixed["puzzle_table"] + fixed["carry"])
+    assert measured <= predicted <= 1.2 * measured, (measured / MB, predicted / MB)
+
+
+@cpu_only
 @pytest.mark.parametrize("variant", [("model.arch=hrm", "model.hrm_high_blocks=2", "model.hrm_low_blocks=2"),
                                      ("model.grad_mode=one_step",), ("model.latent=single",)])
 def test_memory_model_bounds_the_peak_of_variants(variant):
@@ -105,7 +128,7 @@ def test_swiglu_backward_allocates_only_its_gradients(token_mix):
 
     ops = get_ops("triton")
     B, L, D = 24, 97, 64
-    width, hidden = (L, launch_configs.swiglu_hidden(L)) if token_mix else (D, launch_configs.swiglu_hidden(D))
+    width, hidden = (L, swiglu_hidden(L)) if token_mix else (D, swiglu_hidden(D))
     rows = D if token_mix else L  # the matmul's rows per sample
     x = randn(B, L, D, seed=1, requires_grad=True)
     w_gu = randn(2 * hidden, width, seed=2, scale=width ** -0.5, requires_grad=True)
@@ -129,7 +152,7 @@ def test_swiglu_backward_allocates_only_its_gradients(token_mix):
 def test_auxiliary_outputs_carry_no_gradient(make):
     """What an op saves for its backward (rstd, gate/up, qkv, log-sum-exp) is an output of the custom op but never
     a differentiable one: autograd must not materialise zero gradients for it."""
-    from trm_fast.kernels import reference as R
+    from trm_fast.ops import reference as R
     from trm_fast.ops import attention as A, norm as N, swiglu as S
 
     x = randn(2, 5, 32, seed=4, requires_grad=True)

@@ -1,10 +1,13 @@
 """The reference TRM: shapes and dtypes per preset, parameter counts, where gradients flow, carry handling."""
+import types
+
 import pytest
 import torch
 
 from trm_fast.config import PRESETS, TRMConfig
-from trm_fast.kernels import reference
+from trm_fast.tools.memory import estimate
 from trm_fast.model import TRM, build_model, count_parameters
+from trm_fast.ops import OP_NAMES, reference, resolve
 
 SMALL = ["model.hidden_size=32", "model.num_heads=2", "model.puzzle_emb_dim=32"]
 
@@ -125,21 +128,82 @@ def test_bad_inputs_are_named():
         model(carry, torch.zeros(2, 16, dtype=torch.long), torch.full((2,), 7))
 
 
+def fake_gpu(monkeypatch, capability):
+    """A CUDA device of `capability` on a machine without one (what trm_fast.ops.resolve asks torch)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: types.SimpleNamespace(major=capability[0], minor=capability[1]))
+
+
 def test_backend_and_dtype_follow_the_gpu_generation(monkeypatch):
     """auto: Triton and bf16 from compute capability 8.0 (the kernels' launch tables are sm_80/sm_90), the reference
     in fp32 below; an explicit triton on an older GPU is refused by name. Capabilities are faked: no GPU here."""
-    from trm_fast.model import trm as trm_module
-
     cfg = TRMConfig.preset("sudoku4-tiny").model
-    model = build_model(cfg)
     cuda = torch.device("cuda", 0)
     for capability, backend, dtype in (((9, 0), "triton", torch.bfloat16), ((8, 6), "triton", torch.bfloat16),
                                        ((7, 5), "torch", torch.float32)):
-        monkeypatch.setattr(trm_module, "_CAPABILITY", {0: capability})
+        fake_gpu(monkeypatch, capability)
+        model = build_model(cfg)
         assert model.backend(cuda) == backend and model.forward_dtype(cuda) == dtype
+        assert model.op_implementations(cuda) == dict.fromkeys(OP_NAMES, backend)
     cpu = torch.device("cpu")
     assert model.backend(cpu) == "torch" and model.forward_dtype(cpu) == torch.float32
     explicit = build_model(TRMConfig.preset("sudoku4-tiny").override(["model.backend=triton"]).model)
-    with pytest.raises(ValueError, match="compute capability 8.0 or newer.*7.5"):
+    with pytest.raises(ValueError, match="model.backend=triton needs a GPU of compute capability 8.0 or newer.*7.5"):
         explicit.backend(cuda)
     assert explicit.backend(cpu) == "triton"  # the interpreter
+    # the memory model follows the same rule on the same (faked) GPU
+    assert estimate(TRMConfig.preset("sudoku4-tiny"), 4, "cuda")["implementations"] == dict.fromkeys(OP_NAMES, "torch")
+    assert estimate(TRMConfig.preset("sudoku4-tiny").override(["model.forward_dtype=auto"]), 4, "cuda")["fixed"][
+        "carry"] == 4 * 2 * cfg.total_seq_len * cfg.hidden_size * 4  # fp32 below 8.0
+    with pytest.raises(ValueError, match="model.backend=triton needs a GPU of compute capability 8.0"):
+        estimate(TRMConfig.preset("sudoku4-tiny").override(["model.backend=triton"]), 4, "cuda")
+
+
+def test_resolution_without_a_gpu_and_per_op_overrides(monkeypatch):
+    """Planning for "cuda" without a GPU assumes one of capability 8.0 (or the one named); single ops can be moved to
+    the other implementation, a GPU too old for Triton refuses them by name; bad names are named."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = TRMConfig.preset("sudoku4-tiny").model
+    assert resolve.op_implementations(cfg, "cuda") == dict.fromkeys(OP_NAMES, "triton")
+    assert resolve.forward_dtype(cfg, "cuda") == torch.bfloat16
+    assert resolve.op_implementations(cfg, "cuda", capability=(7, 0)) == dict.fromkeys(OP_NAMES, "torch")
+    assert resolve.forward_dtype(cfg, "cuda", capability=(7, 0)) == torch.float32
+    mixed = resolve.op_implementations(cfg, "cuda", overrides={"attention": "torch"})
+    assert mixed == dict(dict.fromkeys(OP_NAMES, "triton"), attention="torch")
+    assert resolve.describe(mixed).startswith("mixed: ") and "attention=torch" in resolve.describe(mixed)
+    with pytest.raises(ValueError, match="triton for swiglu needs a GPU of compute capability 8.0 or newer.*7.5"):
+        resolve.op_implementations(cfg, "cuda", capability=(7, 5), overrides={"swiglu": "triton"})
+    with pytest.raises(ValueError, match="'softmax' is not a fused op"):
+        resolve.op_implementations(cfg, "cpu", overrides={"softmax": "torch"})
+    with pytest.raises(ValueError, match="attention='cuda'"):
+        resolve.op_implementations(cfg, "cpu", overrides={"attention": "cuda"})
+
+    model = build_model(cfg)
+    cpu = torch.device("cpu")
+    assert model.backend(cpu) == "torch"
+    model.override_ops({"swiglu": "triton"})  # resolved again: the Triton interpreter on a CPU
+    assert model.op_implementations(cpu) == dict(dict.fromkeys(OP_NAMES, "torch"), swiglu="triton")
+    model.override_ops({})
+    assert model.backend(cpu) == "torch"
+
+
+def test_resolved_once_per_device_and_traced_by_compile(monkeypatch):
+    """The model asks the resolver once per device, not per forward, and a compiled forward (fullgraph) traces
+    through the resolution and its cache."""
+    calls = []
+    resolve_ops = resolve.op_implementations
+    monkeypatch.setattr(resolve, "op_implementations", lambda *a, **k: calls.append(a) or resolve_ops(*a, **k))
+    config = small_config("sudoku4-tiny")
+    model = build_model(config.model)
+    inputs, ids = random_batch(config)
+    for _ in range(3):
+        model(model.initial_carry(3, "cpu"), inputs, ids)
+    assert len(calls) == 1
+    fresh = build_model(config.model)
+    fresh.load_state_dict(model.state_dict())
+    compiled = torch.compile(fresh, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        out = compiled(model.initial_carry(3, "cpu"), inputs, ids)
+        expected = model(model.initial_carry(3, "cpu"), inputs, ids)
+    assert torch.equal(out.logits, expected.logits)

@@ -1,14 +1,15 @@
 """Recomputation levels of the gradient cycle: gradients equal plain full backprop at every level, on the reference
-path (bitwise, fp32 and bf16) and on the Triton path (interpreter); tied weights accumulate fp32 gradients."""
+path (bitwise, fp32 and bf16), on the Triton path (interpreter) and on mixed op sets; each op saves what the levels
+table lists; tied weights accumulate fp32 gradients."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+from kernel_utils import randn  # first: sets TRITON_INTERPRET without a GPU
 from trm_fast.config import TRMConfig
-from trm_fast.kernels import reference
 from trm_fast.model import build_model
 from trm_fast.model.recompute import BlockRecompute, run_block
-from trm_fast.ops import get_ops
+from trm_fast.ops import OP_NAMES, get_ops, levels, reference
 
 
 def config_for(mixer, backend="torch", level=0, D=32, H=2, T=2, n=2, blocks=2, dtype="float32"):
@@ -19,10 +20,11 @@ def config_for(mixer, backend="torch", level=0, D=32, H=2, T=2, n=2, blocks=2, d
         f"model.num_blocks={blocks}", f"model.recompute={level}", f"model.forward_dtype={dtype}"])
 
 
-def grads_at(config, batch=3):
+def grads_at(config, batch=3, overrides=None):
     """Gradients of every parameter and of the puzzle rows after one supervision step from a random carry."""
     torch.manual_seed(0)
     model = build_model(config.model)
+    model.override_ops(overrides or {})
     model.train()
     g = torch.Generator().manual_seed(1)
     inputs = torch.randint(0, config.model.vocab_size, (batch, config.model.seq_len), generator=g)
@@ -73,6 +75,63 @@ def test_triton_levels_equal_full_backprop(mixer):
             else:
                 assert_close_to_max(g, g0, 2e-6, f"triton level 1 vs level 0, gradient {i}")
             assert_close_to_max(g, g_ref, 1e-5, f"triton level {level} vs reference, gradient {i}")
+
+
+@pytest.mark.parametrize("mixer, overrides", [("attention", {"attention": "triton"}), ("mlp", {"swiglu": "triton"})])
+def test_mixed_op_set_levels_equal_full_backprop(mixer, overrides):
+    """One op on Triton (interpreter), the rest on the reference. Level 1 runs each block under selective
+    checkpointing that keeps the Triton op's outputs: bitwise for attention; the Triton SwiGLU re-runs its gate_up
+    matmul in backward (fp32 rounding apart). Level 2 replays level 0 bitwise."""
+    small = TRITON_SMALL[mixer]
+    base, logits0 = grads_at(config_for(mixer, "torch", 0, **small), batch=2, overrides=overrides)
+    reference_grads, _ = grads_at(config_for(mixer, "torch", 0, **small), batch=2)
+    for i, (g, g_ref) in enumerate(zip(base, reference_grads)):
+        assert_close_to_max(g, g_ref, 1e-5, f"mixed level 0 vs reference, gradient {i}")
+    for level in (1, 2):
+        grads, logits = grads_at(config_for(mixer, "torch", level, **small), batch=2, overrides=overrides)
+        assert torch.equal(logits, logits0), f"level {level}: forward changed"
+        for i, (g, g0) in enumerate(zip(grads, base)):
+            if level == 2 or mixer == "attention":
+                assert torch.equal(g, g0), f"mixed level {level}, gradient {i}"
+            else:
+                assert_close_to_max(g, g0, 2e-6, f"mixed level 1 vs level 0, gradient {i}")
+
+
+def _op_call(op, shape, implementation, recompute):
+    """(output, activation input, weights and tables) of one application of `op` on fp32 tensors of `shape`."""
+    L, D, H, I, Im = shape
+    ops = get_ops(implementation)
+    x = randn(2, L, D, seed=1, requires_grad=True)
+    weight = lambda rows, cols, seed: randn(rows, cols, seed=seed, scale=cols ** -0.5, requires_grad=True)
+    if op == "attention":
+        w_qkv, w_o, (cos, sin) = weight(3 * D, D, 2), weight(D, D, 3), reference.rope_cos_sin(L, D // H)
+        return ops.attention(x, w_qkv, w_o, cos, sin, H), x, (w_qkv, w_o, cos, sin)
+    if op in ("swiglu", "swiglu_token_mix"):
+        width, hidden = (D, I) if op == "swiglu" else (L, Im)
+        w_gate_up, w_down = weight(2 * hidden, width, 2), weight(width, hidden, 3)
+        return getattr(ops, op)(x, w_gate_up, w_down, recompute=recompute), x, (w_gate_up, w_down)
+    return getattr(ops, op)(x, randn(2, L, D, seed=2, requires_grad=True)), x, ()
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+@pytest.mark.parametrize("implementation, recompute", [("torch", False), ("triton", False), ("triton", True)])
+def test_each_op_saves_what_the_levels_table_lists(op, implementation, recompute):
+    """An op called alone (fp32) saves its input, its output and the named tensors of its OP_SAVES entry, and nothing
+    else but its weights and RoPE tables."""
+    config = config_for("attention", D=32, H=1)
+    shape = levels.Shape.of(config.model)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out, x, fixed = _op_call(op, shape, implementation, recompute)
+    entry = levels.OP_SAVES[(op, implementation)]["recompute" if recompute else "plain"]
+    fixed = {t.untyped_storage().data_ptr() for t in fixed}
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
+    storages = {ptr: nbytes for ptr, nbytes in storages.items() if ptr not in fixed}
+    assert (x.untyped_storage().data_ptr() in storages) == entry.input
+    assert (out.untyped_storage().data_ptr() in storages) == entry.output
+    B, LD = 2, shape.L * shape.D
+    listed = B * (LD * (entry.input + entry.output) + sum(t.elements(shape) for t in entry.tensors))
+    assert sum(storages.values()) == 4 * listed
 
 
 def test_level_two_keeps_only_block_inputs():

@@ -122,6 +122,57 @@ def test_canonical_form_is_invariant(size, python_only):
         assert S.canonical_form(other) != key  # two random 9x9 grids are (almost surely) inequivalent
 
 
+def _brute_force_equivalent(pa, sa, pb, sb):
+    """Whether some element of the whole group maps (pa, sa) onto (pb, sb): every transposition and row and column
+    order, the relabelling read off the first row."""
+    size = sa.shape[0]
+    br, bc = S.box_shape(size)
+    for t in ([False, True] if br == bc else [False]):
+        p, s = (pa.T, sa.T) if t else (pa, sa)
+        for rows in S._group_line_orders(size // br, br):
+            for cols in S._group_line_orders(size // bc, bc):
+                relabel = np.zeros(size + 1, dtype=int)
+                relabel[s[rows][:, cols][0]] = sb[0]
+                if np.array_equal(relabel[s[rows][:, cols]], sb) and np.array_equal(relabel[p[rows][:, cols]], pb):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("size, givens, count", [(4, 5, 12), (6, 14, 4)])
+def test_equivalent_puzzles_equals_brute_force(size, givens, count):
+    rng = np.random.default_rng(size)
+    pairs = []
+    for _ in range(count):
+        solution = S.random_solution(size, rng)
+        puzzle = solution * (rng.permutation(size * size) < givens).reshape(size, size)
+        pairs.append((puzzle, solution))
+        pairs.append(augment_sudoku_pair(puzzle, solution, rng))  # an equivalent one
+    keys = S.symmetry_fingerprints(np.stack([p for p, _ in pairs]), np.stack([s for _, s in pairs]))
+    verdicts = []
+    for i in range(len(pairs)):
+        for j in range(i + 1, min(len(pairs), i + 5)):
+            same = _brute_force_equivalent(*pairs[i], *pairs[j])
+            assert S.equivalent_puzzles(*pairs[i], *pairs[j]) == same, (i, j)
+            assert not same or keys[i] == keys[j]  # the fingerprint is an invariant
+            verdicts.append(same)
+    assert any(verdicts) and not all(verdicts)
+
+
+@native
+def test_overlap_up_to_symmetry_9x9():
+    rng = np.random.default_rng(7)
+    made = S.generate_hard_sudoku(12, seed=11, iterations=0, threads=2)
+    puzzles, solutions = made["puzzles"], made["solutions"]
+    turned = [augment_sudoku_pair(p, s, rng) for p, s in zip(puzzles[:3], solutions[:3])]
+    fewer = puzzles[3].copy()
+    fewer[tuple(np.argwhere(fewer > 0)[0])] = 0  # the same solution, one clue fewer: not the same puzzle
+    test_p = np.stack([t[0] for t in turned] + [puzzles[4], fewer, puzzles[10]])
+    test_s = np.stack([t[1] for t in turned] + [solutions[4], solutions[3], solutions[10]])
+    counts = S.count_test_in_train(puzzles[:10], solutions[:10], test_p, test_s, progress=False)
+    assert counts == {"test_in_train": 1, "test_in_train_up_to_symmetry": 4}
+    assert S.count_test_in_train(puzzles[:10], solutions[:10], test_p, test_s, symmetric=False) == {"test_in_train": 1}
+
+
 @native
 def test_native_canonical_forms_equal_python(monkeypatch):
     rng = np.random.default_rng(5)

@@ -20,9 +20,9 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -30,10 +30,35 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trm_fast.config import TRMConfig
-from trm_fast.files import atomic_write_text
+from trm_fast.files import atomic_write_text, read_json
 
 FORMAT = "trm_fast-checkpoint-1"
 _PREFIX = "step_"
+PUZZLE_TABLE = "puzzle_emb.weight"  # one row per puzzle identifier of the dataset trained on
+
+
+def _warn(message: str) -> None:
+    """One line on stderr (warnings.warn would add its source line to what the user reads)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def torch_load_reason(exc: BaseException, path: str | None = None) -> str:
+    """Why torch.load failed on `path`, in one line: for a file that is neither a zip archive nor a pickle (what
+    torch.save writes), what it starts with; else the weights-only unpickler's reason or the first sentence of the
+    message (torch's texts run to several lines of advice)."""
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError:
+            head = b""
+        if head and not head.startswith((b"PK\x03\x04", b"\x80")):
+            return f"not a file torch.save writes (a zip archive or a pickle): it starts with {head!r}"
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    line = next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)
+    return line.split(". ")[0].rstrip(".")
 
 
 def _sha256(path: str) -> str:
@@ -208,8 +233,8 @@ def _set_aside_later_checkpoints(root: str, step: int) -> None:
         if later is not None and later > step:
             target = os.path.join(root, f"abandoned-{entry}-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(os.path.join(root, entry), target)
-            warnings.warn(f"checkpoint {os.path.join(root, entry)} is later than the step just saved ({step}) and "
-                          f"belongs to another history: moved to {target}")
+            _warn(f"checkpoint {os.path.join(root, entry)} is later than the step just saved ({step}) and belongs to "
+                  f"another history: moved to {target}")
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -253,15 +278,25 @@ def verify_checkpoint(path: str) -> dict:
     return meta
 
 
-def find_latest_checkpoint(run_dir: str) -> str | None:
-    """The newest checkpoint whose files verify. An unusable newer one is skipped with a warning naming it."""
+def scan_checkpoints(run_dir: str) -> tuple[str | None, list[str]]:
+    """(the newest checkpoint whose files verify or None, why each newer one is unusable: one line per checkpoint,
+    naming its file and what is wrong)."""
+    skipped = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
             verify_checkpoint(path)
-            return path
+            return path, skipped
         except ValueError as exc:
-            warnings.warn(f"skipping unusable checkpoint {path}: {exc}")
-    return None
+            skipped.append(str(exc))
+    return None, skipped
+
+
+def find_latest_checkpoint(run_dir: str) -> str | None:
+    """The newest checkpoint whose files verify. An unusable newer one is skipped with a warning naming it."""
+    path, skipped = scan_checkpoints(run_dir)
+    for reason in skipped:
+        _warn(f"skipping unusable checkpoint: {reason}")
+    return path
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -282,13 +317,26 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         state = torch.load(state_path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"{state_path}: unreadable with torch.load(weights_only=True) ({exc})") from None
+        reason = torch_load_reason(exc, state_path)
+        raise ValueError(f"{state_path}: unreadable with torch.load(weights_only=True) ({reason})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{state_path}: holds a {type(state).__name__}, not a trm_fast training state (a dict)")
     return {"model": model, "ema": ema, "state": state, "meta": meta}
 
 
-def check_compatible(meta: dict, model: torch.nn.Module) -> None:
+def check_train_state(path: str, state: dict, needed: tuple[str, ...], purpose: str) -> None:
+    """Raises ValueError naming `path`/state.pt and the entries `purpose` needs that it lacks (a file whose hashes
+    match but whose content is not a trm_fast training state)."""
+    missing = [key for key in needed if key not in state]
+    if missing:
+        raise ValueError(f"{os.path.join(path, 'state.pt')}: no {', '.join(repr(k) for k in missing)} "
+                         f"entr{'ies' if len(missing) > 1 else 'y'}, which {purpose} needs")
+
+
+def check_compatible(meta: dict, model: torch.nn.Module, rows_may_differ: tuple[str, ...] = ()) -> None:
     """Raises ValueError naming the first tensor whose name, shape or dtype differs between the checkpoint and the
-    model (another architecture)."""
+    model (another architecture). Tensors in `rows_may_differ` may differ in their first dimension (the puzzle
+    table of another dataset)."""
     model = getattr(model, "module", model)
     saved = {name: (list(shape), dtype) for name, shape, dtype in meta["architecture"]}
     current = {name: (list(t.shape), str(t.dtype).replace("torch.", "")) for name, t in model.state_dict().items()}
@@ -297,6 +345,9 @@ def check_compatible(meta: dict, model: torch.nn.Module) -> None:
             raise ValueError(f"architecture mismatch: checkpoint tensor {name!r} does not exist in this model")
         if name not in saved:
             raise ValueError(f"architecture mismatch: model tensor {name!r} is missing from the checkpoint")
+        (saved_shape, saved_dtype), (shape, dtype) = saved[name], current[name]
+        if name in rows_may_differ and (saved_shape[1:], saved_dtype) == (shape[1:], dtype):
+            continue
         if saved[name] != current[name]:
             raise ValueError(f"architecture mismatch: tensor {name!r} has shape {saved[name][0]} {saved[name][1]} in "
                              f"the checkpoint, {current[name][0]} {current[name][1]} in this model")
@@ -317,14 +368,56 @@ def resolve_checkpoint(path: str) -> str:
     return latest
 
 
-def load_trained_model(path: str, device: torch.device | str = "cpu", use_ema: bool = True):
+# What makes a checkpoint the model of the run it sits in: the config's name (the preset) and its model section,
+# less the settings that only say how the same weights run or train (docs/checkpoints.md).
+RUN_IDENTITY_EXEMPT = ("forward_dtype", "backend", "recompute", "halt_exploration_prob")
+
+
+def _run_config_differences(run_config: dict, config: dict) -> list[str]:
+    """The identity fields (name, model.*) in which a checkpoint's config differs from its run's config.json. A
+    field only one of them has (written by another version of trm_fast) is not compared."""
+    pairs = [("name", config.get("name"), run_config.get("name"))]
+    run_model, model = run_config.get("model"), config.get("model")
+    if isinstance(run_model, dict) and isinstance(model, dict):
+        pairs += [(f"model.{field}", model.get(field), run_model.get(field))
+                  for field in sorted(set(run_model) & set(model)) if field not in RUN_IDENTITY_EXEMPT]
+    return [f"{key} is {ours!r} in the checkpoint, {theirs!r} in config.json" for key, ours, theirs in pairs
+            if ours != theirs]
+
+
+def check_run_config(path: str, config: dict) -> None:
+    """A checkpoint under <run>/checkpoints/ must be that run's model: raises ValueError when its config differs
+    from <run>/config.json in the identity fields (a checkpoint of another run placed in the folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    run_config_path = os.path.join(os.path.dirname(folder), "config.json")
+    if os.path.basename(folder) != "checkpoints" or not os.path.isfile(run_config_path):
+        return
+    run_config = read_json(run_config_path)
+    if not isinstance(run_config, dict):
+        raise ValueError(f"{run_config_path}: not a trm_fast run configuration (a JSON object)")
+    differences = _run_config_differences(run_config, config)
+    if differences:
+        more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+        raise ValueError(f"checkpoint {path} is not the model of the run {run_config_path} describes: "
+                         f"{'; '.join(differences[:3])}{more}; a checkpoint of another run placed there?")
+
+
+def load_trained_model(path: str, device: torch.device | str = "cpu", use_ema: bool = True, log=None):
     """(model in eval mode with EMA weights where saved, its TRMConfig, the checkpoint's train state) of a
-    checkpoint folder or a run folder."""
+    checkpoint folder or a run folder. A checkpoint inside a run folder must match the run's config.json; `log`
+    receives one line naming the checkpoint, its step and preset."""
     from trm_fast.model import build_model
 
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path, map_location="cpu")
-    config = TRMConfig.from_dict(ckpt["state"]["config"])
+    check_train_state(path, ckpt["state"], ("config",), "loading the model")
+    if not isinstance(ckpt["state"]["config"], dict):
+        raise ValueError(f"{os.path.join(path, 'state.pt')}: its 'config' entry is a "
+                         f"{type(ckpt['state']['config']).__name__}, not a configuration (a dict)")
+    check_run_config(path, ckpt["state"]["config"])
+    config = TRMConfig.from_dict(ckpt["state"]["config"], source=f"{os.path.join(path, 'state.pt')} config")
+    if log is not None:
+        log(f"checkpoint {path} (step {ckpt['meta'].get('step')}, preset {config.name})")
     model = build_model(config.model)
     check_compatible(ckpt["meta"], model)
     model.load_state_dict(ckpt["model"])

@@ -42,11 +42,12 @@ def cmd_train(args) -> int:
         print(config.to_json())
         return 0
     if args.memory_budget:
-        from trm_fast.memory import plan_for_budget
+        from trm_fast.tools.memory import plan_for_budget
 
         config = plan_for_budget(config, args.memory_budget, log=print)
     try:
-        summary = train(config, resume=args.resume, progress=not args.no_progress)
+        summary = train(config, resume=args.resume, progress=not args.no_progress, init_from=args.init_from,
+                        reinit_puzzle_emb=args.reinit_puzzle_emb, allow_fresh=args.allow_fresh)
     finally:
         shutdown()
     if args.summary_json:
@@ -62,8 +63,9 @@ def cmd_eval(args) -> int:
     from trm_fast.data.format import load_data
     from trm_fast.device import resolve_device
 
-    device = resolve_device(args.device)
-    model, config, _ = load_trained_model(args.ckpt, device, use_ema=not args.no_ema)
+    device = resolve_device(args.device, flag="--device")
+    model, config, _ = load_trained_model(args.ckpt, device, use_ema=not args.no_ema,
+                                          log=lambda line: print(line, file=sys.stderr))
     trained_on = config.data.path
     if args.data:
         config = config.override([f"data.path={args.data}", "data.recipe="])
@@ -124,7 +126,7 @@ def cmd_solve(args) -> int:
         except OSError as exc:
             print(f"trm-fast solve: {args.puzzle_file}: {exc.strerror}", file=sys.stderr)
             return 2
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, flag="--device")
     model, config, _ = load_trained_model(args.ckpt, device)
     is_maze = config.model.seq_len == 900 and config.model.vocab_size == 6
     try:
@@ -172,7 +174,7 @@ def _solve_arc(args) -> int:
     from trm_fast.device import resolve_device
     from trm_fast.eval.inference import solve_arc_task
 
-    model, config, _ = load_trained_model(args.ckpt, resolve_device(args.device))
+    model, config, _ = load_trained_model(args.ckpt, resolve_device(args.device, flag="--device"))
     root = args.data or config.data.path
     if not root or not os.path.isfile(os.path.join(root, "identifiers.json")):
         print(f"trm-fast solve: --arc-task needs the ARC dataset the model was trained on (give --data DIR; "
@@ -211,6 +213,15 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model")
     _add_config_args(p)
     p.add_argument("--resume", help="a checkpoint folder, a run folder, or 'auto' (latest under the run folder)")
+    p.add_argument("--allow-fresh", action="store_true",
+                   help="with --resume auto: start from step 0 when every checkpoint of the run is unusable "
+                        "(refused otherwise)")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of a checkpoint or run folder (e.g. what `convert import` wrote): "
+                        "weights, EMA, puzzle table; fresh optimiser, schedule and sampler")
+    p.add_argument("--reinit-puzzle-emb", action="store_true",
+                   help="with --init-from: start the puzzle-embedding table from zeros (needed when the dataset has "
+                        "another number of puzzle identifiers)")
     p.add_argument("--memory-budget", help="e.g. 8GB: choose the recompute level and micro-batch that fit")
     p.add_argument("--puzzle-emb-device", choices=["same", "cpu"],
                    help="cpu: keep the puzzle-embedding table in pinned host memory (train.puzzle_emb_device)")

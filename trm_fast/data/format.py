@@ -8,7 +8,8 @@
     <root>/<split>/<set>__group_indices.npy     (G+1,) puzzle offsets per group (a puzzle and its augmentations)
 
 Builders write into a temporary folder and rename it when complete (`atomic_output_dir`), so a failed build
-leaves nothing half-written. Readers: `read_split` (one split), `load_data` (a run's dataset: both splits of
+leaves nothing half-written; the folder they replace may only be a dataset this tool wrote, and that only when
+asked (`check_output_dir`). Readers: `read_split` (one split), `load_data` (a run's dataset: both splits of
 data.path or of an embedded recipe), `to_device_batch` (a sampled batch as tensors, unsupervised labels as
 IGNORE_LABEL).
 """
@@ -18,8 +19,8 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -226,15 +227,79 @@ def to_device_batch(batch: dict, ignore_label_id: int | None, device) -> dict:
     }
 
 
+def rows_in(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """(len(rows),) bool: whether each row of a 2-D array equals some row of `pool` (exact train/test overlap)."""
+    dtype = np.result_type(rows, pool)
+    as_void = lambda a: np.ascontiguousarray(a, dtype=dtype).view(np.dtype((np.void, dtype.itemsize * a.shape[1]))).ravel()
+    if not len(rows) or not len(pool):
+        return np.zeros(len(rows), dtype=bool)
+    return np.isin(as_void(rows), as_void(pool))
+
+
+# What a builder writes at the top of a dataset folder; build.json (every builder's summary) or recipe.json (an
+# embedded recipe's stamp) beside train/dataset.json marks a dataset this tool wrote.
+DATASET_ENTRIES = frozenset({"train", "test", "identifiers.json", "build.json", "recipe.json", "test_puzzles.json",
+                             "provenance.json", "distributions.png"})
+BUILD_STAMPS = ("build.json", "recipe.json")
+
+
+def check_output_dir(out_dir: str, overwrite: bool = False, inputs=(), flag: str = "--out") -> None:
+    """Refuses an output folder whose replacement would destroy what this tool did not write: the current folder
+    (or one above it), a folder holding one of `inputs` (source files or folders), a non-empty folder that is not a
+    dataset this tool wrote (train/dataset.json, a build stamp, nothing else at the top), and, without
+    `overwrite`, any earlier dataset. A missing or empty folder is fine. Errors name the folder as `flag` gave it."""
+    out = os.path.realpath(out_dir)
+    cwd = os.path.realpath(os.getcwd())
+    inside = lambda path, folder: path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+    if inside(cwd, out):
+        raise ValueError(f"{flag} {out_dir}: that is the current folder or holds it, and a build replaces the "
+                         "folder wholesale; give a new one")
+    for path in inputs:
+        if path and inside(os.path.realpath(path), out):
+            raise ValueError(f"{flag} {out_dir}: it holds the input {path}, and a build replaces the folder "
+                             "wholesale; give a new one")
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out):
+        raise ValueError(f"{flag} {out_dir}: exists and is not a folder")
+    entries = os.listdir(out)
+    if not entries:
+        return
+    foreign = sorted(set(entries) - DATASET_ENTRIES)
+    ours = os.path.isfile(os.path.join(out, "train", "dataset.json")) and any(
+        os.path.isfile(os.path.join(out, stamp)) for stamp in BUILD_STAMPS)
+    if foreign or not ours:
+        what = f"it holds {', '.join(foreign[:5])}" + (" ..." if len(foreign) > 5 else "") if foreign else \
+            f"no train/dataset.json with {' or '.join(BUILD_STAMPS)} beside it"
+        raise ValueError(f"{flag} {out_dir}: a folder that is not a dataset this tool wrote ({what}); nothing was "
+                         "touched: give a new or empty folder")
+    if not overwrite:
+        raise ValueError(f"{flag} {out_dir}: holds a dataset built earlier; pass --overwrite to replace it")
+
+
+def _make_sibling_dir(out_dir: str, suffix: str) -> str:
+    """A new hidden folder beside out_dir, made with the user's umask (tempfile.mkdtemp would make it 0700)."""
+    parent, base = os.path.split(out_dir)
+    while True:
+        path = os.path.join(parent, f".{base}.{suffix}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
-def atomic_output_dir(out_dir: str):
-    """Yields a temporary sibling folder; on success it replaces `out_dir`, on failure it is removed."""
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+def atomic_output_dir(out_dir: str, overwrite: bool = False, inputs=()):
+    """Yields a temporary sibling folder; on success it replaces `out_dir`, on failure it is removed. What may be
+    replaced is `check_output_dir`'s to say (checked on entry, and again before the rename)."""
+    check_output_dir(out_dir, overwrite, inputs)
+    out_dir = os.path.realpath(out_dir)  # through a symbolic link: the folder it names is replaced, the link kept
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    tmp = _make_sibling_dir(out_dir, "tmp")
     try:
         yield tmp
+        check_output_dir(out_dir, overwrite, inputs)  # something may have appeared there meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

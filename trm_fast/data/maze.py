@@ -15,7 +15,6 @@ Augmentation: the 8 dihedral transforms, applied to input and label alike (trm_f
 from __future__ import annotations
 
 import collections
-import csv
 import json
 import os
 import warnings
@@ -220,20 +219,26 @@ def check_path(maze, predicted, n: int = SIZE) -> dict:
 
 def read_maze_csv(path: str, skip_bad: bool = False) -> tuple[list, int]:
     """(list of (input tokens, label tokens), skipped rows) from a published-format CSV: a header line, then rows
-    `source,q,a,rating` with q and a 900 characters of "# SGo". Rows are checked: one 'S' and one 'G' in q, and a
-    equal to q except open (or start/goal) cells marked 'o'. Labels are taken as written."""
+    `source,q,a,rating` with q and a 900 characters of "# SGo" (a byte-order mark and blank last lines are fine).
+    Rows are checked: one 'S' and one 'G' in q, and a equal to q except open cells marked 'o' that form one
+    shortest path from S to G (`check_path`; an 'o' on S or G is accepted). Labels are taken as written, so a tie
+    between shortest paths may be broken otherwise than `label_path` does."""
+    from trm_fast.data.build import EMPTY_LINE, csv_rows
+
     rows, skipped = [], 0
     lookup = np.zeros(256, dtype=np.uint8)
     lookup[np.frombuffer(CHARSET.encode(), dtype=np.uint8)] = np.arange(1, len(CHARSET) + 1)
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        lines = csv_rows(f)
+        line_no, header = next(lines, (1, None))
+        if header is None or line_no != 1:
             raise ValueError(f"{path}:1: empty file (expected a header 'source,q,a,rating' and rows)")
         if len(header) >= 2 and len(header[1]) == SIZE * SIZE:
             raise ValueError(f"{path}:1: the header line is missing (the first line is a maze row)")
-        for line_no, row in enumerate(tqdm(reader, desc=os.path.basename(path), leave=False), start=2):
+        for line_no, row in tqdm(lines, desc=os.path.basename(path), leave=False):
             try:
+                if not row:
+                    raise ValueError(EMPTY_LINE)
                 if len(row) < 3:
                     raise ValueError(f"expected at least 3 fields (source,q,a[,rating]), got {len(row)}")
                 pair = []
@@ -254,6 +259,12 @@ def read_maze_csv(path: str, skip_bad: bool = False) -> tuple[list, int]:
                     raise ValueError("field q must have exactly one 'S', one 'G' and no 'o'")
                 if not np.array_equal(a == WALL, q == WALL) or not ((a == q) | ((a == PATH) & (q != WALL))).all():
                     raise ValueError("field a must equal q except for cells marked 'o'")
+                # an 'o' on S or G is read as S or G: whether the published labels overwrite them is not known
+                verdict = check_path(q, np.where((q == START) | (q == GOAL), q, a))
+                if verdict["shortest"] is None:
+                    raise ValueError("field q: the goal 'G' cannot be reached from the start 'S'")
+                if not verdict["valid"]:
+                    raise ValueError(f"field a does not mark one shortest path from S to G: {verdict['reason']}")
             except ValueError as exc:
                 if not skip_bad:
                     raise ValueError(f"{path}:{line_no}: {exc}") from None
@@ -282,26 +293,44 @@ def _histograms(path: str, walls: np.ndarray, moves: np.ndarray) -> str:
     return path
 
 
+def count_test_in_train(train: list, test: list) -> dict:
+    """Test mazes (lists of (input, label) token pairs) whose input occurs among the training inputs, exactly and up
+    to the dihedral transforms training augments with (the exact ones included)."""
+    from trm_fast.data.format import rows_in
+
+    pool = np.stack([inp for inp, _ in train])
+    tests = np.stack([inp for inp, _ in test])
+    exact = rows_in(tests, pool)
+    turned = np.zeros(len(test), dtype=bool)
+    for k in range(8):
+        turned |= rows_in(np.stack([augment_maze(inp, k, SIZE) for inp in tests]), pool)
+    return {"test_in_train": int(exact.sum()), "test_in_train_up_to_dihedral_transforms": int(turned.sum())}
+
+
 def build_maze(*, out: str, source: str | None = None, test_source: str | None = None, count: int = 1000,
-               min_path: int = 110, aug: int = 0, seed: int = 0, subsample: int = 0, skip_bad: bool = False) -> dict:
+               min_path: int = 110, aug: int = 0, seed: int = 0, subsample: int = 0, skip_bad: bool = False,
+               overwrite: bool = False, no_overlap: bool = False) -> dict:
     """`trm-fast data build maze`: from the published CSVs (`source` train.csv, test.csv beside it or
     `test_source`; `source` "hub" downloads them) or generated offline (no `source`: `count` mazes per split,
     `min_path`). Training mazes get `aug` dihedral versions (0-7; all 7 as published), each its own puzzle in the
     maze's group; the test split is not augmented. Written atomically, with build.json (the summary) and, for
-    generated sets, distributions.png (walls and path lengths)."""
-    from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
+    generated sets, distributions.png (walls and path lengths). Test mazes found among the training mazes
+    (`count_test_in_train`) are counted; `no_overlap` refuses them. `overwrite`: see `check_output_dir`."""
+    from trm_fast.data.build import download_from_hub, report_overlap
+    from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, check_output_dir, write_split
 
     if not 0 <= aug <= 7:
         raise ValueError(f"--aug {aug}: mazes have 7 non-identity dihedral transforms (0-7)")
+    read_from = [] if source in (None, "hub") else [source, test_source]
+    check_output_dir(out, overwrite, read_from)
     summary, stats = {}, {}
     if source:
         if source == "hub":
-            from trm_fast.data.build import download_from_hub
-
             train_path, test_path = download_from_hub(HUB_REPO, "train.csv"), download_from_hub(HUB_REPO, "test.csv")
         else:
             train_path = source
             test_path = test_source or os.path.join(os.path.dirname(source), "test.csv")
+        read_from = [train_path, test_path]
         splits, skipped = {}, 0
         for split, path in (("train", train_path), ("test", test_path)):
             if not os.path.isfile(path):
@@ -327,8 +356,11 @@ def build_maze(*, out: str, source: str | None = None, test_source: str | None =
             stats[split] = made
             summary[f"{split}_attempts"] = made["attempts"]
         summary.update(source="generated", seed=seed, min_path=min_path)
+    overlap = count_test_in_train(splits["train"], splits["test"])
+    report_overlap(overlap, len(splits["test"]), "mazes", no_overlap)
+    summary.update(overlap)
     rng = np.random.default_rng(seed)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, overwrite, read_from) as tmp:
         for split, pairs in splits.items():
             augs = aug if split == "train" else 0
             inputs, labels, groups = [], [], [0]

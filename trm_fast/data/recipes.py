@@ -40,11 +40,15 @@ def ensure_recipe(name: str, out_dir: str | None = None, log=print) -> str:
         with open(stamp) as f:
             if json.load(f).get("spec") == spec:
                 return path
+    from trm_fast.data.format import check_output_dir
     from trm_fast.data.sudoku import generate_sudoku_dataset
 
+    # a dataset this tool wrote there (an older recipe, or a build cut short before its stamp) is replaced; any
+    # other non-empty folder is refused, before the generation
+    check_output_dir(path, overwrite=True, flag=f"embedded dataset {name!r} at")
     log(f"building embedded dataset {name!r} into {path} ...")
     # every core: the generators draw from one random stream per puzzle, so the dataset is the same for any count
-    summary = generate_sudoku_dataset(path, **spec, threads=os.cpu_count() or 1)
+    summary = generate_sudoku_dataset(path, **spec, threads=os.cpu_count() or 1, overwrite=True)
     atomic_write_json(stamp, {"name": name, "spec": spec, "summary": summary})
     log(f"built {name!r}: {summary}")
     return path

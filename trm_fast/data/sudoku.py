@@ -390,6 +390,140 @@ def canonical_form(solution: np.ndarray) -> bytes:
     return bytes(digits)
 
 
+# Train/test overlap up to symmetry. Canonical forms cost milliseconds per grid; instead every (puzzle, solution)
+# gets a fingerprint that the symmetry group cannot change (a hash of cell colours refined, as in Weisfeiler-Lehman,
+# over rows, columns, boxes and digits), and only test puzzles whose fingerprint a training puzzle shares are checked
+# exactly (`equivalent_puzzles`).
+
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_ROLES = tuple(np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * _MIX[0]
+    x = (x ^ (x >> np.uint64(27))) * _MIX[1]
+    return x ^ (x >> np.uint64(31))
+
+
+def _cell_colours(puzzles: np.ndarray, solutions: np.ndarray, rounds: int = 2) -> np.ndarray:
+    """(N, n, n) uint64 colours of the cells of (N, n, n) puzzles (0 = blank) and their solutions, equivariant under
+    relabelling and band/row/stack/column permutations (not transposition): a cell starts from (given?, givens of
+    its digit, givens in its row, column, box) and then mixes in the multisets (wrapping sums of mixed colours) of
+    its row, column, box and digit."""
+    N, n, _ = puzzles.shape
+    br, bc = box_shape(n)
+    given = puzzles > 0
+    grid_base = np.arange(N, dtype=np.intp)[:, None] * n
+    digit_slot = (grid_base + np.clip(solutions.reshape(N, n * n).astype(np.intp) - 1, 0, n - 1)).ravel()
+
+    def per_digit(values):  # (N, cells) -> (N, n): wrapping sums over the cells of each solution digit
+        out = np.zeros(N * n, dtype=np.uint64)
+        np.add.at(out, digit_slot, values.ravel())
+        return out.reshape(N, n)
+
+    def per_cell(rows, cols, boxes, digits):  # (N, n) each -> (N, n, n) summands of every cell
+        boxes = np.repeat(np.repeat(boxes.reshape(N, n // br, n // bc), br, 1), bc, 2)
+        return (rows[:, :, None] * _ROLES[0] + cols[:, None, :] * _ROLES[1] + boxes * _ROLES[2]
+                + digits.reshape(-1)[digit_slot].reshape(N, n, n) * _ROLES[3])
+
+    count = lambda m: m.astype(np.uint64)
+    box_sum = lambda m: m.reshape(N, n // br, br, n // bc, bc).sum((2, 4)).reshape(N, n)
+    givens_of_digit = np.bincount((grid_base * (n + 1) // n + puzzles.reshape(N, n * n)).ravel(),
+                                  minlength=N * (n + 1)).reshape(N, n + 1)[:, 1:]
+    colour = _mix(count(given) + per_cell(count(given.sum(2)), count(given.sum(1)), count(box_sum(given)),
+                                          count(givens_of_digit)))
+    for _ in range(rounds):
+        m = _mix(colour ^ _ROLES[0])
+        colour = _mix(colour + per_cell(m.sum(2), m.sum(1), box_sum(m), per_digit(m)))
+    return colour
+
+
+def symmetry_fingerprints(puzzles: np.ndarray, solutions: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """(N,) uint64: equal for two (puzzle, solution) pairs that one symmetry of `random_sudoku_symmetry` maps onto
+    each other (relabelling, band/row/stack/column permutations, transposition for square boxes); rarely equal
+    otherwise. Inputs (N, n, n), 0 = blank."""
+    puzzles, solutions = np.asarray(puzzles), np.asarray(solutions)
+    n = puzzles.shape[1]
+    br, bc = box_shape(n)
+    out = np.empty(len(puzzles), dtype=np.uint64)
+    for start in range(0, len(puzzles), chunk):
+        p, q = puzzles[start:start + chunk], solutions[start:start + chunk]
+        keys = _mix(_cell_colours(p, q).sum((1, 2)))
+        if br == bc:  # transposition: the smaller of the two orientations' keys
+            keys = np.minimum(keys, _mix(_cell_colours(p.transpose(0, 2, 1), q.transpose(0, 2, 1)).sum((1, 2))))
+        out[start:start + chunk] = keys
+    return out
+
+
+_LINE_ORDERS: dict = {}
+
+
+def _line_orders(n_groups: int, group: int) -> np.ndarray:
+    if (n_groups, group) not in _LINE_ORDERS:
+        _LINE_ORDERS[(n_groups, group)] = _group_line_orders(n_groups, group)
+    return _LINE_ORDERS[(n_groups, group)]
+
+
+def equivalent_puzzles(puzzle_a, solution_a, puzzle_b, solution_b) -> bool:
+    """Whether a symmetry maps (puzzle_a, solution_a) onto (puzzle_b, solution_b), exactly: over the row orders the
+    boxes allow whose row colours (`_cell_colours`) match, each choice of the column that column 0 goes to fixes the
+    relabelling (column 0 of a solved grid holds every digit) and then the column order; the solutions must be
+    solved grids."""
+    pa, sa = np.asarray(puzzle_a), np.asarray(solution_a)
+    n = pa.shape[0]
+    br, bc = box_shape(n)
+    rows_a = _cell_colours(pa[None], sa[None])[0].sum(1)
+    if len(np.unique(sa[:, 0])) != n:
+        raise ValueError("equivalent_puzzles needs solved grids (column 0 holds every digit)")
+    row_orders, stacks = _line_orders(n // br, br), np.arange(n) // bc
+    pb, sb = np.asarray(puzzle_b), np.asarray(solution_b)
+    for p, s in ([(pb, sb), (pb.T, sb.T)] if br == bc else [(pb, sb)]):
+        rows_b = _cell_colours(p[None], s[None])[0].sum(1)
+        for order in row_orders[np.all(rows_b[row_orders] == rows_a, axis=1)]:  # row r of a -> row order[r] of b
+            s_rows, p_rows = s[order], p[order]
+            for first in range(n):
+                relabel = np.zeros(n + 1, dtype=np.int64)
+                relabel[sa[:, 0]] = s_rows[:, first]
+                same = np.all(relabel[sa][:, :, None] == s_rows[:, None, :], axis=0)  # column c of a ~ column c' of b
+                if not (same.sum(1) == 1).all():
+                    continue
+                cols = same.argmax(1)
+                bijective = len(set(relabel[1:].tolist())) == n and len(set(cols.tolist())) == n
+                keeps_stacks = all(len(set(stacks[cols[k:k + bc]].tolist())) == 1 for k in range(0, n, bc))
+                if bijective and keeps_stacks and np.array_equal(relabel[pa], p_rows[:, cols]):
+                    return True
+    return False
+
+
+def count_test_in_train(train_puzzles, train_solutions, test_puzzles, test_solutions, symmetric: bool = True,
+                        progress: bool = True) -> dict:
+    """Test puzzles that also occur in training: exactly (`test_in_train`) and, with `symmetric`, up to the
+    symmetries training augments with (`test_in_train_up_to_symmetry`, the exact ones included; the solutions must
+    be solved grids). Arrays (N, n, n), 0 = blank."""
+    from tqdm.auto import tqdm
+
+    from trm_fast.data.format import rows_in
+
+    train_puzzles, test_puzzles = np.asarray(train_puzzles), np.asarray(test_puzzles)
+    exact = rows_in(test_puzzles.reshape(len(test_puzzles), -1), train_puzzles.reshape(len(train_puzzles), -1))
+    counts = {"test_in_train": int(exact.sum())}
+    if not symmetric:
+        return counts
+    train_keys = symmetry_fingerprints(train_puzzles, train_solutions)
+    test_keys = symmetry_fingerprints(test_puzzles, test_solutions)
+    candidates = np.flatnonzero(~exact & np.isin(test_keys, train_keys))
+    by_key: dict = {}
+    for i in np.flatnonzero(np.isin(train_keys, test_keys[candidates])):
+        by_key.setdefault(int(train_keys[i]), []).append(i)
+    found = 0
+    for i in tqdm(candidates, desc="test puzzles equivalent to training", leave=False, disable=not progress):
+        found += any(equivalent_puzzles(train_puzzles[j], train_solutions[j], test_puzzles[i], test_solutions[i])
+                     for j in by_key[int(test_keys[i])])
+    counts["test_in_train_up_to_symmetry"] = counts["test_in_train"] + found
+    return counts
+
+
 # ---------------------------------------------------------------------------------------------- text
 
 
@@ -471,7 +605,8 @@ def grid_to_text(grid: np.ndarray) -> str:
 
 def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: int, min_blanks: int,
                             max_blanks: int | None = None, aug_per_puzzle: int = 0, test_class_fraction: float = 0.2,
-                            seed: int = 0, progress: bool = True, hard_iterations: int = 0, threads: int = 1) -> dict:
+                            seed: int = 0, progress: bool = True, hard_iterations: int = 0, threads: int = 1,
+                            overwrite: bool = False) -> dict:
     """Builds train/test splits of generated puzzles with unique solutions in the on-disk format.
 
     4x4 and 6x6: solution grids are sorted into equivalence classes under the symmetry group (`canonical_form`;
@@ -479,9 +614,13 @@ def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: i
     solution grid is equivalent to any training grid. 9x9 (5.5e9 classes): minimal unique puzzles from the native
     generator (`hard_iterations` > 0 searches toward many guesses; pure-Python generation where the engine is not
     built), and any test grid equivalent to a training grid is replaced. Each training puzzle forms a group with its
-    `aug_per_puzzle` augmentations (which stay in its class). Returns a summary dict."""
+    `aug_per_puzzle` augmentations (which stay in its class). `overwrite`: see `check_output_dir`. Returns a
+    summary dict (also written as build.json)."""
     from tqdm.auto import tqdm
 
+    from trm_fast.data.format import check_output_dir
+
+    check_output_dir(out_dir, overwrite)  # before the generation, which can take minutes
     box_shape(size)
     max_blanks = max_blanks if max_blanks is not None else min_blanks
     if not 0 <= min_blanks <= max_blanks < size * size:
@@ -491,7 +630,7 @@ def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: i
     rng = np.random.default_rng(seed)
     if size == 9:
         return _generate_9x9(out_dir, num_train, num_test, min_blanks, max_blanks, aug_per_puzzle, rng, seed, progress,
-                             hard_iterations, threads)
+                             hard_iterations, threads, overwrite)
     # Which classes go to test: discover classes from a pool of random grids, hold out a seeded fraction.
     pool = {}
     for _ in range(400):
@@ -522,9 +661,10 @@ def generate_sudoku_dataset(out_dir: str, size: int, num_train: int, num_test: i
         bar.update(1)
     bar.close()
 
-    summary = {"size": size, "classes_seen": len(classes), "test_classes": len(test_classes)}
-    summary.update(write_sudoku_dataset(out_dir, train, test, aug_per_puzzle, rng, progress=False))
-    return _blank_summary(summary, train + test)
+    summary = _blank_summary({"size": size, "classes_seen": len(classes), "test_classes": len(test_classes)},
+                             train + test)
+    return write_sudoku_dataset(out_dir, train, test, aug_per_puzzle, rng, progress=False, summary=summary,
+                                overwrite=overwrite)
 
 
 def _blank_summary(summary: dict, pairs: list) -> dict:
@@ -535,7 +675,7 @@ def _blank_summary(summary: dict, pairs: list) -> dict:
 
 
 def _generate_9x9(out_dir, num_train, num_test, min_blanks, max_blanks, aug, rng, seed, progress, hard_iterations,
-                  threads) -> dict:
+                  threads, overwrite) -> dict:
     from tqdm.auto import tqdm
 
     native = _native()
@@ -577,21 +717,24 @@ def _generate_9x9(out_dir, num_train, num_test, min_blanks, max_blanks, aug, rng
     summary = {"size": 9, "test_grids_replaced_as_equivalent_to_training": replaced}
     if native is not None and train:
         summary["train_guesses_mean"] = float(solve_and_rate(np.stack([p for p, _ in train]), threads=threads)["guesses"].mean())
-    summary.update(write_sudoku_dataset(out_dir, train, test, aug, rng, progress=False))
-    return _blank_summary(summary, train + test)
+    return write_sudoku_dataset(out_dir, train, test, aug, rng, progress=False,
+                                summary=_blank_summary(summary, train + test), overwrite=overwrite)
 
 
 def write_sudoku_dataset(out_dir: str, train: list, test: list, aug: int, rng: np.random.Generator,
-                         progress: bool = True) -> dict:
+                         progress: bool = True, summary: dict | None = None, overwrite: bool = False,
+                         inputs=()) -> dict:
     """Writes (puzzle, solution) pairs in the on-disk format: each training puzzle forms a group with its `aug`
-    augmentations; test puzzles are kept as they are. Atomic: nothing is left behind on failure."""
+    augmentations; test puzzles are kept as they are. Atomic: nothing is left behind on failure; what `out_dir` may
+    already hold: `check_output_dir` (`overwrite`, `inputs`). Returns `summary` with the example counts, also
+    written as build.json."""
     from tqdm.auto import tqdm
 
     from trm_fast.data.augment import augment_sudoku_pair
     from trm_fast.data.format import DatasetMetadata, PuzzleSet, atomic_output_dir, write_split
 
-    summary = {}
-    with atomic_output_dir(out_dir) as tmp:
+    summary = dict(summary or {})
+    with atomic_output_dir(out_dir, overwrite, inputs) as tmp:
         for split, pairs, augs in (("train", train, aug), ("test", test, 0)):
             if not len(pairs):
                 raise ValueError(f"no {split} puzzles to write")
@@ -620,8 +763,9 @@ def write_sudoku_dataset(out_dir: str, train: list, test: list, aug: int, rng: n
                                    mean_puzzle_examples=1.0, total_puzzles=n, sets=["all"])
             write_split(os.path.join(tmp, split), meta, {"all": puzzle_set})
             summary[f"{split}_examples"] = n
-        with open(os.path.join(tmp, "identifiers.json"), "w") as f:  # as the published builder: id 0 only
-            json.dump(["<blank>"], f)
+        for name, data in (("identifiers.json", ["<blank>"]), ("build.json", summary)):  # ids: as published, 0 only
+            with open(os.path.join(tmp, name), "w") as f:
+                json.dump(data, f, indent=2 if name == "build.json" else None)
     return summary
 
 

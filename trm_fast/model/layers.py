@@ -1,18 +1,26 @@
 """Building blocks of the TRM network: initialisers, the post-norm block and the recursive network `net`.
 
-The blocks hold fp32 master weights and call the op namespace they are given (trm_fast.ops.get_ops), so the
-same module runs on the plain-PyTorch reference or on the Triton kernels with the same state_dict.
+The blocks hold fp32 master weights and call the op set they are given (trm_fast.ops.get_ops), so the
+same module runs on the plain-PyTorch reference or on the Triton kernels, or a mix, with the same state_dict.
 """
 from __future__ import annotations
 
 import math
-import types
 
 import torch
 from torch import nn
 
 from trm_fast.config import ModelConfig
 from trm_fast.model.recompute import run_block
+from trm_fast.ops import OpSet
+from trm_fast.ops.levels import op_recompute
+
+# The ops one block applies, in order: mixer, norm, channel SwiGLU, norm (read by the recomputation levels and the
+# memory model).
+BLOCK_OPS = {
+    "attention": ("attention", "add_rms_norm", "swiglu", "add_rms_norm"),
+    "mlp": ("swiglu_token_mix", "add_rms_norm_seq", "swiglu", "add_rms_norm"),
+}
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tensor:
@@ -60,6 +68,7 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.mixer_kind = config.mixer
+        self.op_names = BLOCK_OPS[config.mixer]
         self.num_heads = config.num_heads
         if config.mixer == "attention":
             self.mixer = AttentionWeights(config.hidden_size)
@@ -67,17 +76,19 @@ class Block(nn.Module):
             self.mixer = SwiGLUWeights(config.total_seq_len, config.token_mix_hidden)
         self.mlp = SwiGLUWeights(config.hidden_size, config.mlp_hidden)
 
-    def forward(self, h: torch.Tensor, ops: types.SimpleNamespace, rope: tuple | None, recompute: bool = False) -> torch.Tensor:
-        # `recompute` asks the Triton SwiGLU to re-run its gate_up matmul in backward rather than save gate/up
-        extra = {"recompute": True} if recompute else {}
+    def forward(self, h: torch.Tensor, ops: OpSet, rope: tuple | None, level: int = 0) -> torch.Tensor:
+        """`level`: the recomputation level the ops run at (trm_fast.ops.levels: a Triton SwiGLU at level 1 re-runs
+        its gate_up matmul in backward rather than save gate/up); run_block picks it."""
         if self.mixer_kind == "attention":
             cos, sin = rope if rope is not None else (None, None)
             mixed = ops.attention(h, self.mixer.w_qkv, self.mixer.w_o, cos, sin, self.num_heads)
             h = ops.add_rms_norm(mixed, h)
         else:
-            mixed = ops.swiglu_token_mix(h, self.mixer.w_gate_up, self.mixer.w_down, **extra)
+            recompute = op_recompute(ops.implementations["swiglu_token_mix"], level)
+            mixed = ops.swiglu_token_mix(h, self.mixer.w_gate_up, self.mixer.w_down, recompute=recompute)
             h = ops.add_rms_norm_seq(mixed, h)
-        return ops.add_rms_norm(ops.swiglu(h, self.mlp.w_gate_up, self.mlp.w_down, **extra), h)
+        recompute = op_recompute(ops.implementations["swiglu"], level)
+        return ops.add_rms_norm(ops.swiglu(h, self.mlp.w_gate_up, self.mlp.w_down, recompute=recompute), h)
 
 
 class ReasoningNet(nn.Module):
@@ -88,7 +99,7 @@ class ReasoningNet(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(num_blocks or config.num_blocks))
         self.recompute = config.recompute
 
-    def forward(self, state: torch.Tensor, injection: torch.Tensor, ops: types.SimpleNamespace, rope) -> torch.Tensor:
+    def forward(self, state: torch.Tensor, injection: torch.Tensor, ops: OpSet, rope) -> torch.Tensor:
         h = state + injection
         for block in self.blocks:
             h = run_block(block, h, ops, rope, self.recompute)

@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from trm_fast.config import ModelConfig
-from trm_fast.kernels import reference
 from trm_fast.model.layers import ReasoningNet, lecun_weight, trunc_normal_
-from trm_fast.ops import get_ops
+from trm_fast.ops import OpSet, check_implementations, get_ops, reference, resolve
 
 
 @dataclass
@@ -31,17 +30,6 @@ class StepOutput:
     logits: torch.Tensor  # (B, seq_len, vocab) in the forward dtype
     q_halt: torch.Tensor  # (B,) fp32
     q_continue: torch.Tensor  # (B,) fp32
-
-
-_CAPABILITY: dict[int, tuple[int, int]] = {}  # a plain dict (not lru_cache): torch.compile traces through it
-
-
-def cuda_capability(device: torch.device) -> tuple[int, int]:
-    """(major, minor) compute capability of a CUDA device, looked up once per device."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _CAPABILITY:
-        _CAPABILITY[index] = tuple(torch.cuda.get_device_capability(index))
-    return _CAPABILITY[index]
 
 
 def _skip_host_checks(t: torch.Tensor) -> bool:
@@ -118,6 +106,8 @@ class TRM(nn.Module):
         # Fixed, untrained initial states, stored in bf16 like the published buffers.
         self.register_buffer("y_init", trunc_normal_(torch.empty(D), std=1.0).to(torch.bfloat16))
         self.register_buffer("z_init", trunc_normal_(torch.empty(D), std=1.0).to(torch.bfloat16))
+        self.op_overrides: dict[str, str] = {}
+        self._resolved: dict = {}
         if config.mixer == "attention" and config.pos_encoding == "rope":
             cos, sin = reference.rope_cos_sin(config.total_seq_len, config.head_dim, config.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -125,28 +115,34 @@ class TRM(nn.Module):
         else:
             self.rope_cos = self.rope_sin = None
 
-    # -- dtype / backend resolution ---------------------------------------------------------------------
+    # -- forward dtype and op implementations, resolved once per device (trm_fast.ops.resolve) ---------------
+    def resolved(self, device: torch.device) -> tuple[torch.dtype, OpSet]:
+        """(forward dtype, op set) on `device`. Cached per device and per the config fields that decide it
+        (a plain dict: torch.compile traces through it)."""
+        key = (torch.device(device), self.config.backend, self.config.forward_dtype)
+        found = self._resolved.get(key)
+        if found is None:
+            implementations = resolve.op_implementations(self.config, key[0], overrides=self.op_overrides)
+            found = self._resolved[key] = (resolve.forward_dtype(self.config, key[0]), get_ops(implementations))
+        return found
+
     def forward_dtype(self, device: torch.device) -> torch.dtype:
-        """auto: bf16 on GPUs that have it (compute capability 8.0+), as the published runs; fp32 on older GPUs
-        (bf16 is emulated there and fp16 would need loss scaling) and on CPUs."""
-        name = self.config.forward_dtype
-        if name == "auto":
-            return torch.bfloat16 if device.type == "cuda" and cuda_capability(device) >= (8, 0) else torch.float32
-        return getattr(torch, name)
+        return self.resolved(device)[0]
+
+    def op_implementations(self, device: torch.device) -> dict[str, str]:
+        """op name -> "torch" or "triton" on `device`."""
+        return dict(self.resolved(device)[1].implementations)
 
     def backend(self, device: torch.device) -> str:
-        """auto: the Triton kernels on GPUs of compute capability 8.0+ (their launch tables are for sm_80 and sm_90),
-        the plain-PyTorch reference elsewhere. An explicit `triton` on an older GPU is refused by name."""
-        backend = self.config.backend
-        if device.type != "cuda":
-            return "torch" if backend == "auto" else backend
-        capability = cuda_capability(device)
-        if backend == "auto":
-            return "triton" if capability >= (8, 0) else "torch"
-        if backend == "triton" and capability < (8, 0):
-            raise ValueError(f"model.backend=triton needs a GPU of compute capability 8.0 or newer; {device} has "
-                             f"{capability[0]}.{capability[1]}: use model.backend=torch (or auto)")
-        return backend
+        """The op implementations in a word, for logs: "torch", "triton", or "mixed: ..." (resolve.describe)."""
+        return resolve.describe(self.op_implementations(device))
+
+    def override_ops(self, overrides: dict[str, str]) -> None:
+        """Run the named ops on another implementation than the config's (op name -> "torch" or "triton"), on every
+        device from the next forward on; {} restores the config's choice."""
+        check_implementations(overrides, "op overrides")
+        self.op_overrides = dict(overrides)
+        self._resolved.clear()
 
     @property
     def puzzle_len(self) -> int:
@@ -200,11 +196,10 @@ class TRM(nn.Module):
         return y, z
 
     def prepare(self, carry, inputs: torch.Tensor, puzzle_ids: torch.Tensor | None):
-        """What every step starts with: (embedded input x, carry in the forward dtype, op namespace, RoPE tables)."""
-        device = inputs.device
-        dtype = self.forward_dtype(device)
+        """What every step starts with: (embedded input x, carry in the forward dtype, op set, RoPE tables)."""
+        dtype, ops = self.resolved(inputs.device)
         x = self.embed(inputs, puzzle_ids, dtype)
-        return x, tuple(t.to(dtype) for t in carry), get_ops(self.backend(device)), self.rope()
+        return x, tuple(t.to(dtype) for t in carry), ops, self.rope()
 
     def heads(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = reference.linear(y, self.lm_head)[:, self.puzzle_len:]

@@ -1,48 +1,65 @@
-"""The fused ops of the TRM block behind one interface, per backend.
-
-`get_ops("torch")` returns the plain-PyTorch references (trm_fast.kernels.reference); `get_ops("triton")`
-returns the Triton-backed autograd Functions registered as torch custom ops. Both namespaces expose the
-same functions with the same signatures, so the model switches backend without changing its weights:
+"""The fused ops of the TRM block behind one interface, each in two implementations with the same signature:
+"torch", the plain-PyTorch reference (trm_fast.ops.reference), and "triton", the Triton kernels registered as torch
+custom ops (trm_fast/ops/{norm,swiglu,attention}.py). The model's weights are the same for both.
 
     add_rms_norm(x, residual)                 rms_norm(residual + x) over channels
     add_rms_norm_seq(x, residual)             the same over the sequence axis of (B, L, D)
     swiglu(x, w_gate_up, w_down)              channel SwiGLU MLP
     swiglu_token_mix(x, w_gate_up, w_down)    token-mixing SwiGLU of (B, L, D) along L
     attention(x, w_qkv, w_o, cos, sin, num_heads)   qkv projection, RoPE, attention, output projection
+
+`get_ops(implementations)` returns these functions (an OpSet) for a choice of implementation per op
+(trm_fast.ops.resolve makes that choice for a model and a device; ops may differ).
 """
 from __future__ import annotations
 
-import functools
-import types
+from collections.abc import Mapping
 
-from trm_fast.kernels import reference
+from trm_fast.ops import reference
 
 OP_NAMES = ("add_rms_norm", "add_rms_norm_seq", "swiglu", "swiglu_token_mix", "attention")
-BACKENDS = ("torch", "triton")
+IMPLEMENTATIONS = ("torch", "triton")
 
 
-def _torch_ops() -> types.SimpleNamespace:
-    return types.SimpleNamespace(name="torch", **{name: getattr(reference, name) for name in OP_NAMES})
-
-
-def _triton_ops() -> types.SimpleNamespace:
+def _triton_op(op: str):
     from trm_fast.ops import attention, norm, swiglu  # imported lazily: they import Triton
 
-    return types.SimpleNamespace(
-        name="triton",
-        add_rms_norm=norm.add_rms_norm,
-        add_rms_norm_seq=norm.add_rms_norm_seq,
-        swiglu=swiglu.swiglu,
-        swiglu_token_mix=swiglu.swiglu_token_mix,
-        attention=attention.attention,
-    )
+    return {"add_rms_norm": norm.add_rms_norm, "add_rms_norm_seq": norm.add_rms_norm_seq, "swiglu": swiglu.swiglu,
+            "swiglu_token_mix": swiglu.swiglu_token_mix, "attention": attention.attention}[op]
 
 
-@functools.lru_cache(maxsize=None)
-def get_ops(backend: str) -> types.SimpleNamespace:
-    """The op namespace of a resolved backend ("torch" or "triton")."""
-    if backend == "torch":
-        return _torch_ops()
-    if backend == "triton":
-        return _triton_ops()
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def check_implementations(implementations: Mapping[str, str], what: str = "op implementations") -> None:
+    """Every key an op of OP_NAMES, every value one of IMPLEMENTATIONS."""
+    for op, implementation in implementations.items():
+        if op not in OP_NAMES:
+            raise ValueError(f"{what}: {op!r} is not a fused op; the ops are {', '.join(OP_NAMES)}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"{what}: {op}={implementation!r}; an implementation is one of {IMPLEMENTATIONS}")
+
+
+class OpSet:
+    """One function per op of OP_NAMES, as attributes of the same names, and `implementations`, op name ->
+    implementation (shared: never mutate it)."""
+
+    def __init__(self, implementations: dict[str, str]):
+        self.implementations = implementations
+        for op, implementation in implementations.items():
+            setattr(self, op, getattr(reference, op) if implementation == "torch" else _triton_op(op))
+
+
+_OP_SETS: dict[tuple, OpSet] = {}  # a plain dict, not lru_cache: torch.compile traces through it
+
+
+def get_ops(implementations: str | Mapping[str, str]) -> OpSet:
+    """The op set for one implementation name for every op, or a mapping with an entry for each op of OP_NAMES."""
+    if isinstance(implementations, str):
+        implementations = dict.fromkeys(OP_NAMES, implementations)
+    check_implementations(implementations)
+    missing = [op for op in OP_NAMES if op not in implementations]
+    if missing:
+        raise ValueError(f"op implementations: no implementation given for {', '.join(missing)}")
+    key = tuple((op, implementations[op]) for op in OP_NAMES)
+    found = _OP_SETS.get(key)
+    if found is None:
+        found = _OP_SETS[key] = OpSet(dict(key))
+    return found

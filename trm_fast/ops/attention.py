@@ -2,7 +2,7 @@
 into its prologue (Triton, kernels/attention.py), output projection (cuBLAS).
 
 `attention(x, w_qkv, w_o, cos, sin, num_heads)` has the semantics and output dtype of
-`trm_fast.kernels.reference.attention`: weights are fp32 master copies cast to x's dtype for the matmuls, RoPE
+`trm_fast.ops.reference.attention`: weights are fp32 master copies cast to x's dtype for the matmuls, RoPE
 (rotate-half, fp32, result rounded to x's dtype) on q and k unless cos is None, non-causal softmax attention with
 scale 1/sqrt(hd), output projection.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from trm_fast.kernels import attention as kernels
-from trm_fast.kernels.reference import mm_fp32
+from trm_fast.ops.reference import mm_fp32
 from trm_fast.ops._custom_op import cast_weight, check_activation, contiguous, outputs_without_grad
 
 SUPPORTED_HEAD_DIMS = kernels.SUPPORTED_HEAD_DIMS
@@ -181,7 +181,7 @@ def _check_heads(op: str, num_heads, width: int) -> int:
 
 def attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
               num_heads: int) -> torch.Tensor:
-    """Self-attention mixer, same semantics and output dtype as trm_fast.kernels.reference.attention:
+    """Self-attention mixer, same semantics and output dtype as trm_fast.ops.reference.attention:
     qkv = x @ w_qkv^T (layout [q heads | k heads | v heads]), RoPE on q and k (skipped when cos is None),
     non-causal attention, @ w_o^T. x (B, L, D); w_qkv (3*H*hd, D); w_o (D, H*hd); cos/sin fp32 (L, hd)."""
     op = "attention"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from trm_fast.kernels import norm as kernels
-from trm_fast.kernels.reference import RMS_EPS
+from trm_fast.ops.reference import RMS_EPS
 from trm_fast.ops._custom_op import INT32_MAX, check_activation, check_like, contiguous, outputs_without_grad
 
 

@@ -4,10 +4,11 @@ Forward: one Triton kernel runs the gate_up matmul and writes h = silu(gate) * u
 a plain cuBLAS matmul (nothing to fuse into it). Weights are fp32 master copies cast to the activation dtype, as
 reference.linear does.
 
-Saved for backward: x, h, and, with `recompute=False` (the default, recompute level 0), gate/up (2I wide) so
-the backward's SwiGLU step is elementwise. With `recompute=True` nothing 2I wide is saved: the backward re-runs
-the gate_up matmul with the derivative in its epilogue. silu is never saved. Without grad (grad mode off or no
-input requiring grad) only h is written.
+Saved for backward (the "swiglu"/"swiglu_token_mix" Triton entries of trm_fast.ops.levels.OP_SAVES, which decide
+it): x, h, and, with `recompute=False` (the default, recompute level 0), gate/up (2I wide) so the backward's SwiGLU
+step is elementwise. With `recompute=True` nothing 2I wide is saved: the backward re-runs the gate_up matmul with the
+derivative in its epilogue. silu is never saved. Without grad (grad mode off or no input requiring grad) only h is
+written.
 
 Backward matmuls (d h, d x, weight gradients) are cuBLAS. Weight gradients come out in fp32 (fp32 accumulation,
 never rounded to bf16), so autograd sums the 2(n+1) tied uses of a weight in the recursion in fp32.
@@ -20,11 +21,17 @@ import torch
 
 from trm_fast.kernels import matmul as matmul_kernels
 from trm_fast.kernels import swiglu as kernels
-from trm_fast.kernels.reference import mm_fp32
+from trm_fast.ops.reference import mm_fp32
 from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, check_weight, contiguous, needs_grad,
                                      outputs_without_grad)
+from trm_fast.ops.levels import OP_SAVES
 
 __all__ = ["swiglu", "swiglu_token_mix"]
+
+
+def _saves_gate_up(op: str, x, w_gate_up, w_down, recompute: bool) -> bool:
+    saves = OP_SAVES[(op, "triton")]["recompute" if recompute else "plain"]
+    return needs_grad(x, w_gate_up, w_down) and saves.keeps("gate_up")
 
 
 def _check(op: str, x, w_gate_up, w_down, width_axis: int) -> None:
@@ -110,11 +117,16 @@ def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recom
     """down(silu(gate) * up) with gate, up = chunk(x @ w_gate_up.T, 2) (gate first); w_gate_up (2I, D),
     w_down (D, I). `recompute`: re-run the gate_up matmul in backward instead of saving gate/up."""
     _check("swiglu", x, w_gate_up, w_down, -1)
-    save = needs_grad(x, w_gate_up, w_down) and not recompute
-    return _swiglu_fwd(x, w_gate_up, w_down, save)[0]
+    return _swiglu_fwd(x, w_gate_up, w_down, _saves_gate_up("swiglu", x, w_gate_up, w_down, recompute))[0]
 
 
 # ---------------------------------------------------------------------------------------------- token mixing
+
+
+def _token_weight(w_gate_up: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """w_gate_up (2I, L) in `dtype`, stored transposed as (L, 2I) rows: the gate_up kernel then loads its weight
+    tiles along 2I (a multiple of 16) with cp.async, where rows of L = 97 or 916 values would be masked scalar loads."""
+    return cast_weight(w_gate_up.t(), dtype).t()
 
 
 def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -128,7 +140,7 @@ def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = contiguous(x)
     B, L, D = x.shape
-    wgu = cast_weight(w_gate_up, x.dtype)
+    wgu = _token_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
     h = torch.empty(B, I, D, dtype=x.dtype, device=x.device)
     gu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
@@ -150,7 +162,7 @@ def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.T
                w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, dout = contiguous(x), contiguous(dout.to(x.dtype))
     B, L, D = x.shape
-    wgu = cast_weight(w_gate_up, x.dtype)
+    wgu = _token_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
     dh = _weight_times(w_down.to(x.dtype).t(), dout)  # (I, L) @ (B, L, D) -> (B, I, D)
     d_w_down = matmul_kernels.sum_over_batch_abt(dout, h)  # sum_b (L, D) @ (D, I), fp32
@@ -186,5 +198,4 @@ def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Ten
     """The SwiGLU along the sequence axis of x (B, L, D): w_gate_up (2I, L), w_down (L, I), no transpose copies.
     out[b, :, d] = w_down @ (silu(g) * u), [g; u] = w_gate_up @ x[b, :, d]."""
     _check("swiglu_token_mix", x, w_gate_up, w_down, 1)
-    save = needs_grad(x, w_gate_up, w_down) and not recompute
-    return _token_fwd(x, w_gate_up, w_down, save)[0]
+    return _token_fwd(x, w_gate_up, w_down, _saves_gate_up("swiglu_token_mix", x, w_gate_up, w_down, recompute))[0]

@@ -73,7 +73,7 @@ def row_config(row: str, base: str = "sudoku-mlp", extra: list[str] | tuple[str,
 def block_applications(model) -> tuple[int, int]:
     """(block applications per supervision step, how many of them carry gradient) for a ModelConfig. Training with
     the continue loss runs one more no-grad forward per step, not counted here."""
-    from trm_fast.memory import gradient_calls
+    from trm_fast.tools.memory import gradient_calls
 
     T, n = model.T, model.n
     if model.arch == "hrm":

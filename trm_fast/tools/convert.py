@@ -119,7 +119,7 @@ def trm_fast_to_published(state: dict[str, torch.Tensor], compiled: bool = True)
 def config_from_published(all_config: dict, base, source: str = "all_config.yaml"):
     """A TRMConfig from the published run's all_config.yaml (Hydra dump), on top of `base`: architecture from
     its `arch` section, optimisation from the top level. Fields it lacks keep `base`'s values."""
-    arch = all_config.get("arch")
+    arch = all_config.get("arch") if isinstance(all_config, dict) else None
     if not isinstance(arch, dict):
         raise ValueError(f"{source}: no 'arch' section; is this the all_config.yaml of a published run?")
     name = str(arch.get("name", "")).lower()
@@ -258,13 +258,19 @@ def _load_published_state(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file (a published checkpoint is a file like <checkpoint_path>/step_65000)")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ValueError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise ValueError(f"{path}: not a readable PyTorch state_dict ({exc})") from None
+        from trm_fast.checkpoint import torch_load_reason
+
+        raise ValueError(f"{path}: not a readable PyTorch state_dict ({torch_load_reason(exc, path)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state_dict (names -> tensors), got {type(state).__name__}")
     return state
@@ -284,7 +290,9 @@ def import_published(path: str, out_dir: str, preset_config=None, all_config_pat
             try:
                 config = config_from_published(yaml.safe_load(f) or {}, config, source=all_config_path)
             except yaml.YAMLError as exc:
-                raise ValueError(f"{all_config_path}: not valid YAML ({exc})") from None
+                from trm_fast.files import yaml_error_text
+
+                raise ValueError(f"{all_config_path}: not valid YAML ({yaml_error_text(exc)})") from None
     elif preset_config is None:
         raise ValueError(f"{path}: no all_config.yaml beside it ({all_config_path}): name the architecture with --preset")
     state = published_to_trm_fast(_load_published_state(path), source=path)

@@ -1,8 +1,9 @@
 """Losses and metrics of deep supervision (TRM_SPEC sections 3-4).
 
 Token loss per sequence = sum over supervised tokens / number of supervised tokens, summed over the batch
-(the caller divides by the global batch). Halt loss = BCE-with-logits(q_halt, sequence exactly correct),
-summed. Total = lm + 0.5 * (halt + continue).
+(the caller divides by the global batch); stablemax cross-entropy computes in float64, softmax in fp32, as the
+published code does. Halt loss = BCE-with-logits(q_halt, sequence exactly correct), summed.
+Total = lm + 0.5 * (halt + continue).
 """
 from __future__ import annotations
 
@@ -11,18 +12,41 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trm_fast.kernels import reference
+from trm_fast.data.format import IGNORE_LABEL
 
-IGNORE_LABEL = -100
+
+def stablemax_s(x: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """s(x) = 1/(1-x) for x < 0, else x + 1."""
+    return torch.where(x < 0, 1.0 / (1.0 - x + eps), x + 1.0)
+
+
+def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    s = stablemax_s(x)
+    return torch.log(s / s.sum(dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-token stablemax cross-entropy in float64; 0 where not valid. Returns float64 of labels' shape."""
+    logp = log_stablemax(logits.double(), dim=-1)
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    picked = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return -torch.where(valid, picked, torch.zeros_like(picked))
+
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-token softmax cross-entropy in fp32; 0 where not valid."""
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    ce = F.cross_entropy(logits.float().flatten(0, -2), safe.flatten(), reduction="none").view(labels.shape)
+    return torch.where(valid, ce, torch.zeros_like(ce))
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-token cross-entropy (0 at ignored labels): stablemax in float64 or softmax in fp32."""
     valid = labels != IGNORE_LABEL
     if kind == "stablemax":
-        return reference.stablemax_cross_entropy(logits, labels, valid)
+        return stablemax_cross_entropy(logits, labels, valid)
     if kind == "softmax":
-        return reference.softmax_cross_entropy(logits, labels, valid)
+        return softmax_cross_entropy(logits, labels, valid)
     raise ValueError(f"loss must be 'stablemax' or 'softmax', got {kind!r}")
 
 

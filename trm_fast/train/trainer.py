@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import time
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -79,6 +81,10 @@ class Trainer:
         if self.device.type == "cuda" and self.distributed:
             self.device = torch.device("cuda", torch.cuda.current_device())
         torch.manual_seed(cfg_t.seed)
+        # numpy's and python's global generators too: checkpoints save their states, so two runs of one seed save
+        # the same ones (nothing of the training draws from them; numpy takes 32-bit seeds)
+        np.random.seed(cfg_t.seed % (1 << 32))
+        random.seed(cfg_t.seed)
         from trm_fast.train.distributed import rank_zero_first
 
         with rank_zero_first():  # an embedded recipe is built once, by rank 0, before the others read it
@@ -116,6 +122,7 @@ class Trainer:
         self.run_dir = cfg_t.out_dir
         self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
         self._stop_requested = False
+        self.initialised_from = None  # the checkpoint init_from loaded (recorded in this run's checkpoints)
         self.graphed_step = None
         if cfg_t.cuda_graphs:
             from trm_fast.train.cuda_graph import make_graphed_step
@@ -149,6 +156,7 @@ class Trainer:
             "rng": capture_rng_state(),
             "sampler": self.sampler.state_dict(),
             "dataset_manifest": dataset_manifest(self.data.root),
+            **({"initialised_from": self.initialised_from} if self.initialised_from else {}),
         }
 
     def save(self) -> str | None:
@@ -170,42 +178,142 @@ class Trainer:
             keep_last=self.config.train.keep_checkpoints,
         )
 
-    def resume(self, path: str) -> None:
-        from trm_fast.checkpoint import check_compatible, find_latest_checkpoint, load_checkpoint, restore_rng_state
+    def _on_rank_zero(self, choose):
+        """choose() run by rank 0 alone (it may print warnings), its result, or its ValueError, on every rank."""
+        from trm_fast.train.distributed import broadcast_object
+
+        outcome = None
+        if self.rank == 0:
+            try:
+                outcome = (True, choose())
+            except ValueError as exc:
+                outcome = (False, str(exc))
+        ok, value = broadcast_object(outcome)
+        if not ok:
+            raise ValueError(value)
+        return value
+
+    def _newest_usable_checkpoint(self, allow_fresh: bool) -> str | None:
+        """`--resume auto`'s choice: this run's newest checkpoint that verifies; None when the run has none at all.
+        When every one is unusable: a ValueError naming each and why, unless `allow_fresh` (then None too)."""
+        from trm_fast.checkpoint import scan_checkpoints
+
+        path, skipped = scan_checkpoints(self.run_dir)
+        root = os.path.join(self.run_dir, "checkpoints")
+        if path is None and skipped and not allow_fresh:
+            count = "the only checkpoint" if len(skipped) == 1 else f"none of the {len(skipped)} checkpoints"
+            raise ValueError(f"--resume auto: {count} under {root} is usable: {'; '.join(skipped)}. Repair or "
+                             "remove them, or add --allow-fresh to start from step 0")
+        for reason in skipped:
+            self.log(f"warning: skipping unusable checkpoint: {reason}")
+        if path is None:
+            self.log(f"resume auto: no {'usable ' if skipped else ''}checkpoint under {root}, starting fresh"
+                     + (" (--allow-fresh)" if skipped else ""))
+        return path
+
+    def resume(self, path: str, allow_fresh: bool = False) -> bool:
+        """Continues from a checkpoint folder, a run folder (its newest usable checkpoint) or "auto" (this run's).
+        Returns False when "auto" found nothing to resume (a fresh start)."""
+        from trm_fast.checkpoint import check_compatible, check_train_state, load_checkpoint, resolve_checkpoint
+        from trm_fast.checkpoint import restore_rng_state
 
         if path == "auto":
-            from trm_fast.train.distributed import broadcast_object
-
-            path = broadcast_object(find_latest_checkpoint(self.run_dir) if self.rank == 0 else None)  # one choice for all
+            path = self._on_rank_zero(lambda: self._newest_usable_checkpoint(allow_fresh))  # one choice for all
             if path is None:
-                self.log(f"resume auto: no checkpoint under {self.run_dir}/checkpoints, starting fresh")
-                return
+                return False
+        else:
+            path = self._on_rank_zero(lambda: resolve_checkpoint(path))
         ckpt = load_checkpoint(path, map_location=self.device)
-        check_compatible(ckpt["meta"], self.model)
         state = ckpt["state"]
+        if "imported_from" in state:
+            raise ValueError(f"checkpoint {path} was written by `trm-fast convert import`: it holds weights but no "
+                             "optimiser, sampler or training carry to resume; start a run from it with "
+                             f"--init-from {path}")
+        check_train_state(path, state, ("step", "dense_optimizer", "sparse_optimizer", "sampler", "supervision", "rng"),
+                          "resuming")
+        check_compatible(ckpt["meta"], self.model)
         from trm_fast.data.format import dataset_manifest
 
         if state.get("dataset_manifest") and state["dataset_manifest"] != dataset_manifest(self.data.root):
             self.log(f"warning: the dataset under {self.data.root} differs from the one checkpoint {path} was trained on")
+        state_path = os.path.join(path, "state.pt")
+
+        def restore(entry: str, apply) -> None:
+            # an entry of the right name whose content does not fit: one line naming the file and the entry
+            try:
+                apply()
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ValueError(f"{state_path}: its {entry!r} entry does not fit this run ({reason})") from None
+
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
-        self.dense_opt.load_state_dict(state["dense_optimizer"])
+        restore("dense_optimizer", lambda: self.dense_opt.load_state_dict(state["dense_optimizer"]))
         if self.sparse_opt is not None:
-            self.sparse_opt.load_state_dict(state["sparse_optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
-        if self.distributed:
-            from trm_fast.train.distributed import scatter_supervision_state
+            restore("sparse_optimizer", lambda: self.sparse_opt.load_state_dict(state["sparse_optimizer"]))
+        restore("sampler", lambda: self.sampler.load_state_dict(state["sampler"]))
 
-            self.state = scatter_supervision_state(state["supervision"], self.rank, self.world_size, self.local_batch,
-                                                   self.device)
-        else:
-            self.state = SupervisionState.from_state_dict(state["supervision"], self.device)
+        def load_carry():
+            if self.distributed:
+                from trm_fast.train.distributed import scatter_supervision_state
+
+                self.state = scatter_supervision_state(state["supervision"], self.rank, self.world_size,
+                                                       self.local_batch, self.device)
+            else:
+                self.state = SupervisionState.from_state_dict(state["supervision"], self.device)
+
+        restore("supervision", load_carry)
         from trm_fast.train.distributed import rng_state_for_rank
 
-        restore_rng_state(rng_state_for_rank(state, self.rank, self.world_size))
+        restore("rng", lambda: restore_rng_state(rng_state_for_rank(state, self.rank, self.world_size)))
         self.step = int(state["step"])
+        self.initialised_from = state.get("initialised_from")
         self.log(f"resumed from {path} at step {self.step}")
+        return True
+
+    def init_from(self, source: str, reinit_puzzle_emb: bool = False) -> None:
+        """Starts this run from the weights of a checkpoint folder, a run folder (its newest usable checkpoint) or
+        what `trm-fast convert import` wrote: the model's tensors, the EMA where saved (else the EMA starts from the
+        weights), the puzzle-embedding table; fresh optimiser states, schedule, sampler and carry. The architecture
+        must be this config's. A table with another number of rows (another dataset's puzzles) is refused, or
+        left at its initialisation (zeros) with `reinit_puzzle_emb`, which also discards a table that fits."""
+        from trm_fast.checkpoint import PUZZLE_TABLE, check_compatible, load_checkpoint, resolve_checkpoint
+        from trm_fast.data.format import dataset_manifest
+
+        path = self._on_rank_zero(lambda: resolve_checkpoint(source))
+        ckpt = load_checkpoint(path, map_location="cpu")
+        state = ckpt["state"]
+        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        preset = config.get("name", "unknown")
+        try:
+            check_compatible(ckpt["meta"], self.model, rows_may_differ=(PUZZLE_TABLE,))
+        except ValueError as exc:
+            raise ValueError(f"--init-from {path}: {exc} (the checkpoint's preset: {preset})") from None
+        weights = dict(ckpt["model"])
+        table_note = ""
+        if PUZZLE_TABLE in weights:
+            rows, ours = weights[PUZZLE_TABLE].shape[0], self.config.model.num_puzzle_identifiers
+            if rows != ours and not reinit_puzzle_emb:
+                raise ValueError(f"--init-from {path}: its puzzle-embedding table has {rows} rows, this dataset has "
+                                 f"{ours} puzzle identifiers: add --reinit-puzzle-emb to start the table from zeros "
+                                 f"(every other weight is still loaded)")
+            if reinit_puzzle_emb:
+                del weights[PUZZLE_TABLE]
+                table_note = "; the puzzle-embedding table starts from zeros (--reinit-puzzle-emb)"
+            elif state.get("dataset_manifest") and state["dataset_manifest"] != dataset_manifest(self.data.root):
+                table_note = (f"; note: it was trained on another dataset than {self.data.root}, and its "
+                              "puzzle-embedding table follows that one's puzzle identifiers (--reinit-puzzle-emb "
+                              "starts it from zeros)")
+        # names and shapes were checked above: only the table left at its initialisation may be missing
+        self.model.load_state_dict(weights, strict=not reinit_puzzle_emb)
+        with_ema = self.ema is not None and ckpt["ema"] is not None
+        if self.ema is not None:  # built from the random initialisation: restart it from what was loaded
+            self.ema.load_state_dict(ckpt["ema"] if with_ema else {name: weights[name] for name in self.ema.names})
+        self.state = SupervisionState.fresh(self.model, self.local_batch, self.config.model.seq_len, self.device)
+        self.initialised_from = path
+        self.log(f"initialised from {path} (step {ckpt['meta'].get('step')}, preset {preset}): weights"
+                 f"{' and EMA' if with_ema else ''} loaded; fresh optimiser, schedule, sampler and carry{table_note}")
 
     # -- one optimizer step --------------------------------------------------------------------------
     def _set_lr(self) -> float:
@@ -450,9 +558,22 @@ def _restore_sigterm(previous) -> None:
             pass
 
 
-def train(config: TRMConfig, resume: str | None = None, progress: bool = True, log=None) -> dict:
-    """Trains a run described by `config` and returns its summary (final evaluation, checkpoint path)."""
+def train(config: TRMConfig, resume: str | None = None, progress: bool = True, log=None, init_from: str | None = None,
+          reinit_puzzle_emb: bool = False, allow_fresh: bool = False) -> dict:
+    """Trains a run described by `config` and returns its summary (final evaluation, checkpoint path).
+
+    resume: a checkpoint folder, a run folder or "auto" (this run's newest usable checkpoint; a run without any
+    starts fresh, one whose checkpoints are all unusable is refused unless `allow_fresh`). init_from: start from
+    another checkpoint's weights (Trainer.init_from); with resume="auto" only when the run has no checkpoint yet."""
+    if init_from and resume not in (None, "auto"):
+        raise ValueError("--resume PATH and --init-from exclude each other (--resume auto --init-from CKPT resumes "
+                         "the run when it has a checkpoint, else starts from CKPT)")
+    if allow_fresh and resume != "auto":
+        raise ValueError("--allow-fresh only goes with --resume auto")
+    if reinit_puzzle_emb and not init_from:
+        raise ValueError("--reinit-puzzle-emb only goes with --init-from")
     trainer = Trainer(config, progress=progress, log=log)
-    if resume:
-        trainer.resume(resume)
+    resumed = trainer.resume(resume, allow_fresh=allow_fresh) if resume else False
+    if init_from and not resumed:
+        trainer.init_from(init_from, reinit_puzzle_emb=reinit_puzzle_emb)
     return trainer.fit()

@@ -122,3 +122,77 @@ def _write_json(result: dict, out_dir: str, name: str) -> str:
     with open(stem + ".json", "w") as f:
         json.dump(result, f, indent=2)
     return stem
+
+
+OVERLAP_VARIANTS_PER_PUZZLE = 20
+
+
+def _overlap_variants(made: dict, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """count rows of the stand-in: generated puzzles plus 0-3 clues of their solution, under a random symmetry."""
+    from trm_fast.data.augment import augment_sudoku_pair
+
+    puzzles, solutions = [], []
+    for i in rng.integers(0, len(made["puzzles"]), count):
+        p, s = made["puzzles"][i].copy(), made["solutions"][i]
+        blanks = np.argwhere(p == 0)
+        for r, c in blanks[rng.choice(len(blanks), int(rng.integers(0, 4)), replace=False)]:
+            p[r, c] = s[r, c]
+        p, s = augment_sudoku_pair(p, s, rng)
+        puzzles.append(p)
+        solutions.append(s)
+    return np.stack(puzzles).astype(np.uint8), np.stack(solutions).astype(np.uint8)
+
+
+def _write_sudoku_csv(path: str, puzzles: np.ndarray, solutions: np.ndarray) -> None:
+    from trm_fast.data.sudoku import grid_to_text
+
+    with open(path, "w") as f:
+        f.write("source,q,a,rating\n")
+        for p, s in zip(puzzles, solutions):
+            f.write(f"stand-in,{grid_to_text(p)},{grid_to_text(s)},0\n")
+
+
+def data_overlap(train_rows: int = 100_000, test_rows: int = 10_000) -> dict:
+    """Train/test overlap counting on a stand-in for the published Sudoku-Extreme CSVs (see
+    benchmarks/bench_data_overlap.py for the recipe): the count alone and a whole `data build sudoku`, wall seconds."""
+    import tempfile
+
+    from trm_fast.data import sudoku as S
+    from trm_fast.data.augment import augment_sudoku_pair
+    from trm_fast.data.build import build_sudoku
+
+    threads = os.cpu_count() or 1
+    rng = np.random.default_rng(0)
+    started = time.time()
+    per = OVERLAP_VARIANTS_PER_PUZZLE
+    train = _overlap_variants(S.generate_hard_sudoku(train_rows // per, seed=1, iterations=0, threads=threads),
+                              train_rows, rng)
+    fresh = _overlap_variants(S.generate_hard_sudoku(max(1, test_rows // per), seed=2, iterations=0, threads=threads),
+                              test_rows - 200, rng)
+    picked = rng.choice(train_rows, 200, replace=False)
+    turned = [augment_sudoku_pair(train[0][i], train[1][i], rng) for i in picked[100:]]
+    test = (np.concatenate([fresh[0], train[0][picked[:100]], np.stack([p for p, _ in turned]).astype(np.uint8)]),
+            np.concatenate([fresh[1], train[1][picked[:100]], np.stack([s for _, s in turned]).astype(np.uint8)]))
+    stand_in_s = time.time() - started
+
+    started = time.time()
+    S.symmetry_fingerprints(*train)
+    S.symmetry_fingerprints(*test)
+    fingerprints_s = time.time() - started
+    started = time.time()
+    counts = S.count_test_in_train(*train, *test, progress=False)
+    overlap_s = time.time() - started
+    candidates = int((np.isin(S.symmetry_fingerprints(*test), S.symmetry_fingerprints(*train))).sum())
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [os.path.join(folder, name) for name in ("train.csv", "test.csv")]
+        _write_sudoku_csv(paths[0], *train)
+        _write_sudoku_csv(paths[1], *test)
+        started = time.time()
+        summary = build_sudoku(out=os.path.join(folder, "ds"), source=paths[0], test_source=paths[1], threads=threads)
+        build_s = time.time() - started
+    return {
+        "train_rows": train_rows, "test_rows": len(test[0]), "threads": threads, "load_average": os.getloadavg(),
+        "counts": counts, "test_puzzles_sharing_a_fingerprint": candidates, "stand_in_seconds": round(stand_in_s, 1),
+        "fingerprints_seconds": round(fingerprints_s, 2), "overlap_count_seconds": round(overlap_s, 2),
+        "overlap_count_seconds_per_100k_rows": round(overlap_s * 1e5 / (train_rows + len(test[0])), 2),
+        "build_seconds": round(build_s, 1), "build_summary": summary}

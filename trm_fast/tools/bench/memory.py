@@ -1,13 +1,13 @@
 """Memory per preset, every contender on the same config:
 
     saved_bytes               bytes saved for backward by one supervision step, counted with saved-tensor hooks
-                              (trm_fast.memory.saved_bytes_per_step; needs no GPU). Not countable for torch.compile:
+                              (trm_fast.tools.memory.saved_bytes_per_step; needs no GPU). Not countable for torch.compile:
                               saved-tensor hooks make it fall back to eager.
     held_after_forward_bytes  GPU: what the forward leaves allocated for the backward (memory_allocated after the
                               forward minus before it): the figure that also covers the compiled model.
     peak_memory_bytes         GPU: torch.cuda.max_memory_allocated over one whole optimizer step (after a first step
                               has created the optimiser state), puzzle table and optimiser states included.
-    predicted_peak_bytes      trm_fast.memory.estimate at the contender's level and backend.
+    predicted_peak_bytes      trm_fast.tools.memory.estimate at the contender's level and backend.
 
 Contenders: eager (reference, level 0), reference-L1/L2 (reference path with recomputation), compile (GPU), and
 trm_fast-L0/L1/L2 (backend triton, GPU).
@@ -36,9 +36,9 @@ def _variants(config, levels) -> dict:
 
 def cpu_step_peak(config, batch: int) -> int:
     """Peak bytes above the start of one whole optimizer step on a CPU, after a first step has created the optimiser
-    state, under trm_fast.memory.allocation_only (the Triton path allocates what it allocates on a GPU, computes
+    state, under trm_fast.tools.memory.allocation_only (the Triton path allocates what it allocates on a GPU, computes
     nothing; TRITON_INTERPRET=1 must be set before the kernels are imported)."""
-    from trm_fast.memory import allocation_only, peak_bytes
+    from trm_fast.tools.memory import allocation_only, peak_bytes
 
     with allocation_only():
         runner = StepRunner(config, batch, torch.device("cpu"), False)
@@ -75,7 +75,7 @@ def cpu_peak_per_sample(presets: list[str], backends: list[str], levels: list[in
 
 
 def _predicted_activation_bytes(config, batch: int, backend: str, level: int) -> int:
-    from trm_fast.memory import estimate
+    from trm_fast.tools.memory import estimate
 
     est = estimate(config, batch, "cpu", backend)
     return est["levels"][level]["saved_for_backward"] + est["levels"][level]["transient"]
@@ -103,7 +103,7 @@ def held_after_forward(runner: StepRunner) -> int:
 
 def run_memory(presets: list[str], batches: dict[str, int], levels, overrides: list[str], deadline: Deadline,
                notes: list[str], only: list[str] | None = None, log=print, emit=None) -> list[dict]:
-    from trm_fast.memory import estimate, saved_bytes_per_step
+    from trm_fast.tools.memory import estimate, saved_bytes_per_step
 
     device = torch.device("cuda" if on_gpu() else "cpu")
     if not on_gpu():

@@ -1,7 +1,7 @@
 """Per-op benchmark: residual+norm (channel and sequence axis), SwiGLU, token-mixing SwiGLU, attention with RoPE and
 the loss head, forward / backward / both, at the presets' shapes, every contender in the same run:
 
-    eager                   the plain-PyTorch reference (trm_fast.kernels.reference), as the published code runs it
+    eager                   the plain-PyTorch reference (trm_fast.ops.reference), as the published code runs it
     compile                 torch.compile of that reference (default mode)
     compile-max-autotune    torch.compile(mode="max-autotune-no-cudagraphs") of it (GPU only)
     liger                   Liger-Kernel where it has the op (optional import; GPU only)
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from trm_fast.config import swiglu_hidden
-from trm_fast.kernels import reference as R
+from trm_fast.ops import reference as R
 from trm_fast.tools.bench.contenders import Deadline, run_contenders, selected
 from trm_fast.tools.bench.timing import measure_op, measure_op_cudagraph, on_gpu
 
@@ -129,7 +129,8 @@ class OpCase:
 
 
 def op_cases(shape: OpShape, device: str, dtype: torch.dtype, notes: list[str]) -> list[OpCase]:
-    from trm_fast.train.losses import IGNORE_LABEL, supervision_loss
+    from trm_fast.data.format import IGNORE_LABEL
+    from trm_fast.train.losses import supervision_loss
 
     B, L, D, H = shape.batch, shape.seq, shape.hidden, shape.heads
     I, Im = swiglu_hidden(D), swiglu_hidden(L)

@@ -214,7 +214,7 @@ def _step_jobs(presets, overrides, levels, only) -> list[tuple[str, str, TRMConf
 
 def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, overrides: list[str], ceilings: dict,
              deadline: Deadline, notes: list[str], only: list[str] | None = None, log=print, emit=None) -> list[dict]:
-    from trm_fast.memory import saved_bytes_per_step
+    from trm_fast.tools.memory import saved_bytes_per_step
 
     device = torch.device("cuda" if on_gpu() else "cpu")
     peak = datasheet_peak_tflops()

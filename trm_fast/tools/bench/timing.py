@@ -87,7 +87,7 @@ def peak_memory(fn) -> int | None:
     """Peak bytes allocated during one fn() call on CUDA, counted from what was allocated before it (None on CPU)."""
     if not on_gpu():
         return None
-    from trm_fast.memory import peak_bytes
+    from trm_fast.tools.memory import peak_bytes
 
     torch.cuda.synchronize()
     return int(torch.cuda.memory_allocated()) + peak_bytes(fn, "cuda")

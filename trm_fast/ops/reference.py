@@ -1,11 +1,13 @@
 """Plain-PyTorch references of every fused op: the oracle for the Triton kernels and the math of the
 reference model. Dtype behaviour follows the published TRM code: activations stay in the forward dtype
 (bf16 on GPU), matmuls cast fp32 master weights to that dtype, norms and RoPE compute in fp32 and cast
-back, the token loss computes in float64.
+back.
 
 Nothing here imports Triton, so this module runs everywhere.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -15,16 +17,26 @@ RMS_EPS = 1e-5
 
 _HAS_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(a, b, out_dtype=...) (CUDA)
 
-# Switched on by trm_fast.memory.allocation_only(): fp32-output matmuls then allocate their result and compute
-# nothing, so a CPU run allocates what a GPU run would (the CPU has no mm(out_dtype=) and upcasts its operands).
-ALLOCATION_ONLY = [False]
+_mm_fp32_allocates_only = False  # set only by mm_fp32_allocation_only()
+
+
+@contextlib.contextmanager
+def mm_fp32_allocation_only():
+    """Within: mm_fp32 allocates its result and computes nothing, so a CPU run allocates what a GPU run would (the
+    CPU has no mm(out_dtype=) and upcasts its operands). For trm_fast.tools.memory.allocation_only: values are garbage."""
+    global _mm_fp32_allocates_only
+    previous, _mm_fp32_allocates_only = _mm_fp32_allocates_only, True
+    try:
+        yield
+    finally:
+        _mm_fp32_allocates_only = previous
 
 
 def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b of 2-D a, b with fp32 output: fp32 accumulation, never rounded to the inputs' dtype (weight gradients,
     which autograd then sums over the recursion's tied uses in fp32). CUDA: torch.mm(out_dtype=float32), no copies;
     elsewhere an fp32 upcast of both operands."""
-    if ALLOCATION_ONLY[0]:
+    if _mm_fp32_allocates_only:
         return torch.empty(a.shape[0], b.shape[1], dtype=torch.float32, device=a.device)
     if a.is_cuda and a.dtype != torch.float32 and _HAS_MM_OUT_DTYPE:
         try:
@@ -157,28 +169,3 @@ def attention(
         k = apply_rope(k, cos, sin)
     o = attention_sdpa(q, k, v) if use_sdpa else attention_core(q, k, v)
     return linear(o.reshape(B, L, num_heads * head_dim), w_o)
-
-
-def stablemax_s(x: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
-    """s(x) = 1/(1-x) for x < 0, else x + 1."""
-    return torch.where(x < 0, 1.0 / (1.0 - x + eps), x + 1.0)
-
-
-def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    s = stablemax_s(x)
-    return torch.log(s / s.sum(dim=dim, keepdim=True))
-
-
-def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-token stablemax cross-entropy in float64; 0 where not valid. Returns float64 of labels' shape."""
-    logp = log_stablemax(logits.double(), dim=-1)
-    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
-    picked = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return -torch.where(valid, picked, torch.zeros_like(picked))
-
-
-def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-token softmax cross-entropy in fp32; 0 where not valid."""
-    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
-    ce = F.cross_entropy(logits.float().flatten(0, -2), safe.flatten(), reduction="none").view(labels.shape)
-    return torch.where(valid, ce, torch.zeros_like(ce))

@@ -2,10 +2,10 @@
 allocated bytes, from the CUDA allocator or, on a CPU, from the allocator events the profiler records) and
 modelled (`estimate`), and a planner that picks the recomputation level and micro-batch that fit a budget.
 
-    trm_fast.memory.saved_bytes_per_step(model, batch_size)       # measured, needs no GPU
-    trm_fast.memory.peak_bytes(fn, device)                        # measured peak above the start, CPU or CUDA
-    with trm_fast.memory.allocation_only(): ...                   # CPU: the Triton path allocates, computes nothing
-    trm_fast.memory.estimate(config, batch_size)                  # predicted, per level
+    trm_fast.tools.memory.saved_bytes_per_step(model, batch_size)       # measured, needs no GPU
+    trm_fast.tools.memory.peak_bytes(fn, device)                        # measured peak above the start, CPU or CUDA
+    with trm_fast.tools.memory.allocation_only(): ...                   # CPU: the Triton path allocates, computes nothing
+    trm_fast.tools.memory.estimate(config, batch_size)                  # predicted, per level
     trm-fast train --preset sudoku-mlp --memory-budget 4GB        # plan_for_budget
 """
 from __future__ import annotations
@@ -18,13 +18,9 @@ import re
 import torch
 
 from trm_fast.config import ModelConfig, TRMConfig
-
-
-def _dtype_bytes(config: ModelConfig, device: str) -> int:
-    name = config.forward_dtype
-    if name == "auto":
-        return 2 if device.startswith("cuda") else 4
-    return {"bfloat16": 2, "float16": 2, "float32": 4}[name]
+from trm_fast.model.layers import BLOCK_OPS
+from trm_fast.model.recompute import observe_regions
+from trm_fast.ops import levels, resolve
 
 
 def saved_bytes_per_step(model, batch_size: int, device: str | torch.device = "cpu", step_fn=None) -> int:
@@ -42,36 +38,15 @@ def saved_bytes_per_step(model, batch_size: int, device: str | torch.device = "c
             seen[ptr] = storage.nbytes()
         return t
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from trm_fast.model import recompute
-
-    class KeptBySelectiveCheckpoint(TorchDispatchMode):
-        """Torch's selective checkpointing keeps its outputs in its own cache, out of the hooks' sight."""
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if recompute.selective_region[0] and func in recompute.KEPT_OPS:  # (under a custom Function too)
-                for t in out if isinstance(out, (tuple, list)) else (out,):
-                    if isinstance(t, torch.Tensor):
-                        pack(t)
-            return out
-
     g = torch.Generator().manual_seed(0)
     inputs = torch.randint(0, config.vocab_size, (batch_size, config.seq_len), generator=g).to(device)
     ids = torch.zeros(batch_size, dtype=torch.long, device=device)
     carry = model.initial_carry(batch_size, device)
     was_training = model.training
     model.train()
-    recompute.region_input_observers.append(pack)
-    try:
-        # the dispatch mode only where selective checkpointing runs: torch.compile falls back to eager under one
-        selective = config.recompute == 1 and model.backend(device) == "torch"
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                (KeptBySelectiveCheckpoint() if selective else contextlib.nullcontext()):
-            out = (step_fn or (lambda m, c, i, p: m(c, i, p)))(model, carry, inputs, ids)
-    finally:
-        recompute.region_input_observers.remove(pack)
+    # what selective-checkpoint regions keep is out of the saved-tensor hooks' sight: they report it
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), observe_regions(pack):
+        out = (step_fn or (lambda m, c, i, p: m(c, i, p)))(model, carry, inputs, ids)
     if getattr(model, "puzzle_emb", None) is not None:
         model.puzzle_emb.pending.clear()
     model.train(was_training)
@@ -113,7 +88,7 @@ def allocation_only():
     (weight gradients) are not computed: every op still allocates exactly the tensors it allocates on a GPU, so
     peak_bytes measures the Triton path's GPU memory at full width in seconds. The values computed are garbage:
     for memory measurement only."""
-    from trm_fast.kernels import reference
+    from trm_fast.ops import reference
 
     try:
         from triton.runtime.interpreter import InterpretedFunction
@@ -124,50 +99,39 @@ def allocation_only():
                            "it skips the interpreter's kernel launches")
     run = InterpretedFunction.run
     InterpretedFunction.run = lambda self, *args, **kwargs: None
-    reference.ALLOCATION_ONLY[0] = True
     try:
-        yield
+        with reference.mm_fp32_allocation_only():
+            yield
     finally:
         InterpretedFunction.run = run
-        reference.ALLOCATION_ONLY[0] = False
 
 
 # ---------------------------------------------------------------------------------------------- the model
 
 
-def _block_saved_elements(config: ModelConfig, level: int, backend: str) -> dict[str, int]:
-    """Elements per sample that one block application of the gradient cycle keeps for backward: `act` in the
-    forward dtype, `fp32` in fp32 (norm statistics, attention log-sum-exp, the reference norms' fp32 inputs).
-    Derived from what each op's backward needs (an (L, D) tensor is written LD; I, Im the SwiGLU hidden sizes):
-      reference, level 0, attention: block input, qkv (3LD; v is a view of it), q and k after RoPE, attention
-        output, the first norm's output, gate_up (2LI), silu(gate) (LI), h = silu * up (LI); fp32: the two
-        norms' inputs (x.float(); the residual sum itself at fp32), log-sum-exp (H per row), rstd per row x 2;
-      reference, level 0, token mixing: the transposed copy the matmul makes, gate_up (2 D*Im), silu and h
-        (D*Im each), the first norm's output, the channel SwiGLU's three; fp32: the norms' inputs, rstd per
-        channel (sequence norm) and per row;
-      reference, level 1 (selective checkpointing): the block input and every matmul / attention output
-        (qkv, attention output + log-sum-exp, o projection, gate_up, down; token mixing: its gate_up and down);
-      Triton, levels 0 and 1: qkv, attention output and log-sum-exp (or the token mix's h), both norms' outputs
-        and rstds, the channel SwiGLU's h, and at level 0 each SwiGLU's gate/up; the block input is the previous
-        norm's output, or the network call's input (counted per call, `call_input`);
-      level 2 (both): the block input only.
-    """
-    L, D = config.total_seq_len, config.hidden_size
-    I, H, Im = config.mlp_hidden, config.num_heads, config.token_mix_hidden
-    attention = config.mixer == "attention"
-    if level == 2:
-        return {"act": L * D, "fp32": 0, "call_input": 0}
-    if backend == "torch":
-        if level == 1:
-            act = (7 * L * D + 2 * L * I) if attention else (3 * L * D + 2 * D * Im + 2 * L * I)
-            return {"act": act, "fp32": H * L if attention else 0, "call_input": 0}
-        if attention:
-            return {"act": 8 * L * D + 4 * L * I, "fp32": 2 * L * D + H * L + 2 * L, "call_input": 0}
-        return {"act": 2 * L * D + 4 * D * Im + 4 * L * I, "fp32": 2 * L * D + D + L, "call_input": 0}
-    gate_up = 2 if level == 0 else 0
-    if attention:
-        return {"act": 6 * L * D + (1 + gate_up) * L * I, "fp32": H * L + 2 * L, "call_input": L * D}
-    return {"act": 2 * L * D + (1 + gate_up) * (D * Im + L * I), "fp32": D + L, "call_input": L * D}
+def _block_saved_elements(config: ModelConfig, level: int, implementations: dict[str, str],
+                          plan: str | None = None) -> dict:
+    """Elements per sample that one block application of the gradient cycle keeps for backward, summed from the
+    levels table (trm_fast.ops.levels.OP_SAVES) for the block's ops (trm_fast.model.layers.BLOCK_OPS) on their
+    implementations: `act` in the forward dtype, `fp32` in fp32. Every activation between two ops is (L, D) and
+    counted once when its producer keeps its output or its consumer its input. The block input is kept by the
+    first op or the selective region; when the last op keeps its output (`keeps_output`) a block's input is the
+    previous block's kept output, so only a network call's first block adds it (`call_input`). `plan` replaces
+    the level's block plan (trm_fast.ops.levels.block_plan)."""
+    shape = levels.Shape.of(config)
+    LD = shape.L * shape.D
+    ops = BLOCK_OPS[config.mixer]
+    on = [implementations[op] for op in ops]
+    plan = plan or levels.block_plan(level, tuple(on))
+    if plan == "block":
+        return {"act": LD, "fp32": 0, "call_input": 0, "keeps_output": False}
+    saves = [levels.op_saves(op, implementation, level, plan) for op, implementation in zip(ops, on)]
+    act = sum(t.elements(shape) for s in saves for t in s.tensors if not t.fp32)
+    fp32 = sum(t.elements(shape) for s in saves for t in s.tensors if t.fp32)
+    act += LD * sum(1 for producer, consumer in zip(saves, saves[1:]) if producer.output or consumer.input)
+    keeps_input, keeps_output = saves[0].input or plan == "selective", saves[-1].output
+    act += LD * keeps_output + LD * (keeps_input and not keeps_output)
+    return {"act": act, "fp32": fp32, "call_input": LD * (keeps_input and keeps_output), "keeps_output": keeps_output}
 
 
 def carry_tensors(config: ModelConfig) -> int:
@@ -185,46 +149,43 @@ def gradient_calls(config: ModelConfig) -> tuple[int, int]:
     return calls, calls * config.num_blocks
 
 
-def estimate_saved_bytes(config: ModelConfig, batch_size: int, level: int, backend: str = "torch",
-                         device: str = "cpu") -> int:
+def estimate_saved_bytes(config: ModelConfig, batch_size: int, level: int, backend: str | dict | None = None,
+                         device: str = "cpu", capability: tuple[int, int] | None = None) -> int:
     """Predicted bytes saved for backward by one supervision step's forward: the network calls that carry gradient
-    (gradient_calls; see _block_saved_elements), the final y the heads keep (on the Triton path at levels 0/1 it
-    is the last norm's output, already counted) and the embedding's int64 token indices."""
-    a = _dtype_bytes(config, device)
-    per = _block_saved_elements(config, level, backend)
+    (gradient_calls; see _block_saved_elements), the final y the heads keep (unless the last op keeps it already)
+    and the embedding's int64 token indices. `backend`: None for the resolver's choice on `device` (of
+    `capability`, trm_fast.ops.resolve), else one implementation for every op or a mapping op -> implementation."""
+    implementations = resolve.op_implementations(config, device, capability, backend)
+    a = resolve.forward_dtype(config, device, capability).itemsize
+    per = _block_saved_elements(config, level, implementations)
     L, D = config.total_seq_len, config.hidden_size
     calls, blocks = gradient_calls(config)
-    final_y = 0 if (backend == "triton" and level < 2) else L * D
+    final_y = 0 if per["keeps_output"] else L * D
     per_sample = blocks * (per["act"] * a + per["fp32"] * 4) + calls * per["call_input"] * a + final_y * a
     return int(batch_size * (per_sample + config.seq_len * 8))
 
 
-def _resolve_backend(config: ModelConfig, device: str, backend: str | None) -> str:
-    if backend:
-        return backend
-    if config.backend != "auto":
-        return config.backend
-    return "triton" if device.startswith("cuda") else "torch"
-
-
-def estimate(config: TRMConfig | ModelConfig, batch_size: int, device: str = "cuda", backend: str | None = None) -> dict:
+def estimate(config: TRMConfig | ModelConfig, batch_size: int, device: str = "cuda", backend: str | dict | None = None,
+             capability: tuple[int, int] | None = None) -> dict:
     """Predicted peak training memory (bytes) of one process at each recomputation level, for `batch_size`
     samples per micro-batch:
       fixed: fp32 weights, gradients, the two optimiser moments, the EMA shadow, the puzzle table (0 when
         train.puzzle_emb_device=cpu), and the training carry (y and z in the forward dtype; carry_tensors);
       saved_for_backward: what the gradient cycle's n + 1 network calls keep (estimate_saved_bytes);
       transient: the working set on top of that during backward: activation gradients and the widest op's
-        temporaries, plus, at level 1, the recomputed elementwise outputs of one block and, at level 2, all of
-        one block's internals (it is re-run with recording).
-    The T-1 cycles without gradient hold only one op's working set, below the backward peak."""
+        temporaries, plus what the level's backward re-creates (trm_fast.ops.levels): at level 1 a selective region
+        recomputes one block's elementwise outputs (Triton ops recompute inside their kernels and materialise
+        nothing), at level 2 one block's internals (it is re-run with recording).
+    The T-1 cycles without gradient hold only one op's working set, below the backward peak.
+    `backend` and `capability` as for estimate_saved_bytes; the result names the op implementations it assumed."""
     model_cfg = config.model if isinstance(config, TRMConfig) else config
     train_cfg = config.train if isinstance(config, TRMConfig) else None
-    backend = _resolve_backend(model_cfg, device, backend)
+    implementations = resolve.op_implementations(model_cfg, device, capability, backend)
     from trm_fast.model import build_model
 
     with torch.device("meta"):
         params = sum(p.numel() for p in build_model(copy.deepcopy(model_cfg)).parameters() if p.requires_grad)
-    a = _dtype_bytes(model_cfg, device)
+    a = resolve.forward_dtype(model_cfg, device, capability).itemsize
     L, D = model_cfg.total_seq_len, model_cfg.hidden_size
     table_on_host = train_cfg is not None and train_cfg.puzzle_emb_device == "cpu"
     fixed = {
@@ -237,21 +198,33 @@ def estimate(config: TRMConfig | ModelConfig, batch_size: int, device: str = "cu
     }
     widest = max(model_cfg.mlp_hidden * L, model_cfg.token_mix_hidden * D if model_cfg.mixer == "mlp" else 0, 3 * L * D)
     working = batch_size * (3 * widest + 2 * L * D) * a  # the widest op's gradients in flight, the block's in/out gradients
-    block = {lv: _block_bytes(model_cfg, lv, backend, a) * batch_size for lv in (0, 1)}
-    levels = {}
+    per_level = {}
     for level in (0, 1, 2):
-        saved = estimate_saved_bytes(model_cfg, batch_size, level, backend, device)
-        # level 1 recomputes elementwise outputs: the reference path re-creates one block's at a time; the Triton
-        # kernels recompute inside the backward kernels and materialise nothing extra
-        replay = {0: 0, 1: 0 if backend == "triton" else max(0, block[0] - block[1]), 2: block[0]}[level]
-        levels[level] = {"saved_for_backward": saved, "transient": working + replay,
-                         "peak": sum(fixed.values()) + saved + working + replay}
-    return {"fixed": fixed, "levels": levels, "backend": backend, "device": device, "batch_size": batch_size}
+        saved = estimate_saved_bytes(model_cfg, batch_size, level, implementations, device, capability)
+        replay = _replayed_bytes(model_cfg, level, implementations, a) * batch_size
+        per_level[level] = {"saved_for_backward": saved, "transient": working + replay,
+                            "peak": sum(fixed.values()) + saved + working + replay}
+    return {"fixed": fixed, "levels": per_level, "implementations": implementations, "device": device,
+            "batch_size": batch_size}
 
 
-def _block_bytes(config: ModelConfig, level: int, backend: str, act_bytes: int) -> int:
-    per = _block_saved_elements(config, level, backend)
+def _block_bytes(config: ModelConfig, level: int, implementations: dict[str, str], act_bytes: int,
+                 plan: str | None = None) -> int:
+    """What one block keeps, its input and output included."""
+    per = _block_saved_elements(config, level, implementations, plan)
     return int((per["act"] + per["call_input"]) * act_bytes + per["fp32"] * 4)
+
+
+def _replayed_bytes(config: ModelConfig, level: int, implementations: dict[str, str], act_bytes: int) -> int:
+    """Per sample, what a block's backward re-creates beyond what it kept: a selective region (level 1) the saves of
+    its ops outside a region less what the region kept; a re-run block (level 2) everything its level-0 run saves."""
+    plan = levels.block_plan(level, tuple(implementations[op] for op in BLOCK_OPS[config.mixer]))
+    if plan == "block":
+        return _block_bytes(config, 0, implementations, act_bytes)
+    if plan == "selective":
+        outside = _block_bytes(config, level, implementations, act_bytes, plan="ops")
+        return max(0, outside - _block_bytes(config, level, implementations, act_bytes))
+    return 0
 
 
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
