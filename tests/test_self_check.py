@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from kernel_utils import assert_close  # first: sets TRITON_INTERPRET without a GPU
 from trm_fast.config import TRMConfig
 from trm_fast.kernels import swiglu as swiglu_kernels
-from trm_fast.memory import estimate_saved_bytes, saved_bytes_per_step
+from trm_fast.tools.memory import estimate_saved_bytes, saved_bytes_per_step
 from trm_fast.model import build_model
 from trm_fast.model.layers import BLOCK_OPS
 from trm_fast.ops import OP_NAMES, fallback, verdict_cache

@@ -87,13 +87,13 @@ def op_verdicts(config: ModelConfig, device, ops: tuple[str, ...],
     return {op: agreed[op] for op in ops}
 
 
-@torch.compiler.disable  # a model resolving inside a compiled forward checks outside the graph
 def checked_op_implementations(config: ModelConfig, device, overrides: Mapping[str, str] | None = None,
                                ops: tuple[str, ...] = OP_NAMES, force: bool = False,
                                progress: Callable[[str], None] | None = _say) -> dict[str, str]:
     """op name -> "torch" or "triton" for every op, as resolve.op_implementations, with the ops of `ops` (those the
     model calls) that would run Triton checked first: under `auto` a failing op runs the reference (one warning),
-    under an explicit choice of Triton its failure raises ValueError naming the op."""
+    under an explicit choice of Triton its failure raises ValueError naming the op. Where nothing needs checking
+    (not CUDA, switched off, no Triton op) this traces in a compiled forward without a graph break."""
     device = torch.device(device)
     asked = dict(overrides or {})  # ops the caller names explicitly
     overrides = {**dict.fromkeys(OP_NAMES, "triton"), **asked} if force and config.backend == "auto" else asked
@@ -103,6 +103,13 @@ def checked_op_implementations(config: ModelConfig, device, overrides: Mapping[s
     to_check = tuple(op for op in ops if implementations[op] == "triton")
     if not to_check:
         return implementations
+    return _with_fallback(config, device, implementations, to_check, asked, overrides, progress)
+
+
+@torch.compiler.disable  # the check runs kernels and reads files: never inside a compiled graph
+def _with_fallback(config: ModelConfig, device: torch.device, implementations: dict[str, str],
+                   to_check: tuple[str, ...], asked: dict[str, str], overrides: dict[str, str],
+                   progress: Callable[[str], None] | None) -> dict[str, str]:
     verdicts = op_verdicts(config, device, to_check, progress if _rank() == 0 else None)
     failed = {op: verdicts[op]["error"] or "failed" for op in to_check if not verdicts[op]["ok"]}
     if not failed:
@@ -119,5 +126,5 @@ def checked_op_implementations(config: ModelConfig, device, overrides: Mapping[s
                 _WARNED.add((op, error))
                 warnings.warn(f"model.backend=auto: the Triton {op} failed its check on this device ({error}); "
                               f"{op} runs the PyTorch reference instead. `trm-fast doctor` reports every op",
-                              RuntimeWarning, stacklevel=2)
+                              RuntimeWarning, stacklevel=4)
     return resolve.op_implementations(config, device, overrides={**overrides, **dict.fromkeys(failed, "torch")})

@@ -68,7 +68,7 @@ def _use_interpreter() -> None:
     """Kernels read TRITON_INTERPRET when they are decorated, i.e. when their module is first imported."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return
-    if any(m.startswith("trm_fast.kernels.") and m != "trm_fast.kernels.reference" for m in sys.modules):
+    if any(m.startswith("trm_fast.kernels.") for m in sys.modules):
         raise ValueError("--device cpu: the Triton kernels were imported for a GPU in this process; run the doctor "
                          "in a fresh process (or with TRITON_INTERPRET=1)")
     os.environ["TRITON_INTERPRET"] = "1"
@@ -304,7 +304,7 @@ def training_step(config, device, implementations: dict, log) -> dict:
         + ("loss and every gradient within the error rule" if not failed else "DISAGREES: " + "; ".join(failed[:3])))
     log(f"  time {fast['seconds'] * 1e3:.1f} ms vs {same['seconds'] * 1e3:.1f} ms (first step: includes compiles)")
     if device.type == "cuda":
-        from trm_fast.memory import estimate
+        from trm_fast.tools.memory import estimate
 
         est = estimate(config, B, str(device), backend=implementations)
         fixed, level = est["fixed"], config.model.recompute
@@ -332,7 +332,7 @@ def recommend(config, device, implementations: dict, failed: list[str], log) -> 
         backend = "auto (every op on Triton)"
     level = None
     if device.type == "cuda":
-        from trm_fast.memory import estimate
+        from trm_fast.tools.memory import estimate
 
         limit = MEMORY_HEADROOM * torch.cuda.get_device_properties(device).total_memory
         batch = config.data.global_batch_size
