@@ -88,9 +88,11 @@ def _run_bench(args) -> int:
               "trm_fast's Triton kernels and Liger-Kernel are timed on GPUs only")
     levels = _levels(args.levels)
     overrides = list(args.set or [])
+    only = [c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders else None
+    if args.plan:
+        return _print_plan(args, levels, overrides, only)
     ceilings = _ceilings(args.kind)
     notes: list[str] = []
-    only = [c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders else None
     # rows are merged into the results file after every contender, so a run stopped by a hard limit keeps its figures
     emit = lambda partial: report.merge_results(args.out, args.kind, partial, ceilings, notes, None)
 
@@ -145,6 +147,18 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _print_plan(args, levels, overrides, only) -> int:
+    """--plan: the step contenders in the order a GPU run starts them, one `plan PRESET@BATCH CONTENDER` line each."""
+    from trm_fast.tools.bench.step import STEP_PRESETS_GPU, STEP_PRESETS_QUICK, default_batch, step_jobs
+
+    if args.kind != "step":
+        raise ValueError(f"--plan lists the contenders of `bench step`, not of `bench {args.kind}`")
+    presets = _presets(args, STEP_PRESETS_QUICK if args.quick else STEP_PRESETS_GPU)
+    for preset, name, _, _ in step_jobs(presets, overrides, levels, only, gpu=True):
+        print(f"plan {preset}@{args.batch or default_batch(preset, args.quick, gpu=True)} {name}")
+    return 0
+
+
 def _run_roofline(args) -> int:
     import json
 
@@ -170,7 +184,7 @@ def add_bench_subparser(sub) -> None:
     p.add_argument("--preset", help="preset(s), comma-separated (default: sudoku-att, sudoku-mlp, maze, arc1, arc2 "
                    "for step/memory; sudoku-mlp, sudoku-att, arc1 for eval; for ops: the Sudoku and Maze/ARC shapes)")
     p.add_argument("--quick", action="store_true",
-                   help="fewer repeats, batch 192 on GPU, Sudoku shapes only for ops; tiny shapes on CPU")
+                   help="fewer repeats, Sudoku shapes only for ops; tiny shapes on CPU")
     p.add_argument("--batch", type=int, help="batch size for every preset (default: 768 Sudoku, 192 Maze/ARC)")
     p.add_argument("--levels", default="0,1,2", help="recomputation levels to run for trm_fast (default 0,1,2)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
@@ -183,6 +197,8 @@ def add_bench_subparser(sub) -> None:
     p.add_argument("--budget-s", type=float, help="skip contenders that would start after this many seconds")
     p.add_argument("--threads", type=int, help="CPU threads for torch (on a shared CPU, 1 avoids the stalls of "
                    "oversubscribed OpenMP threads)")
+    p.add_argument("--plan", action="store_true",
+                   help="step: print the contenders in the order a GPU run starts them (with its batches) and exit")
     p.add_argument("--gpu", choices=["h100", "h200", "a100"],
                    help="roofline: that GPU's datasheet (default: this GPU's measured rates and L2, else h100)")
     p.add_argument("--tile-order", choices=["launched", "rows-fastest"], default="launched",

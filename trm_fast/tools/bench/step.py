@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 
 import torch
 
@@ -26,7 +27,7 @@ from trm_fast.model import build_model
 from trm_fast.tools.bench.contenders import Deadline, run_contenders, selected
 from trm_fast.tools.bench.launches import count_step_launches
 from trm_fast.tools.bench.timing import (Hardware, datasheet_peak_tflops, device_name, measure_calls, on_gpu,
-                                         peak_memory)
+                                         peak_memory, synchronize)
 
 # The same structure at a width a CPU finishes in seconds.
 CPU_SHRINK = ["model.hidden_size=64", "model.num_heads=2", "model.puzzle_emb_dim=64", "model.n=2", "model.T=2"]
@@ -34,13 +35,11 @@ STEP_PRESETS_GPU = ["sudoku-att", "sudoku-mlp", "maze", "arc1", "arc2"]
 STEP_PRESETS_QUICK = ["sudoku-att", "sudoku-mlp", "maze"]
 
 
-def default_batch(preset: str, quick: bool) -> int:
-    """768 (the published global batch) for Sudoku, 192 (the published per-GPU share) for Maze/ARC; 192 for every
-    preset with --quick; small on a CPU."""
-    if not on_gpu():
+def default_batch(preset: str, quick: bool, gpu: bool | None = None) -> int:
+    """768 (the published global batch) for Sudoku, 192 (the published per-GPU share) for Maze/ARC, with --quick too
+    (at 192 a Sudoku step's activations fit in an H100's L2 and hide its HBM traffic); small on a CPU."""
+    if not (on_gpu() if gpu is None else gpu):
         return 2 if quick else 8
-    if quick:
-        return 192
     return 768 if preset.startswith("sudoku") else 192
 
 
@@ -51,19 +50,21 @@ def bench_config(preset: str, overrides: list[str] | None = None) -> TRMConfig:
     return config.override(list(overrides or []))
 
 
-def contender_configs(config: TRMConfig, levels=(0, 1, 2)) -> dict[str, tuple[TRMConfig, bool]]:
-    """name -> (config, torch.compile the model?)"""
+def contender_configs(config: TRMConfig, levels=(0, 1, 2), gpu: bool | None = None) -> dict[str, tuple[TRMConfig, bool]]:
+    """name -> (config, torch.compile the model?); the trm_fast contenders on a GPU (`gpu`) only."""
     torch_cfg = config.override(["model.backend=torch", "model.recompute=0"])
     out = {"eager": (torch_cfg, False)}
-    if on_gpu():
+    if on_gpu() if gpu is None else gpu:
         out.update({f"trm_fast-L{lv}": (config.override(["model.backend=triton", f"model.recompute={lv}"]), False)
-                    for lv in levels[:1]})
-    out["compile"] = (torch_cfg, True)
-    if on_gpu():
-        out.update({f"trm_fast-L{lv}": (config.override(["model.backend=triton", f"model.recompute={lv}"]), False)
-                    for lv in levels[1:]})
+                    for lv in levels})
         out[f"trm_fast-L{levels[0]}-graph"] = out[f"trm_fast-L{levels[0]}"]  # StepRunner(graphed=True)
+    out["compile"] = (torch_cfg, True)
     return out
+
+
+def contender_level(name: str) -> int | None:
+    """The recomputation level of a trm_fast contender's name (trm_fast-L1, trm_fast-L0-graph); None otherwise."""
+    return int(name.split("-L")[1][0]) if name.startswith("trm_fast-L") else None
 
 
 def random_batch(m, batch: int, device, seed: int = 1) -> dict:
@@ -342,21 +343,25 @@ def run_roofline(presets: list[str], batch: int | None, levels, gpu: str | None,
     return {"hardware": dataclasses.asdict(hardware), "arch": arch, "group_m_override": group_m, "results": results}
 
 
-def _step_jobs(presets, overrides, levels, only) -> list[tuple[str, str, TRMConfig, bool]]:
-    """(preset, contender, config, compiled) in the order they run: eager and trm_fast level 0 of every preset first,
-    then the compiled baseline, then the other levels, so a run cut short by --budget-s keeps the main figures."""
+def step_jobs(presets, overrides, levels, only, gpu: bool | None = None) -> list[tuple[str, str, TRMConfig, bool]]:
+    """(preset, contender, config, compiled) in the order they run, each pass over every preset: eager (the ratios'
+    baseline), trm_fast at the first two levels given (0 and 1 by default: which is faster is the open question),
+    the CUDA-graph contender, the remaining levels, and torch.compile last (its compile takes minutes on a cold
+    machine), so a run cut short by --budget-s keeps the main figures."""
     jobs = []
     for preset in presets:
-        for name, (cfg, compiled) in contender_configs(bench_config(preset, overrides), levels).items():
+        for name, (cfg, compiled) in contender_configs(bench_config(preset, overrides), levels, gpu).items():
             if name == "eager" or selected(name, only):
                 jobs.append((preset, name, cfg, compiled))
-    rank = lambda name: 0 if name == "eager" else 1 if name == f"trm_fast-L{levels[0]}" else 2 if name == "compile" else 3
-    return sorted(jobs, key=lambda j: rank(j[1]))  # stable: presets keep their order within a pass
+
+    order = (["eager"] + [f"trm_fast-L{lv}" for lv in levels[:2]] + [f"trm_fast-L{levels[0]}-graph"]
+             + [f"trm_fast-L{lv}" for lv in levels[2:]] + ["compile"])
+    return sorted(jobs, key=lambda j: order.index(j[1]))  # stable: presets keep their order within a pass
 
 
 def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, overrides: list[str], ceilings: dict,
              deadline: Deadline, notes: list[str], only: list[str] | None = None, log=print, emit=None) -> list[dict]:
-    from trm_fast.memory import saved_bytes_per_step
+    from trm_fast.memory import estimate, saved_bytes_per_step
 
     device = torch.device("cuda" if on_gpu() else "cpu")
     peak = datasheet_peak_tflops()
@@ -376,7 +381,7 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
         """The roofline of the Triton path at the contender's level (level 0 for eager and compile)."""
         if hardware is None:
             return None
-        level = int(contender.split("-L")[1][0]) if "-L" in contender else 0
+        level = contender_level(contender) or 0
         if (preset, level) not in rooflines:
             arch = 90 if torch.cuda.get_device_capability()[0] >= 9 else 80
             launches = count_step_launches(bench_config(preset, overrides), batches[preset], level, arch)
@@ -402,7 +407,8 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
                     "mfu_datasheet": tflops / peak if tflops and peak else None,
                     "mfu_measured_matmul": tflops / ceilings["matmul_tflops"] if tflops and ceilings.get("matmul_tflops") else None,
                     "roofline_ms": roof, "roofline_fraction": roof / ms if roof else None,
-                    "peak_memory_bytes": r["peak"], "saved_for_backward_bytes": r["saved"],
+                    "compile_s": r["compile_s"], "peak_memory_bytes": r["peak"],
+                    "predicted_peak_bytes": r["predicted"], "saved_for_backward_bytes": r["saved"],
                     "speedup_vs_eager": eager_ms / ms if eager_ms else None,
                     "speedup_vs_compile": compile_ms / ms if compile_ms else None,
                 })
@@ -412,25 +418,38 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
         preset, name, cfg, compile_model = job
         batch = batches[preset]
         runner = StepRunner(cfg, batch, device, compile_model, graphed=name.endswith("-graph"))
+        set_up, start = 1, time.perf_counter()
         if name == "eager":  # the count is also the eager contender's first warm-up step
             counted[preset] = count_step(runner)
-        if runner.graphed is not None:  # its eager warm-up steps and the capture stay out of the timed calls
-            for _ in range(runner.graphed.warmup_steps + 1):
+        elif runner.graphed is not None:  # its eager warm-up steps and the capture stay out of the timed calls
+            set_up = runner.graphed.warmup_steps + 1
+            for _ in range(set_up):
                 runner()
             if runner.graphed is None:
                 raise RuntimeError("CUDA-graph capture failed (see the line above); no graph figures")
-        ms = measure_calls(runner, warmup, reps)
+        else:  # the first call compiles (torch.compile; Triton's JIT on a cold cache)
+            runner()
+        synchronize()
+        first_s = time.perf_counter() - start
+        ms = measure_calls(runner, max(0, warmup - 1), reps)
+        # set-up time apart from the step time: the first call(s) less what they would take at the steady rate
+        compile_s = None if name == "eager" else max(0.0, first_s - set_up * ms / 1e3)
         mem = peak_memory(runner)
         # saved-tensor hooks would make torch.compile fall back to eager: the compiled model's saved bytes are
         # not counted this way (bench memory reports what it holds after the forward instead)
         saved = None if compile_model else saved_bytes_per_step(runner.model, batch, device)
-        return ms, mem, saved
+        level = contender_level(name) or 0
+        predicted = estimate(cfg, batch, device.type)["levels"][level]["peak"]
+        return ms, mem, saved, compile_s, predicted
 
     jobs = [(f"{preset}@{batches[preset]}: {name}", compiled, (preset, name, cfg, compiled))
-            for preset, name, cfg, compiled in _step_jobs(presets, overrides, levels, only)]
-    for (preset, name, _, _), (ms, mem, saved) in run_contenders(jobs, measure, deadline, notes, log):
-        results[preset][name] = {"ms": ms, "peak": mem, "saved": saved}
-        log(f"  {preset}@{batches[preset]} {name}: {ms:.2f} ms/step" + (f", peak {mem / 2**30:.2f} GiB" if mem else "")
+            for preset, name, cfg, compiled in step_jobs(presets, overrides, levels, only)]
+    for (preset, name, _, _), (ms, mem, saved, compile_s, predicted) in run_contenders(jobs, measure, deadline, notes,
+                                                                                      log):
+        results[preset][name] = {"ms": ms, "peak": mem, "saved": saved, "compile_s": compile_s, "predicted": predicted}
+        log(f"  {preset}@{batches[preset]} {name}: {ms:.2f} ms/step"
+            + (f" (set-up {compile_s:.1f} s)" if compile_s is not None else "")
+            + (f", peak {mem / 2**30:.2f} GiB (predicted {predicted / 2**30:.2f})" if mem else "")
             + (f", saved {saved / 2**20:.1f} MiB" if saved is not None else ""))
         if emit is not None:
             emit(build_rows())
