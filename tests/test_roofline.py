@@ -101,3 +101,11 @@ def test_roofline_command(tmp_path, capsys):
     assert [(r["preset"], r["batch"], r["level"]) for r in payload["results"]] == [("sudoku-att", 768, 0),
                                                                                     ("sudoku-att", 768, 1)]
     assert all(r["ms"] > r["compute_floor_ms"] > 0 and r["launches"]["total"] > 0 for r in payload["results"])
+
+
+def test_datasheet_matches_device_names():
+    from trm_fast.tools.bench.timing import datasheet
+
+    assert datasheet("NVIDIA H100 80GB HBM3") == ROOFLINE_GPUS["h100"]
+    assert datasheet("NVIDIA H200") == ROOFLINE_GPUS["h200"] and datasheet("NVIDIA GH200 480GB").hbm_tbs == 4.0
+    assert datasheet("NVIDIA A100-SXM4-80GB").arch == 80 and datasheet("cpu-x86_64-2cores") is None

@@ -310,11 +310,10 @@ def run_roofline(presets: list[str], batch: int | None, levels, gpu: str | None,
     from trm_fast.tools.bench.timing import ROOFLINE_GPUS, measured_hardware
 
     hardware = ROOFLINE_GPUS[gpu] if gpu else measured_hardware() or ROOFLINE_GPUS["h100"]
-    arch = 80 if hardware.bf16_tflops < 500 else 90  # the launch tables of its generation (A100: sm_80)
-    if gpu is None and on_gpu():
-        arch = 90 if torch.cuda.get_device_capability()[0] >= 9 else 80
+    arch = hardware.arch
     log(f"roofline on {hardware.name}: {hardware.bf16_tflops:.0f} TFLOP/s bf16, {hardware.hbm_tbs:.2f} TB/s, "
-        f"L2 {hardware.l2_bytes / 2**20:.0f} MiB; sm_{arch} launch tables"
+        + (f"L2 {hardware.l2_bytes / 2**20:.0f} MiB" if hardware.l2_bytes else "L2 size unknown (no re-reads charged)")
+        + f"; sm_{arch} launch tables"
         + (" ; gate_up tile order: row blocks fastest (before issue 14)" if group_m == ROWS_FASTEST else ""))
     results = []
     for preset in presets:
@@ -374,7 +373,7 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
     hardware = None
     if ceilings.get("matmul_tflops") and ceilings.get("copy_bandwidth_gbs"):
         hardware = Hardware(device_name(), ceilings["matmul_tflops"], ceilings["copy_bandwidth_gbs"] / 1e3,
-                            ceilings.get("l2_bytes"))
+                            ceilings.get("l2_bytes"), 90 if torch.cuda.get_device_capability()[0] >= 9 else 80)
     rooflines: dict[tuple[str, int], float] = {}
 
     def roofline_of(preset: str, contender: str) -> float | None:
@@ -383,8 +382,7 @@ def run_step(presets: list[str], batches: dict[str, int], quick: bool, levels, o
             return None
         level = contender_level(contender) or 0
         if (preset, level) not in rooflines:
-            arch = 90 if torch.cuda.get_device_capability()[0] >= 9 else 80
-            launches = count_step_launches(bench_config(preset, overrides), batches[preset], level, arch)
+            launches = count_step_launches(bench_config(preset, overrides), batches[preset], level, hardware.arch)
             rooflines[preset, level] = roofline_ms(launches, hardware)
         return rooflines[preset, level]
 

@@ -18,24 +18,26 @@ import torch
 
 @dataclasses.dataclass(frozen=True)
 class Hardware:
-    """What the roofline model needs of a GPU: dense bf16 matmul rate, HBM bandwidth, L2 size."""
+    """What the roofline model needs of a GPU: dense bf16 matmul rate, HBM bandwidth, L2 size, and which launch
+    tables its kernels use (90: Hopper, 80: older)."""
     name: str
     bf16_tflops: float
     hbm_tbs: float | None
     l2_bytes: int | None
+    arch: int = 90
 
 
 # Datasheets: dense bf16 (no sparsity), HBM bandwidth, L2; matched by a substring of the device name (first match
-# wins, so the more specific names come first).
+# wins, so the more specific names come first: "GH200" contains "H200").
 DATASHEET = {
     "H100 PCIe": Hardware("H100 PCIe", 756.0, 2.0, 50 * 2**20),
-    "H200": Hardware("H200", 989.0, 4.8, 50 * 2**20),
     "H100": Hardware("H100 SXM", 989.0, 3.35, 50 * 2**20),
     "GH200": Hardware("GH200", 989.0, 4.0, 50 * 2**20),
-    "A100": Hardware("A100 SXM", 312.0, 2.0, 40 * 2**20),
-    "L40S": Hardware("L40S", 362.0, 0.864, 96 * 2**20),
-    "A10G": Hardware("A10G", 70.0, 0.6, 6 * 2**20),
-    "RTX 4090": Hardware("RTX 4090", 165.0, 1.008, 72 * 2**20),
+    "H200": Hardware("H200", 989.0, 4.8, 50 * 2**20),
+    "A100": Hardware("A100 SXM", 312.0, 2.0, 40 * 2**20, arch=80),
+    "L40S": Hardware("L40S", 362.0, 0.864, 96 * 2**20, arch=80),
+    "A10G": Hardware("A10G", 70.0, 0.6, 6 * 2**20, arch=80),
+    "RTX 4090": Hardware("RTX 4090", 165.0, 1.008, 72 * 2**20, arch=80),
 }
 # `trm-fast bench roofline --gpu NAME`
 ROOFLINE_GPUS = {"h100": DATASHEET["H100"], "h200": DATASHEET["H200"], "a100": DATASHEET["A100"]}
@@ -65,7 +67,8 @@ def measured_hardware() -> Hardware | None:
     if not on_gpu():
         return None
     l2 = getattr(torch.cuda.get_device_properties(), "L2_cache_size", None)
-    return Hardware(device_name(), matmul_tflops(), copy_bandwidth_gbs() / 1e3, l2)
+    arch = 90 if torch.cuda.get_device_capability()[0] >= 9 else 80
+    return Hardware(device_name(), matmul_tflops(), copy_bandwidth_gbs() / 1e3, l2, arch)
 
 
 def synchronize() -> None:
