@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The GPU benchmark suite for a bare machine with no network (system python with torch and triton).
 #
-#   benchmarks/gpu_suite.sh --quick OUTDIR      `trm-fast doctor` (its report: OUTDIR/results/doctor.json), GPU tests,
-#                                              ops at the Sudoku shape (D = 512, batch 768; max-autotune for single
-#                                              ops only), and the training step of sudoku-att, sudoku-mlp and maze
-#                                              at batch 192: meant to end within 8 minutes on one H100 with
-#                                              cold compile caches (each part has a time budget and a hard limit)
+#   benchmarks/gpu_suite.sh --quick OUTDIR      `trm-fast doctor` (report: OUTDIR/results/doctor.json); GPU tests;
+#                                              the training step of sudoku-att and sudoku-mlp at batch 768
+#                                              and maze at 192 (at 192 a Sudoku step fits in the L2 and hides its
+#                                              HBM traffic), its contenders in the order eager, trm_fast levels 0
+#                                              and 1, the CUDA-graph step, level 2, torch.compile last (each row:
+#                                              compile/set-up seconds apart from the step time, the memory model's
+#                                              predicted peak beside the measured one); then ops at the Sudoku shape
+#                                              (D = 512, batch 768; max-autotune for single ops only): meant to end
+#                                              within 8 minutes on one H100 with cold compile caches (each part has
+#                                              a time budget and a hard limit)
+#   benchmarks/gpu_suite.sh --quick --dry-run OUTDIR   (any machine) the plan only: each part's budget and hard
+#                                              limit as if every part ran to its limit, and the step contenders'
+#                                              order (`trm-fast bench step --plan`); nothing is measured
 #   benchmarks/gpu_suite.sh --stage N OUTDIR    the full suite, one stage of at most 9 minutes per call:
 #       1  GPU tests; ops at the Sudoku shape (eager, trm_fast, Liger, torch.compile)
 #       2  ops: torch.compile max-autotune at the Sudoku shape; the Maze/ARC shape (L = 916, batch 192)
@@ -20,7 +28,8 @@
 #       8  the same with a third arm, triton at recomputation level 2 (after 7)
 #          The dataset is built on first use (data_cache/, or TRM_FAST_DATA_CACHE); carry data_cache/sudoku9-small
 #          to skip building it without the native engine. COMPARE_ARGS adds arguments (e.g. --set overrides).
-#   SUITE_BUDGET_S  the call's time in seconds (default 450 for --quick, 525 per stage): set it to what the
+#   SUITE_BUDGET_S  the call's time in seconds (default 450 for --quick, 525 per stage; the dry-run's plan sets
+#            SETUP_S of it, default 30, aside for the set-up): set it to what the
 #            session's device time leaves (the budget is 15 minutes per session, all calls together)
 #   --pip    make trm_fast importable with `pip install --no-deps --no-build-isolation -e .` (builds the optional
 #            C++ data engines) instead of the default, a symlinked package layout on PYTHONPATH (instant, no build)
@@ -36,22 +45,26 @@ QUICK=0
 STAGE=""
 OUT=""
 USE_PIP=0
+DRY_RUN=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --stage) STAGE="${2:-}"; shift ;;
     --pip) USE_PIP=1 ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     -*) echo "gpu_suite.sh: unknown option $1" >&2; exit 2 ;;
     *) OUT="$1" ;;
   esac
   shift
 done
 if [ -z "$OUT" ] || { [ "$QUICK" = 0 ] && [ -z "$STAGE" ]; }; then
-  echo "usage: $0 --quick OUTDIR | $0 --stage N OUTDIR   (N = 1..8; --pip to install with pip)" >&2
+  echo "usage: $0 --quick OUTDIR | $0 --stage N OUTDIR   (N = 1..8; --pip to install with pip; --dry-run)" >&2
   exit 2
 fi
 SUITE_START=$(date +%s)
+SIMULATED=${SETUP_S:-30}  # --dry-run: seconds the plan has used so far (the set-up, then each part's hard limit)
+now() { if [ "$DRY_RUN" = 1 ]; then echo $(( SUITE_START + SIMULATED )); else date +%s; fi; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 mkdir -p "$OUT/results" "$OUT/cache"
@@ -59,7 +72,7 @@ OUT=$(cd "$OUT" && pwd)
 export TRITON_CACHE_DIR="$OUT/cache/triton" TORCHINDUCTOR_CACHE_DIR="$OUT/cache/inductor" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 LOG="$OUT/suite.log"
-say() { echo "[gpu_suite $(( $(date +%s) - SUITE_START ))s] $*" | tee -a "$LOG"; }
+say() { echo "[gpu_suite $(( $(now) - SUITE_START ))s] $*" | tee -a "$LOG"; }
 
 # ---- trm_fast importable with the system python. Every part runs from OUTDIR: `python -m` puts the working
 # directory first on sys.path, and the tree's own trm_fast/ (without kernels/ inside) would shadow the layout below.
@@ -83,8 +96,9 @@ else
 fi
 (cd "$OUT" && $PY -c "$IMPORT_CHECK") || { say "trm_fast does not import"; exit 1; }
 
-# ---- optional Liger-Kernel from a carried wheel
+# ---- optional Liger-Kernel from a carried wheel (not for a dry run)
 shopt -s nullglob
+if [ "$DRY_RUN" = 0 ]; then
 WHEELS=(.whl/liger_kernel*.whl)
 if [ ${#WHEELS[@]} -gt 0 ]; then
   if $PY -m pip install -q --no-deps --no-index --no-build-isolation "${WHEELS[@]}" >>"$OUT/install.log" 2>&1; then
@@ -105,12 +119,18 @@ except OSError:
 print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE", "| torch", torch.__version__,
       "| triton", triton.__version__, "| driver", driver)
 EOF
+fi
 
 cd "$OUT"
 STATUS=0
 # run LIMIT_S NAME CMD...: a part with a hard limit; a part that fails or times out is reported and the suite goes on
 run() {
   local limit=$1 name=$2; shift 2
+  if [ "$DRY_RUN" = 1 ]; then
+    say "plan $name limit=${limit}s: $*"
+    SIMULATED=$(( SIMULATED + limit ))
+    return
+  fi
   say "start $name (hard limit ${limit}s)"
   timeout --signal=TERM --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
   local rc=${PIPESTATUS[0]}
@@ -126,32 +146,37 @@ GPU_TESTS=("$PY" -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests")
 # The whole call's time: 8 minutes for --quick, 9 per stage, setup included (SUITE_BUDGET_S overrides, in seconds); each part gets a budget for starting
 # contenders (--budget-s) and a hard limit, both cut from what is left, and the report is rendered last.
 TOTAL=${SUITE_BUDGET_S:-$([ "$QUICK" = 1 ] && echo 450 || echo 525)}
-left() { echo $(( TOTAL - ($(date +%s) - SUITE_START) )); }
-# part NAME SHARE_S ARGS...: a bench part that may start contenders for SHARE_S seconds (at most what is left minus
-# a reserve for the in-flight contender to finish), then is stopped at what is left minus 20 s
+left() { echo $(( TOTAL - ($(now) - SUITE_START) )); }
+REPORT_S=10  # rendering the report at the end
+# part NAME SHARE_S TAIL_S ARGS...: a bench part that may start contenders for SHARE_S seconds (at most what is left
+# minus TAIL_S, for the contender in flight to finish, and the report's time), then is stopped TAIL_S after that
 part() {
-  local name=$1 share=$2; shift 2
+  local name=$1 share=$2 tail=$3; shift 3
   local l; l=$(left)
-  local budget=$(( share < l - 60 ? share : l - 60 ))
+  local budget=$(( share < l - tail - REPORT_S ? share : l - tail - REPORT_S ))
   if [ "$budget" -lt 10 ]; then say "$name: not started, no time left"; STATUS=1; return; fi
-  run $(( l - 20 < budget + 120 ? l - 20 : budget + 120 )) "$name" "${BENCH[@]}" "$@" --budget-s "$budget" "${RES[@]}"
+  if [ "$DRY_RUN" = 1 ] && [ "$1" = step ]; then  # the contenders in the order a GPU run starts them
+    "${BENCH[@]}" "$@" --plan 2>&1 | grep '^plan ' | tee -a "$LOG"
+  fi
+  run $(( budget + tail )) "$name" "${BENCH[@]}" "$@" --budget-s "$budget" "${RES[@]}"
 }
 if [ "$QUICK" = 1 ]; then
-  # first: does every kernel work here at all (per op, and one training step)? Its report is in results/
-  run 120 doctor "$PY" -m trm_fast doctor --json "$OUT/results/doctor.json"
-  run 100 gpu_tests "${GPU_TESTS[@]}"
-  part bench_ops 100 ops --quick
-  part bench_step 1000 step --quick --preset sudoku-att,sudoku-mlp,maze
+  # first: does every kernel work here at all (per op, and one training step; its compiles fill the Triton cache
+  # the later parts read), then the training step (its torch.compile contender last), then single ops
+  run 75 doctor "$PY" -m trm_fast doctor --json "$OUT/results/doctor.json"
+  run 90 gpu_tests "${GPU_TESTS[@]}"
+  part bench_step 100 100 step --quick --preset sudoku-att,sudoku-mlp,maze
+  part bench_ops 25 30 ops --quick
 else
   case "$STAGE" in
     1) run 200 gpu_tests "${GPU_TESTS[@]}"
-       part bench_ops 1000 ops --preset sudoku-att --no-autotune ;;
-    2) part bench_ops_autotune 200 ops --preset sudoku-att --contenders compile-max-autotune
-       part bench_ops_maze 1000 ops --preset maze --no-autotune ;;
-    3) part bench_step 1000 step --preset sudoku-att,sudoku-mlp ;;
-    4) part bench_step 1000 step --preset maze,arc1 ;;
-    5) part bench_memory 1000 memory --preset sudoku-att,sudoku-mlp,maze,arc1 ;;
-    6) part bench_eval 1000 eval --preset sudoku-mlp,sudoku-att,arc1 ;;
+       part bench_ops 1000 40 ops --preset sudoku-att --no-autotune ;;
+    2) part bench_ops_autotune 200 120 ops --preset sudoku-att --contenders compile-max-autotune
+       part bench_ops_maze 1000 40 ops --preset maze --no-autotune ;;
+    3) part bench_step 1000 40 step --preset sudoku-att,sudoku-mlp ;;
+    4) part bench_step 1000 40 step --preset maze,arc1 ;;
+    5) part bench_memory 1000 40 memory --preset sudoku-att,sudoku-mlp,maze,arc1 ;;
+    6) part bench_eval 1000 40 eval --preset sudoku-mlp,sudoku-att,arc1 ;;
     7|8) [ -d "$REPO/data_cache/sudoku9-small" ] && export TRM_FAST_DATA_CACHE="${TRM_FAST_DATA_CACHE:-$REPO/data_cache}"
        ARMS=(--arm torch:model.backend=torch --arm triton:model.backend=triton)
        [ "$STAGE" = 8 ] && ARMS+=(--arm triton-level2:model.backend=triton,model.recompute=2)
@@ -161,8 +186,12 @@ else
     *) echo "gpu_suite.sh: --stage must be 1..8, got '$STAGE'" >&2; exit 2 ;;
   esac
 fi
+if [ "$DRY_RUN" = 1 ]; then
+  say "plan total $(( SIMULATED + REPORT_S ))s of SUITE_BUDGET_S=${TOTAL}s (set-up, every part at its hard limit, report)"
+  exit $STATUS
+fi
 # rows are merged after every contender, so a part stopped at its limit still has figures: render them all
 "${BENCH[@]}" report "${RES[@]}" >>"$LOG" 2>&1 || say "rendering the report failed"
-say "finished in $(( $(date +%s) - SUITE_START ))s; results in $OUT/results:"
+say "finished in $(( $(now) - SUITE_START ))s; results in $OUT/results:"
 ls -l "$OUT/results" | tee -a "$LOG"
 exit $STATUS

@@ -17,7 +17,8 @@ from torch._C import DispatchKey
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from trm_fast.config import ModelConfig
-from trm_fast.kernels import aot, reference
+from trm_fast.kernels import aot
+from trm_fast.ops import reference
 from trm_fast.model.layers import ReasoningNet
 from trm_fast.ops import get_ops
 

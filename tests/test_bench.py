@@ -67,6 +67,7 @@ def test_bench_commands_merge_into_one_results_file(tmp_path, capsys):
     assert step["contender"] == "eager" and step["batch"] == 2 and step["speedup_vs_eager"] == 1.0
     assert step["flops_per_step"] > 0 and step["tokens_per_s"] > 0 and step["saved_for_backward_bytes"] > 0
     assert step["mfu_datasheet"] is None  # no datasheet peak for a CPU
+    assert step["predicted_peak_bytes"] > 0 and step["compile_s"] is None  # eager compiles nothing
 
     memory = {r["contender"]: r for r in payload["memory"]}
     assert memory["eager"]["fraction_of_eager"] == 1.0
@@ -167,8 +168,9 @@ def test_gpu_paths_of_ops_and_step(tmp_path):
     assert any(r["ms_cudagraph"] for r in fast if r["mode"] == "fwd"), payload["notes"]
     steps = {r["contender"]: r for r in payload["step"]}
     assert {"eager", "trm_fast-L0", "trm_fast-L2", "trm_fast-L0-graph"} <= set(steps), payload["notes"]
-    for r in steps.values():
+    for name, r in steps.items():
         assert r["peak_memory_bytes"] > 0 and r["mfu_measured_matmul"] > 0 and r["roofline_fraction"] > 0
+        assert r["predicted_peak_bytes"] > 0 and (r["compile_s"] is None) == (name == "eager")
     assert steps["trm_fast-L2"]["saved_for_backward_bytes"] < steps["trm_fast-L0"]["saved_for_backward_bytes"]
 
 

@@ -1,4 +1,5 @@
 """`trm-fast bench {ops,step,memory,eval} [--preset P[,P...]] [--quick] [--out DIR]`
+`trm-fast bench roofline [--preset P[,P...]] [--batch B] [--levels L,..] [--gpu h100|h200|a100]`
 
 Every contender runs in the same process; each command merges its rows into `<out>/<device>-<date>.json` (device,
 driver, torch/triton versions, commit, ceilings, every figure), re-renders `<device>-<date>.md` and the PNG charts
@@ -33,6 +34,8 @@ def _levels(text: str) -> tuple[int, ...]:
 
 def _ceilings(kind: str) -> dict:
     """The device's measured ceilings (GPU only), taken in this same run."""
+    import torch
+
     from trm_fast.tools.bench.timing import copy_bandwidth_gbs, datasheet_peak_tflops, matmul_tflops, on_gpu
 
     if not on_gpu():
@@ -41,6 +44,7 @@ def _ceilings(kind: str) -> dict:
     if kind in ("ops", "step"):
         out["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
         out["matmul_tflops"] = matmul_tflops()
+        out["l2_bytes"] = getattr(torch.cuda.get_device_properties(), "L2_cache_size", None)
         print(f"ceilings: bf16 matmul {out['matmul_tflops']:.0f} TFLOP/s (datasheet {out['datasheet_bf16_tflops']}), "
               f"device copy {out['copy_bandwidth_gbs']:.0f} GB/s")
     return out
@@ -72,6 +76,8 @@ def _run_bench(args) -> int:
         written = report.render_folder(args.out)
         print("\n".join(written) if written else f"no results JSON with figures under {args.out}")
         return 0
+    if args.kind == "roofline":
+        return _run_roofline(args)
     started = time.time()
     deadline = Deadline(args.budget_s)
     env = report.environment()
@@ -82,9 +88,11 @@ def _run_bench(args) -> int:
               "trm_fast's Triton kernels and Liger-Kernel are timed on GPUs only")
     levels = _levels(args.levels)
     overrides = list(args.set or [])
+    only = [c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders else None
+    if args.plan:
+        return _print_plan(args, levels, overrides, only)
     ceilings = _ceilings(args.kind)
     notes: list[str] = []
-    only = [c.strip() for c in args.contenders.split(",") if c.strip()] if args.contenders else None
     # rows are merged into the results file after every contender, so a run stopped by a hard limit keeps its figures
     emit = lambda partial: report.merge_results(args.out, args.kind, partial, ceilings, notes, None)
 
@@ -139,14 +147,44 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _print_plan(args, levels, overrides, only) -> int:
+    """--plan: the step contenders in the order a GPU run starts them, one `plan PRESET@BATCH CONTENDER` line each."""
+    from trm_fast.tools.bench.step import STEP_PRESETS_GPU, STEP_PRESETS_QUICK, default_batch, step_jobs
+
+    if args.kind != "step":
+        raise ValueError(f"--plan lists the contenders of `bench step`, not of `bench {args.kind}`")
+    presets = _presets(args, STEP_PRESETS_QUICK if args.quick else STEP_PRESETS_GPU)
+    for preset, name, _, _ in step_jobs(presets, overrides, levels, only, gpu=True):
+        print(f"plan {preset}@{args.batch or default_batch(preset, args.quick, gpu=True)} {name}")
+    return 0
+
+
+def _run_roofline(args) -> int:
+    import json
+
+    from trm_fast.tools.bench.report import atomic_write_text
+    from trm_fast.tools.bench.step import ROWS_FASTEST, STEP_PRESETS_QUICK, run_roofline
+
+    presets = _presets(args, STEP_PRESETS_QUICK)
+    group_m = ROWS_FASTEST if args.tile_order == "rows-fastest" else None
+    payload = run_roofline(presets, args.batch, _levels(args.levels), args.gpu, list(args.set or []), group_m)
+    os.makedirs(args.out, exist_ok=True)
+    stem = f"roofline-{args.gpu or 'measured'}" + ("-rows-fastest" if group_m else "")
+    path = os.path.join(args.out, stem + ".json")
+    atomic_write_text(path, json.dumps(payload, indent=1))
+    print(f"\nJSON: {path}")
+    return 0
+
+
 def add_bench_subparser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks against eager PyTorch, torch.compile and Liger-Kernel")
-    p.add_argument("kind", choices=["ops", "step", "memory", "eval", "report"],
-                   help="what to measure; `report` re-renders the markdown and charts of the results in --out")
+    p.add_argument("kind", choices=["ops", "step", "memory", "eval", "report", "roofline"],
+                   help="what to measure; `report` re-renders the markdown and charts of the results in --out; "
+                   "`roofline` prints the roofline model of one training step per kernel (no GPU needed)")
     p.add_argument("--preset", help="preset(s), comma-separated (default: sudoku-att, sudoku-mlp, maze, arc1, arc2 "
                    "for step/memory; sudoku-mlp, sudoku-att, arc1 for eval; for ops: the Sudoku and Maze/ARC shapes)")
     p.add_argument("--quick", action="store_true",
-                   help="fewer repeats, batch 192 on GPU, Sudoku shapes only for ops; tiny shapes on CPU")
+                   help="fewer repeats, Sudoku shapes only for ops; tiny shapes on CPU")
     p.add_argument("--batch", type=int, help="batch size for every preset (default: 768 Sudoku, 192 Maze/ARC)")
     p.add_argument("--levels", default="0,1,2", help="recomputation levels to run for trm_fast (default 0,1,2)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
@@ -159,5 +197,12 @@ def add_bench_subparser(sub) -> None:
     p.add_argument("--budget-s", type=float, help="skip contenders that would start after this many seconds")
     p.add_argument("--threads", type=int, help="CPU threads for torch (on a shared CPU, 1 avoids the stalls of "
                    "oversubscribed OpenMP threads)")
+    p.add_argument("--plan", action="store_true",
+                   help="step: print the contenders in the order a GPU run starts them (with its batches) and exit")
+    p.add_argument("--gpu", choices=["h100", "h200", "a100"],
+                   help="roofline: that GPU's datasheet (default: this GPU's measured rates and L2, else h100)")
+    p.add_argument("--tile-order", choices=["launched", "rows-fastest"], default="launched",
+                   help="roofline: the gate_up kernels' tile order as launched (grouped) or row blocks fastest "
+                   "(the order before issue 14)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.set_defaults(func=run_bench)

@@ -8,6 +8,7 @@ device-to-device copy.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -15,10 +16,31 @@ import time
 
 import torch
 
-# Datasheet dense bf16 peaks (TFLOP/s, no sparsity), matched by a substring of the device name (first match wins,
-# so the more specific names come first).
-DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0,
-                         "L40S": 362.0, "A10G": 70.0, "RTX 4090": 165.0}
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    """What the roofline model needs of a GPU: dense bf16 matmul rate, HBM bandwidth, L2 size, and which launch
+    tables its kernels use (90: Hopper, 80: older)."""
+    name: str
+    bf16_tflops: float
+    hbm_tbs: float | None
+    l2_bytes: int | None
+    arch: int = 90
+
+
+# Datasheets: dense bf16 (no sparsity), HBM bandwidth, L2; matched by a substring of the device name (first match
+# wins, so the more specific names come first: "GH200" contains "H200").
+DATASHEET = {
+    "H100 PCIe": Hardware("H100 PCIe", 756.0, 2.0, 50 * 2**20),
+    "H100": Hardware("H100 SXM", 989.0, 3.35, 50 * 2**20),
+    "GH200": Hardware("GH200", 989.0, 4.0, 50 * 2**20),
+    "H200": Hardware("H200", 989.0, 4.8, 50 * 2**20),
+    "A100": Hardware("A100 SXM", 312.0, 2.0, 40 * 2**20, arch=80),
+    "L40S": Hardware("L40S", 362.0, 0.864, 96 * 2**20, arch=80),
+    "A10G": Hardware("A10G", 70.0, 0.6, 6 * 2**20, arch=80),
+    "RTX 4090": Hardware("RTX 4090", 165.0, 1.008, 72 * 2**20, arch=80),
+}
+# `trm-fast bench roofline --gpu NAME`
+ROOFLINE_GPUS = {"h100": DATASHEET["H100"], "h200": DATASHEET["H200"], "a100": DATASHEET["A100"]}
 
 
 def on_gpu() -> bool:
@@ -29,12 +51,24 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if on_gpu() else f"cpu-{platform.machine()}-{os.cpu_count()}cores"
 
 
-def datasheet_peak_tflops(name: str | None = None) -> float | None:
+def datasheet(name: str | None = None) -> Hardware | None:
     name = name or device_name()
-    for key, value in DATASHEET_BF16_TFLOPS.items():
-        if key in name:
-            return value
-    return None
+    return next((value for key, value in DATASHEET.items() if key in name), None)
+
+
+def datasheet_peak_tflops(name: str | None = None) -> float | None:
+    sheet = datasheet(name)
+    return sheet.bf16_tflops if sheet else None
+
+
+def measured_hardware() -> Hardware | None:
+    """This GPU as the roofline sees it: the bf16 matmul rate and copy bandwidth measured now, the L2 size from the
+    device properties; None on a CPU."""
+    if not on_gpu():
+        return None
+    l2 = getattr(torch.cuda.get_device_properties(), "L2_cache_size", None)
+    arch = 90 if torch.cuda.get_device_capability()[0] >= 9 else 80
+    return Hardware(device_name(), matmul_tflops(), copy_bandwidth_gbs() / 1e3, l2, arch)
 
 
 def synchronize() -> None:
