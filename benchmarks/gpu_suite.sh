@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark suite for a bare machine with no network (system python with torch and triton).
 #
-#   benchmarks/gpu_suite.sh --quick OUTDIR      GPU tests; the training step of sudoku-att and sudoku-mlp at batch 768
+#   benchmarks/gpu_suite.sh --quick OUTDIR      `trm-fast doctor` (report: OUTDIR/results/doctor.json); GPU tests;
+#                                              the training step of sudoku-att and sudoku-mlp at batch 768
 #                                              and maze at 192 (at 192 a Sudoku step fits in the L2 and hides its
 #                                              HBM traffic), its contenders in the order eager, trm_fast levels 0
 #                                              and 1, the CUDA-graph step, level 2, torch.compile last (each row:
@@ -160,9 +161,11 @@ part() {
   run $(( budget + tail )) "$name" "${BENCH[@]}" "$@" --budget-s "$budget" "${RES[@]}"
 }
 if [ "$QUICK" = 1 ]; then
-  # the training step first (its torch.compile contender last), then single ops
+  # first: does every kernel work here at all (per op, and one training step; its compiles fill the Triton cache
+  # the later parts read), then the training step (its torch.compile contender last), then single ops
+  run 75 doctor "$PY" -m trm_fast doctor --json "$OUT/results/doctor.json"
   run 90 gpu_tests "${GPU_TESTS[@]}"
-  part bench_step 160 100 step --quick --preset sudoku-att,sudoku-mlp,maze
+  part bench_step 100 100 step --quick --preset sudoku-att,sudoku-mlp,maze
   part bench_ops 25 30 ops --quick
 else
   case "$STAGE" in

@@ -1,5 +1,5 @@
-"""Helpers for kernel tests: the interpreter switch, seeded random inputs, NaN-poisoned outputs, a relative-error
-helper and the bf16 rule.
+"""Helpers for kernel tests: the interpreter switch, seeded random inputs, NaN-poisoned outputs and the
+low-precision error rule as an assertion.
 
 Import this module before any Triton kernel module: without CUDA it sets TRITON_INTERPRET=1 so kernels run in
 Triton's CPU interpreter (the switch is read when a kernel is decorated, i.e. at import).
@@ -8,6 +8,8 @@ import os
 import sys
 
 import torch
+
+from trm_fast.ops.accuracy import error_rule
 
 GPU = torch.cuda.is_available()
 if not GPU:
@@ -35,14 +37,9 @@ def assert_close(actual, expected, atol=1e-5, rtol=1e-5, name=""):
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
-def rel_err(actual, expected):
-    """||actual - expected|| / ||expected|| in fp32 (Frobenius norms over the whole tensor)."""
-    return ((actual.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-30)).item()
-
-
 def assert_bf16_rule(ours, torch_low, fp32_ref, name=""):
-    """The guide's rule for low precision: our error against an fp32 reference is at most twice the error of
-    PyTorch run in the same low precision against that reference."""
-    mine, theirs = rel_err(ours, fp32_ref), rel_err(torch_low, fp32_ref)
+    """The low-precision error rule (trm_fast.ops.accuracy): our error against an fp32 reference is at most twice the
+    error of PyTorch run in the same low precision against that reference."""
     assert not torch.isnan(ours.float()).any(), f"{name}: NaN in output"
-    assert mine <= 2 * theirs + 1e-6, f"{name}: low-precision error {mine:.3e} > 2 x PyTorch's {theirs:.3e}"
+    check = error_rule(ours, torch_low, fp32_ref)
+    assert check.ok, f"{name}: low-precision {check.describe()}"

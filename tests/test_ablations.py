@@ -11,7 +11,7 @@ import torch
 from trm_fast.tools.ablations import (ROWS, add_ablations_subparser, block_applications, render_table, row_config,
                                 run_ablations_command, run_row)
 from trm_fast.model import TRM, build_model
-from kernel_utils import rel_err
+from trm_fast.ops.accuracy import rel_err
 from model_utils import count_block_grads, tiny_batch
 
 TINY = ["model.hidden_size=32", "model.num_heads=2", "model.puzzle_emb_dim=32", "model.num_puzzle_identifiers=4"]

@@ -39,7 +39,7 @@ def test_quick_suite_plan_fits_its_budget_in_order(tmp_path):
     assert rc == 0, out
     assert "not started" not in out
     parts = re.findall(r"plan (\w+) limit=(\d+)s", out)
-    assert [name for name, _ in parts] == ["gpu_tests", "bench_step", "bench_ops"], out
+    assert [name for name, _ in parts] == ["doctor", "gpu_tests", "bench_step", "bench_ops"], out
     (total, allowed), = re.findall(r"plan total (\d+)s of SUITE_BUDGET_S=(\d+)s", out)
     assert int(allowed) == 450 and int(total) <= int(allowed)
     assert 30 + sum(int(limit) for _, limit in parts) <= int(allowed)  # the set-up, then every part at its limit
@@ -55,6 +55,6 @@ def test_quick_suite_plan_fits_its_budget_in_order(tmp_path):
 
 def test_a_budget_too_small_for_every_part_is_reported(tmp_path):
     rc, out = _dry_run(tmp_path, 250)
-    assert rc == 1 and "bench_ops: not started, no time left" in out
+    assert rc == 1 and "bench_step: not started, no time left" in out  # after the doctor and the GPU tests
     (total, allowed), = re.findall(r"plan total (\d+)s of SUITE_BUDGET_S=(\d+)s", out)
     assert int(total) <= int(allowed) == 250

@@ -129,7 +129,9 @@ def test_bad_inputs_are_named():
 
 
 def fake_gpu(monkeypatch, capability):
-    """A CUDA device of `capability` on a machine without one (what trm_fast.ops.resolve asks torch)."""
+    """A CUDA device of `capability` on a machine without one (what trm_fast.ops.resolve asks torch); its kernels
+    cannot run, so the self-check of `auto` is off (tests/test_self_check.py drives it on the CPU)."""
+    monkeypatch.setenv("TRM_FAST_SELF_CHECK", "0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: types.SimpleNamespace(major=capability[0], minor=capability[1]))

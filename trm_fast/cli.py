@@ -1,4 +1,4 @@
-"""The `trm-fast` command line: train, eval, solve, presets, data, ablations, bench, convert, compare.
+"""The `trm-fast` command line: train, eval, solve, presets, data, ablations, bench, convert, compare, doctor.
 
 Nothing imported at the top of this module imports torch (tests/test_cli.py checks it): the commands import what
 they need when they run, so the parser is cheap to build and settings that must precede torch's import (threads,
@@ -16,6 +16,7 @@ from trm_fast.tools.ablations import add_ablations_subparser
 from trm_fast.tools.bench.cli import add_bench_subparser
 from trm_fast.tools.compare import add_compare_subparser
 from trm_fast.tools.convert import add_convert_subparser
+from trm_fast.tools.doctor import add_doctor_subparser
 from trm_fast.tools.run_config import config_from_flags
 
 
@@ -262,6 +263,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_bench_subparser(sub)
     add_convert_subparser(sub)
     add_compare_subparser(sub)
+    add_doctor_subparser(sub)
     return parser
 
 

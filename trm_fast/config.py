@@ -93,6 +93,7 @@ class ModelConfig(_Validated):
     act_continue: bool = False  # HRM-style Q-continue loss (off in the published TRM)
     forward_dtype: str = "auto"  # "auto" = bfloat16 on CUDA GPUs of compute capability 8.0+, float32 elsewhere
     backend: str = "auto"  # "auto" = triton on CUDA GPUs of compute capability 8.0+, torch elsewhere
+    self_check: bool = True  # check the Triton ops on a new GPU/software first (trm_fast.ops.fallback)
     recompute: int = 0  # activation recomputation level of the gradient cycle (0, 1, 2)
     # ---- the paper's comparison systems and ablations (Tables 1 and 2) ----
     arch: str = "trm"  # "trm" or "hrm" (two networks, 1-step gradient, Q-learning halting)
@@ -123,6 +124,7 @@ class ModelConfig(_Validated):
         "act_continue": _BOOL,
         "forward_dtype": _one_of("auto", "bfloat16", "float16", "float32"),
         "backend": _one_of("auto", "torch", "triton"),
+        "self_check": _BOOL,
         "recompute": _int_range(0, 2),
         "arch": _one_of("trm", "hrm"),
         "separate_nets": _BOOL,

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from trm_fast.config import ModelConfig
-from trm_fast.model.layers import ReasoningNet, lecun_weight, trunc_normal_
-from trm_fast.ops import OpSet, check_implementations, get_ops, reference, resolve
+from trm_fast.model.layers import BLOCK_OPS, ReasoningNet, lecun_weight, trunc_normal_
+from trm_fast.ops import OpSet, check_implementations, fallback, get_ops, reference, resolve
 
 
 @dataclass
@@ -119,10 +119,11 @@ class TRM(nn.Module):
     def resolved(self, device: torch.device) -> tuple[torch.dtype, OpSet]:
         """(forward dtype, op set) on `device`. Cached per device and per the config fields that decide it
         (a plain dict: torch.compile traces through it)."""
-        key = (torch.device(device), self.config.backend, self.config.forward_dtype)
+        key = (torch.device(device), self.config.backend, self.config.forward_dtype, self.config.self_check)
         found = self._resolved.get(key)
-        if found is None:
-            implementations = resolve.op_implementations(self.config, key[0], overrides=self.op_overrides)
+        if found is None:  # on CUDA the Triton ops the blocks call are checked first (trm_fast.ops.fallback)
+            implementations = fallback.checked_op_implementations(self.config, key[0], overrides=self.op_overrides,
+                                                                  ops=BLOCK_OPS[self.config.mixer])
             found = self._resolved[key] = (resolve.forward_dtype(self.config, key[0]), get_ops(implementations))
         return found
 
