@@ -84,8 +84,14 @@ class Task:
             return cls("sudoku", side, config.vocab_size)
         return cls("other", side, config.vocab_size)
 
+    def require_verifier(self, what: str = "verify (--verify, --select verified)") -> None:
+        if self.kind == "other":
+            raise ValueError(f"{what} needs a verifier: only Sudoku and Maze answers can be checked without the "
+                             f"label (ARC votes over its augmented versions)")
+
     def check(self, inputs: np.ndarray, answers: np.ndarray) -> np.ndarray:
         """(R,) bool: whether each answer row solves its input row (token rows, the label never seen)."""
+        self.require_verifier()
         inputs, answers = np.asarray(inputs), np.asarray(answers)
         if self.kind == "sudoku":
             from trm_fast.data.sudoku import valid_solution_rows
@@ -101,8 +107,6 @@ class Task:
             candidates = ((answers == inputs) | (answers == PATH)).all(axis=1) & (answers == PATH).any(axis=1)
             return np.array([bool(c) and check_path(m, a, self.side)["valid"]
                              for m, a, c in zip(inputs, answers, candidates)], dtype=bool)
-        raise ValueError("this model's task has no verifier (only Sudoku and Maze answers can be checked without "
-                         "the label; ARC votes over its augmented versions)")
 
     def symmetries(self, count: int, rng: np.random.Generator) -> list:
         """`count` TokenSymmetry, the identity first."""
@@ -139,8 +143,7 @@ def check_model(model, options: TestTimeOptions, task: Task) -> None:
         raise ValueError(f"trajectories (--trajectories K > 1) need a TRM with a plain latent z; this model is "
                          f"{type(model).__name__}, whose recursion takes no noise")
     if options.verify or options.select == "verified":
-        if task.kind == "other":
-            task.check(np.zeros((0, 1)), np.zeros((0, 1)))  # raises, naming the reason
+        task.require_verifier()
     if options.augment > 1:
         task.symmetries(options.augment, np.random.default_rng(0))
 
@@ -342,8 +345,7 @@ def evaluate_test_time(model, puzzle_set, metadata, batch_size: int, device, opt
     if sweep:
         if max(sweep) > options.trajectories:
             raise ValueError(f"the sweep's largest K {max(sweep)} exceeds trajectories {options.trajectories}")
-        if task.kind == "other":
-            raise ValueError("--tta-sweep scores verifier-guided halting too: it needs a Sudoku or Maze model")
+        task.require_verifier("--tta-sweep (it scores verifier-guided halting too)")
     symmetries = task.symmetries(options.augment, np.random.default_rng(options.noise_seed))
     generator = torch.Generator(device=device).manual_seed(options.noise_seed + rank)
     was_training = model.training
