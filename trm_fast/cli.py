@@ -74,8 +74,11 @@ def cmd_eval(args) -> int:
     batch = args.batch_size or config.data.eval_batch_size or config.data.global_batch_size
     voter = arc_voter_for(data.root)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.ckpt.rstrip("/")))
+    options = _test_time_options(args, verify=args.verify)
+    if args.tta_sweep:
+        return _tta_sweep(args, model, config, data, batch, device, options, out_dir)
     result = evaluate(model, data.test_set, data.test_meta, batch, device, max_steps=args.max_steps, arc_voter=voter,
-                      per_step=args.per_step)
+                      per_step=args.per_step, test_time=options)
     if voter is not None:
         result.update(arc_scores(voter, out_dir))
     print(json.dumps(result, indent=2, default=str))
@@ -89,6 +92,41 @@ def cmd_eval(args) -> int:
         atomic_write_json(os.path.join(out_dir, "eval_by_step.json"), result)
         png = plot_accuracy_by_step(result, os.path.join(out_dir, "eval_by_step.png"), title=f"{config.name}: {args.ckpt}")
         print(f"written: {os.path.join(out_dir, 'eval_by_step.json')}, {png}")
+    return 0
+
+
+def _test_time_options(args, verify: bool):
+    """The TestTimeOptions of eval's and solve's flags (validated: bad values are refused by name)."""
+    from trm_fast.eval.test_time import DEFAULT_NOISE, TestTimeOptions
+
+    return TestTimeOptions(trajectories=args.trajectories, noise=DEFAULT_NOISE if args.noise is None else args.noise,
+                           noise_seed=args.noise_seed, select=args.select, verify=verify, augment=args.augment,
+                           max_steps=args.max_steps, chunk_rows=args.chunk_rows).validate()
+
+
+def _tta_sweep(args, model, config, data, batch, device, options, out_dir) -> int:
+    """eval --tta-sweep: exact accuracy against compute for K in 1, 2, 4, ... up to --trajectories (default 64),
+    with and without verifier-guided halting, by q and by vote; test_time.json and test_time.png."""
+    from dataclasses import replace
+
+    from trm_fast.eval.test_time import SWEEP_TRAJECTORIES, evaluate_test_time
+    from trm_fast.files import atomic_write_json
+    from trm_fast.train.plots import plot_test_time
+
+    top = args.trajectories if args.trajectories > 1 else SWEEP_TRAJECTORIES[-1]
+    ks = tuple(k for k in SWEEP_TRAJECTORIES if k <= top)
+    result = evaluate_test_time(model, data.test_set, data.test_meta, batch, device, replace(options, trajectories=top),
+                                sweep=ks)
+    result["checkpoint"] = args.ckpt
+    print(f"{'K':>3} {'verify':>6} {'select':>6} {'exact':>7} {'calls/puzzle':>13} {'recovered':>9} {'lost':>5}")
+    for row in result["sweep"]:
+        print(f"{row['trajectories']:3d} {'yes' if row['verify'] else 'no':>6} {row['select']:>6} "
+              f"{row['exact_accuracy']:7.4f} {row['network_calls_per_puzzle']:13.1f} {row['recovered']:9d} {row['lost']:5d}")
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "test_time.json")
+    atomic_write_json(json_path, result)
+    png = plot_test_time(result, os.path.join(out_dir, "test_time.png"), title=f"{config.name}: {args.ckpt}")
+    print(f"written: {json_path}, {png}")
     return 0
 
 
@@ -148,7 +186,8 @@ def cmd_solve(args) -> int:
               f"{config.model.seq_len}-cell puzzles", file=sys.stderr)
         return 2
     max_steps = args.max_steps or config.model.halt_max_steps
-    result = solve_tokens(model, torch.as_tensor(tokens), max_steps=max_steps, halt=not args.no_halt)
+    options = _test_time_options(args, verify=not args.no_verify)
+    result = solve_tokens(model, torch.as_tensor(tokens), max_steps=max_steps, halt=not args.no_halt, test_time=options)
     prediction = result["prediction"].numpy()
     if is_maze:
         from trm_fast.data.maze import check_path, format_maze
@@ -163,8 +202,13 @@ def cmd_solve(args) -> int:
         solution = tokens_to_grid(prediction, grid.shape[0])
         print(format_grid(solution))
         valid, detail = is_valid_solution(grid, solution), ""
-    print(f"supervision steps: {result['steps']} (max {max_steps}); halting confidence: {result['halt_confidence']:.3f}; "
-          f"valid solution: {'yes' if valid else 'no'}{detail}")
+    if result.get("verified"):
+        how = f"valid from supervision step {result['steps']} (max {max_steps}; verifier-guided halting)"
+    else:
+        how = f"supervision steps: {result['steps']} (max {max_steps})"
+    compute = f"; network calls: {result['network_calls']}" if "network_calls" in result else ""
+    print(f"{how}; halting confidence: {result['halt_confidence']:.3f}; valid solution: {'yes' if valid else 'no'}"
+          f"{detail}{compute}")
     return 0 if valid else 1
 
 
@@ -206,6 +250,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (same as --set train.out_dir=...)")
 
 
+def _add_test_time_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trajectories", type=int, default=1, metavar="K",
+                   help="K copies of each puzzle in one batch, copies 2..K with noise in the recursion (PTRM)")
+    p.add_argument("--noise", type=float, metavar="SIGMA",
+                   help="scale of the Gaussian noise added to z in copies 2..K (default 0.3; docs/test_time.md)")
+    p.add_argument("--noise-seed", type=int, default=0, metavar="S", help="seed of the noise and of the symmetries")
+    p.add_argument("--select", choices=["q", "vote", "verified"], default="q",
+                   help="which answer of a puzzle's copies and versions: highest halting logit (q), most frequent "
+                        "(vote), or the one the verifier accepts (verified, else q)")
+    p.add_argument("--augment", type=int, default=1, metavar="N",
+                   help="N symmetric versions of each puzzle (Sudoku: relabel/transpose/permute; maze: up to 8 "
+                        "dihedral), answers mapped back before selection")
+    p.add_argument("--chunk-rows", type=int, help="rows per forward (default: a memory budget)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trm-fast", description="Train, run and study Tiny Recursive Models fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -242,6 +301,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for submission.json (ARC) and eval_by_step.* (default: beside the checkpoint)")
     p.add_argument("--per-step", action="store_true",
                    help="also the accuracy after each supervision step (test-time compute curve, eval_by_step.png)")
+    p.add_argument("--verify", action="store_true",
+                   help="verifier-guided halting (Sudoku, maze): run steps while the answer fails the label-free check")
+    _add_test_time_args(p)
+    p.add_argument("--tta-sweep", action="store_true",
+                   help="accuracy against compute for K = 1, 2, 4 ... --trajectories (default 64), with and without "
+                        "--verify, q and vote: test_time.json and test_time.png in --out")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("solve", help="solve one Sudoku or maze with a trained model")
@@ -252,6 +317,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="ARC: the built dataset folder (default: the one the model was trained on)")
     p.add_argument("--max-steps", type=int, help="supervision steps allowed (more = more test-time compute)")
     p.add_argument("--no-halt", action="store_true", help="ignore the halting head and run all max-steps")
+    p.add_argument("--no-verify", action="store_true",
+                   help="no verifier-guided halting: stop where the halting head says (the model alone)")
+    _add_test_time_args(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_solve)
 

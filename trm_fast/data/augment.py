@@ -6,6 +6,8 @@ augmented versions) maps predictions back with the inverses.
 - Maze: one of the 8 dihedral transforms of the n x n token grid; `augment_maze` / `restore_maze`.
 - ARC: a dihedral transform, then a permutation of colours 1-9 (0 fixed); `augment_arc` / `restore_arc`, and the
   puzzle name that records them, `<task_id>|<dihedral 0-7>|<colour permutation as 10 digits>` (`arc_aug_name`).
+- Sudoku and maze symmetries on flattened token rows (`TokenSymmetry`): test-time voting over symmetric versions
+  (trm_fast/eval/test_time.py) maps the rows it feeds the model and the answers it gets back.
 
 The dihedral transform k is a rotation by k*90 degrees, followed by a transpose for k >= 4.
 """
@@ -102,6 +104,39 @@ def augment_maze(tokens: np.ndarray, k: int, n: int) -> np.ndarray:
 
 def restore_maze(tokens: np.ndarray, k: int, n: int) -> np.ndarray:
     return inverse_dihedral(np.asarray(tokens).reshape(n, n), k).ravel()
+
+
+# ---------------------------------------------------------------------------------------------- token level
+
+
+@dataclass(frozen=True)
+class TokenSymmetry:
+    """A symmetry of a puzzle kind on flattened token rows, for voting at test time: `apply` moves cell
+    positions[i] to cell i and maps every token through `tokens`; `restore` undoes it. Works on any leading shape."""
+    positions: np.ndarray  # (L,) source cell of each output cell
+    tokens: np.ndarray  # (vocab,) token map, a permutation
+
+    def apply(self, rows: np.ndarray) -> np.ndarray:
+        return self.tokens[np.asarray(rows)[..., self.positions]]
+
+    def restore(self, rows: np.ndarray) -> np.ndarray:
+        return np.argsort(self.tokens)[np.asarray(rows)][..., np.argsort(self.positions)]
+
+
+def sudoku_token_symmetry(symmetry: SudokuSymmetry, vocab_size: int) -> TokenSymmetry:
+    """A SudokuSymmetry on token rows (pad 0 and blank 1 fixed, digit d is token d + 1): the same map as
+    augment_sudoku on the digit grid."""
+    size = len(symmetry.rows)
+    positions = augment_sudoku(np.arange(size * size).reshape(size, size), SudokuSymmetry(
+        symmetry.transpose, symmetry.rows, symmetry.cols, np.arange(size * size))).ravel()
+    tokens = np.arange(vocab_size)
+    tokens[2:size + 2] = symmetry.relabel[1:] + 1
+    return TokenSymmetry(positions, tokens)
+
+
+def maze_token_symmetry(k: int, n: int, vocab_size: int) -> TokenSymmetry:
+    """The dihedral transform k of an n x n maze on token rows (augment_maze / restore_maze)."""
+    return TokenSymmetry(augment_maze(np.arange(n * n), k, n), np.arange(vocab_size))
 
 
 # ---------------------------------------------------------------------------------------------- ARC

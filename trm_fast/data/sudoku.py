@@ -176,6 +176,21 @@ def is_valid_solution(puzzle: np.ndarray, solution: np.ndarray) -> bool:
     return all(set(u.tolist()) == want for u in units) and bool(np.all((puzzle == 0) | (puzzle == solution)))
 
 
+def valid_solution_rows(puzzles: np.ndarray, solutions: np.ndarray) -> np.ndarray:
+    """is_valid_solution for a stack of grids (N, size, size) at once: (N,) bool. The check never sees a label,
+    so a puzzle with two solutions accepts both."""
+    puzzles, solutions = np.asarray(puzzles), np.asarray(solutions)
+    n, size = solutions.shape[0], solutions.shape[1]
+    br, bc = box_shape(size)
+    in_range = ((solutions >= 1) & (solutions <= size)).all(axis=(1, 2))
+    onehot = np.eye(size + 1, dtype=np.int16)[np.clip(solutions, 0, size)][..., 1:]  # (N, r, c, digit)
+    boxes = onehot.reshape(n, size // br, br, size // bc, bc, size).sum(axis=(2, 4))
+    units_ok = (onehot.sum(axis=1) == 1).all(axis=(1, 2)) & (onehot.sum(axis=2) == 1).all(axis=(1, 2)) \
+        & (boxes == 1).all(axis=(1, 2, 3))
+    givens_kept = ((puzzles == 0) | (puzzles == solutions)).all(axis=(1, 2))
+    return in_range & units_ok & givens_kept
+
+
 # ---------------------------------------------------------------------------------------------- rating (DPLL)
 #
 # The difficulty measure of the published Sudoku-Extreme `rating` is the number of guesses ("backtracks" in the

@@ -4,6 +4,8 @@ answer is scored: exact accuracy (every supervised token right), token accuracy 
 halted (first q_halt > 0) and the exact accuracy of the answer at that step."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -37,15 +39,26 @@ def run_puzzles(model, inputs: torch.Tensor, puzzle_ids: torch.Tensor, max_steps
 @torch.no_grad()
 def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: int | None = None,
              rank: int = 0, world_size: int = 1, progress: bool = True, return_predictions: bool = False,
-             arc_voter=None, per_step: bool = False) -> dict:
+             arc_voter=None, per_step: bool = False, test_time=None) -> dict:
     """Scores `puzzle_set` (a trm_fast.data.format.PuzzleSet). With world_size > 1 each rank scores its slice of
     every batch and the sums are all-reduced. With an `arc_voter` (trm_fast.eval.arc.ArcVoter) every prediction
     also votes for its task's test input; the caller gathers and scores the votes. `per_step` adds
-    exact_accuracy_by_step and token_accuracy_by_step: the accuracy had evaluation stopped after step 1, 2, ..."""
+    exact_accuracy_by_step and token_accuracy_by_step: the accuracy had evaluation stopped after step 1, 2, ...
+    `test_time` (trm_fast.eval.test_time.TestTimeOptions) spends more compute per puzzle unless it is plain;
+    every result reports the compute: network calls and block applications per puzzle."""
     import numpy as np
 
     from trm_fast.data.sampler import iter_eval_batches
+    from trm_fast.eval.test_time import calls_per_step, evaluate_test_time
 
+    if test_time is not None and not test_time.validate().plain:
+        if per_step or return_predictions:
+            raise ValueError("per_step and return_predictions go with plain evaluation, not with test-time options")
+        return evaluate_test_time(model, puzzle_set, metadata, batch_size, device,
+                                  test_time if max_steps is None else replace(test_time, max_steps=max_steps),
+                                  rank=rank, world_size=world_size, progress=progress, arc_voter=arc_voter)
+    if test_time is not None and test_time.max_steps:
+        max_steps = max_steps or test_time.max_steps
     puzzle_of_example = np.repeat(np.arange(len(puzzle_set.puzzle_identifiers)), np.diff(puzzle_set.puzzle_indices))
     local = -(-batch_size // world_size)
     was_training = model.training
@@ -104,6 +117,8 @@ def evaluate(model, puzzle_set, metadata, batch_size: int, device, max_steps: in
         "mean_halt_step": halt_step / n,
         "exact_accuracy_at_halt": exact_at_halt / n,
         "steps": max_steps,
+        "network_calls_per_puzzle": max_steps * calls_per_step(model.config)[0],
+        "block_applications_per_puzzle": max_steps * calls_per_step(model.config)[1],
     }
     if per_step:
         result["exact_accuracy_by_step"] = (by_step[0] / n).tolist()

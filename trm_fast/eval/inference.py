@@ -8,12 +8,20 @@ import torch
 
 
 @torch.no_grad()
-def solve_tokens(model, tokens: torch.Tensor, puzzle_id: int = 0, max_steps: int = 16, halt: bool = True) -> dict:
+def solve_tokens(model, tokens: torch.Tensor, puzzle_id: int = 0, max_steps: int = 16, halt: bool = True,
+                 test_time=None) -> dict:
     """Runs supervision steps on one puzzle (tokens (seq_len,)) until q_halt > 0 (if `halt`) or max_steps.
-    Returns the predicted tokens, the steps used and the halting confidence sigmoid(q_halt) of the last step."""
+    Returns the predicted tokens, the steps used and the halting confidence sigmoid(q_halt) of the last step.
+
+    With `test_time` (trm_fast.eval.test_time.TestTimeOptions, not plain) the puzzle runs its trajectories and
+    versions instead (verifier-guided halting stops at the first step with a valid answer; q_halt does not halt)
+    and the result adds "valid" (None without a verifier), "verified" (the answer came from verifier-guided
+    halting) and "network_calls" (the compute spent)."""
     device = next(model.parameters()).device
     inputs = tokens.view(1, -1).to(device)
     ids = torch.tensor([puzzle_id], device=device)
+    if test_time is not None and not test_time.validate().plain:
+        return _solve_test_time(model, inputs, ids, test_time, max_steps)
     carry = model.initial_carry(1, device)
     for step in range(1, max_steps + 1):
         out = model(carry, inputs, ids)
@@ -24,6 +32,32 @@ def solve_tokens(model, tokens: torch.Tensor, puzzle_id: int = 0, max_steps: int
         "prediction": out.logits[0].argmax(-1).cpu(),
         "steps": step,
         "halt_confidence": float(torch.sigmoid(out.q_halt[0])),
+    }
+
+
+def _solve_test_time(model, inputs, ids, options, max_steps: int) -> dict:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from trm_fast.eval.test_time import Task, calls_per_step, check_model, select_answers, solve_puzzles
+
+    options = replace(options, max_steps=options.max_steps or max_steps)
+    task = Task.of(model.config)
+    check_model(model, options, task)
+    symmetries = task.symmetries(options.augment, np.random.default_rng(options.noise_seed))
+    generator = torch.Generator(device=inputs.device).manual_seed(options.noise_seed)
+    trajectories = solve_puzzles(model, inputs, ids, options, task, symmetries, generator)
+    chosen = select_answers(trajectories, options.select, options.verify, task, inputs)
+    prediction = chosen.answer[0].cpu()
+    valid = None if task.kind == "other" else bool(task.check(inputs.cpu().numpy(), prediction.view(1, -1).numpy())[0])
+    return {
+        "prediction": prediction,
+        "steps": int(chosen.steps[0]),
+        "halt_confidence": float(torch.sigmoid(chosen.q[0])),
+        "valid": valid,
+        "verified": bool(chosen.verified[0]),
+        "network_calls": int(chosen.row_steps[0]) * calls_per_step(model.config)[0],
     }
 
 

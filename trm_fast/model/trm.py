@@ -32,6 +32,19 @@ class StepOutput:
     q_continue: torch.Tensor  # (B,) fp32
 
 
+@dataclass
+class LatentNoise:
+    """Gaussian noise added to z after every z update of a step (PTRM, arXiv 2605.19943): z += scale[row] * N(0, 1).
+    Test-time only; rows of scale 0 keep z as it is. `generator` makes the draws reproducible."""
+
+    scale: torch.Tensor  # (B,) fp32 standard deviation per row
+    generator: torch.Generator | None = None
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        eps = torch.randn(z.shape, generator=self.generator, device=z.device, dtype=torch.float32)
+        return (z.float() + self.scale.view(-1, 1, 1) * eps).to(z.dtype)
+
+
 def _skip_host_checks(t: torch.Tensor) -> bool:
     """Input-range checks read values back to the host: skipped while a CUDA graph captures (a sync is illegal
     there) and while torch.compile traces (a data-dependent branch would break the graph)."""
@@ -189,10 +202,12 @@ class TRM(nn.Module):
     def rope(self):
         return None if self.rope_cos is None else (self.rope_cos, self.rope_sin)
 
-    def latent_cycle(self, y, z, x, ops, rope):
+    def latent_cycle(self, y, z, x, ops, rope, noise: LatentNoise | None = None):
         """One cycle: n updates of z with input injection, then one update of y."""
         for _ in range(self.config.n):
             z = self.net(z, y + x, ops, rope)
+            if noise is not None:
+                z = noise(z)
         y = self.net(y, z, ops, rope)
         return y, z
 
@@ -207,13 +222,15 @@ class TRM(nn.Module):
         q = reference.linear(y[:, 0], self.q_head_weight, self.q_head_bias).float()
         return logits, q[:, 0], q[:, 1]
 
-    def forward(self, carry: tuple[torch.Tensor, ...], inputs: torch.Tensor, puzzle_ids: torch.Tensor | None = None) -> StepOutput:
-        """One supervision step from the carried (y, z). Gradient flows through the last cycle only."""
+    def forward(self, carry: tuple[torch.Tensor, ...], inputs: torch.Tensor, puzzle_ids: torch.Tensor | None = None,
+                noise: LatentNoise | None = None) -> StepOutput:
+        """One supervision step from the carried (y, z). Gradient flows through the last cycle only. `noise`
+        (test time) perturbs z after each of its updates."""
         x, (y, z), ops, rope = self.prepare(carry, inputs, puzzle_ids)
         with torch.no_grad():
             for _ in range(self.config.T - 1):
-                y, z = self.latent_cycle(y, z, x, ops, rope)
-        y, z = self.latent_cycle(y, z, x, ops, rope)
+                y, z = self.latent_cycle(y, z, x, ops, rope, noise)
+        y, z = self.latent_cycle(y, z, x, ops, rope, noise)
         logits, q_halt, q_continue = self.heads(y)
         return StepOutput(carry=(y.detach(), z.detach()), logits=logits, q_halt=q_halt, q_continue=q_continue)
 

@@ -26,9 +26,11 @@ class SeparateNetsTRM(TRM):
         super().__init__(config)
         self.net_y = ReasoningNet(config)
 
-    def latent_cycle(self, y, z, x, ops, rope):
+    def latent_cycle(self, y, z, x, ops, rope, noise=None):
         for _ in range(self.config.n):
             z = self.net(z, y + x, ops, rope)
+            if noise is not None:
+                z = noise(z)
         return self.net_y(y, z, ops, rope), z
 
 

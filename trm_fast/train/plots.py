@@ -69,3 +69,30 @@ def plot_accuracy_by_step(result: dict, png_path: str, title: str = "") -> str:
     ax.legend()
     fig.tight_layout()
     return save_figure(fig, png_path, dpi=100)
+
+
+def plot_test_time(result: dict, png_path: str, title: str = "") -> str:
+    """eval --tta-sweep: held-out exact accuracy against network calls per puzzle, one line per selection with and
+    without verifier-guided halting, each point labelled with its K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for verify in (False, True):
+        for select, marker in (("q", "o"), ("vote", "s")):
+            rows = [r for r in result["sweep"] if r["verify"] == verify and r["select"] == select]
+            x = [r["network_calls_per_puzzle"] for r in rows]
+            y = [r["exact_accuracy"] for r in rows]
+            ax.plot(x, y, marker + ("-" if verify else "--"), label=f"{select}{', verifier halting' if verify else ''}")
+            for r, xi, yi in zip(rows, x, y):
+                ax.annotate(str(r["trajectories"]), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("network calls per puzzle")
+    ax.set_ylabel("held-out exact accuracy")
+    ax.set_title(title or f"test-time compute (noise {result['noise']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, png_path, dpi=100)
