@@ -189,9 +189,14 @@ class TRM(nn.Module):
         return None if self.rope_cos is None else (self.rope_cos, self.rope_sin)
 
     def latent_cycle(self, y, z, x, ops, rope):
-        """One cycle: n updates of z with input injection, then one update of y."""
-        for _ in range(self.config.n):
-            z = self.net(z, y + x, ops, rope)
+        """One cycle: n updates of z with input injection, then one update of y. y does not change during the z
+        updates, so y + x is added once (the same tensor n times), and each z update but the last returns the next
+        one's input z + (y + x) from the network's last norm kernel (ReasoningNet.run), not z."""
+        injection = y + x
+        h = z + injection
+        for _ in range(self.config.n - 1):
+            h = self.net.run(h, ops, rope, then_add=injection)
+        z = self.net.run(h, ops, rope)
         y = self.net(y, z, ops, rope)
         return y, z
 

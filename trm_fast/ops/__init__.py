@@ -3,6 +3,7 @@
 custom ops (trm_fast/ops/{norm,swiglu,attention}.py). The model's weights are the same for both.
 
     add_rms_norm(x, residual)                 rms_norm(residual + x) over channels
+    add_rms_norm(x, residual, inject=t)       (y, y + t) with y the above (the next network input)
     add_rms_norm_seq(x, residual)             the same over the sequence axis of (B, L, D)
     swiglu(x, w_gate_up, w_down)              channel SwiGLU MLP
     swiglu_token_mix(x, w_gate_up, w_down)    token-mixing SwiGLU of (B, L, D) along L

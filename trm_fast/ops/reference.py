@@ -111,9 +111,11 @@ def rms_norm(x: torch.Tensor, dim: int = -1, eps: float = RMS_EPS) -> torch.Tens
     return (x32 * torch.rsqrt(x32.square().mean(dim, keepdim=True) + eps)).to(x.dtype)
 
 
-def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
-    """rms_norm(residual + x) over the last (channel) axis; the sum is taken in the activation dtype."""
-    return rms_norm(residual + x, -1, eps)
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS, *, inject: torch.Tensor | None = None):
+    """rms_norm(residual + x) over the last (channel) axis; the sum is taken in the activation dtype.
+    With `inject`: (y, y + inject), as the Triton op returns them (the recursion's next network input)."""
+    y = rms_norm(residual + x, -1, eps)
+    return y if inject is None else (y, y + inject)
 
 
 def add_rms_norm_seq(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:

@@ -58,7 +58,7 @@ def _swiglu_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
     h = torch.empty(x2d.shape[0], I, dtype=x.dtype, device=x.device)
     gu = torch.empty(x2d.shape[0], 2 * I, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
     kernels.channel_gate_up(x2d, wgu, h, gu if save_gate_up else None)
-    out = (h @ w_down.to(x.dtype).t()).view(x.shape[:-1] + (w_down.shape[0],))
+    out = (h @ cast_weight(w_down, x.dtype).t()).view(x.shape[:-1] + (w_down.shape[0],))
     return out, h, gu
 
 
@@ -76,7 +76,7 @@ def _swiglu_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
     dout2d = contiguous(dout.reshape(-1, dout.shape[-1]).to(x.dtype))
     wgu = cast_weight(w_gate_up, x.dtype)
-    dh = dout2d @ w_down.to(x.dtype)
+    dh = dout2d @ cast_weight(w_down, x.dtype)
     d_w_down = mm_fp32(dout2d.t(), h)
     dgu = torch.empty(x2d.shape[0], wgu.shape[0], dtype=x.dtype, device=x.device)
     if gu.numel():
@@ -126,7 +126,7 @@ def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recom
 def _token_weight(w_gate_up: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """w_gate_up (2I, L) in `dtype`, stored transposed as (L, 2I) rows: the gate_up kernel then loads its weight
     tiles along 2I (a multiple of 16) with cp.async, where rows of L = 97 or 916 values would be masked scalar loads."""
-    return cast_weight(w_gate_up.t(), dtype).t()
+    return cast_weight(w_gate_up, dtype, transposed=True).t()
 
 
 def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -145,7 +145,7 @@ def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, s
     h = torch.empty(B, I, D, dtype=x.dtype, device=x.device)
     gu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
     kernels.token_gate_up(x, wgu, h, gu if save_gate_up else None)
-    out = _weight_times(w_down.to(x.dtype), h)  # (L, I) @ (B, I, D) -> (B, L, D): no transpose
+    out = _weight_times(cast_weight(w_down, x.dtype), h)  # (L, I) @ (B, I, D) -> (B, L, D): no transpose
     return out, h, gu
 
 
@@ -164,7 +164,7 @@ def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.T
     B, L, D = x.shape
     wgu = _token_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
-    dh = _weight_times(w_down.to(x.dtype).t(), dout)  # (I, L) @ (B, L, D) -> (B, I, D)
+    dh = _weight_times(cast_weight(w_down, x.dtype).t(), dout)  # (I, L) @ (B, L, D) -> (B, I, D)
     d_w_down = matmul_kernels.sum_over_batch_abt(dout, h)  # sum_b (L, D) @ (D, I), fp32
     dgu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device)
     if gu.numel():  # per batch element the gate block (I*D) precedes the up block: rows of 2 * I * D
