@@ -26,11 +26,11 @@ from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, c
                                      outputs_without_grad)
 from trm_fast.ops.levels import OP_SAVES
 
-__all__ = ["swiglu", "swiglu_token_mix"]
+__all__ = ["swiglu", "swiglu_cublas", "swiglu_token_mix"]
 
 
-def _saves_gate_up(op: str, x, w_gate_up, w_down, recompute: bool) -> bool:
-    saves = OP_SAVES[(op, "triton")]["recompute" if recompute else "plain"]
+def _saves_gate_up(op: str, x, w_gate_up, w_down, recompute: bool, implementation: str = "triton") -> bool:
+    saves = OP_SAVES[(op, implementation)]["recompute" if recompute else "plain"]
     return needs_grad(x, w_gate_up, w_down) and saves.keeps("gate_up")
 
 
@@ -63,7 +63,7 @@ def _swiglu_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
 
 
 @_swiglu_fwd.register_fake
-def _(x, w_gate_up, w_down, save_gate_up):
+def _fake_channel(x, w_gate_up, w_down, save_gate_up):
     M = x.numel() // x.shape[-1]
     I = w_gate_up.shape[0] // 2
     out = x.new_empty(x.shape[:-1] + (w_down.shape[0],))
@@ -118,6 +118,74 @@ def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recom
     w_down (D, I). `recompute`: re-run the gate_up matmul in backward instead of saving gate/up."""
     _check("swiglu", x, w_gate_up, w_down, -1)
     return _swiglu_fwd(x, w_gate_up, w_down, _saves_gate_up("swiglu", x, w_gate_up, w_down, recompute))[0]
+
+
+# ------------------------------------------------------------------------- channel, cuBLAS contender ("triton_cublas")
+# The gate_up matmul on cuBLAS (TMA-fed, persistent, warp-specialised on Hopper, where the fused kernel's mainloop is
+# cp.async-fed and non-persistent) and silu(gate) * up in one elementwise kernel: gate/up (2I wide) is written and read
+# back once more than by the fused kernel. Backward: the elementwise SwiGLU step from gate/up, saved (recompute=False)
+# or re-made by the same matmul (recompute=True); the other matmuls as the fused op's.
+
+
+def _gate_up_matmul(x2d: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
+    return x2d @ cast_weight(w_gate_up, x2d.dtype).t()
+
+
+@torch.library.custom_op("trm_fast::swiglu_cublas_fwd", mutates_args=())
+def _cublas_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x2d = contiguous(x.reshape(-1, x.shape[-1]))
+    gu = _gate_up_matmul(x2d, w_gate_up)
+    h = torch.empty(x2d.shape[0], gu.shape[1] // 2, dtype=x.dtype, device=x.device)
+    kernels.swiglu_fwd_from_gate_up(gu, h)
+    out = (h @ cast_weight(w_down, x.dtype).t()).view(x.shape[:-1] + (w_down.shape[0],))
+    return out, h, gu if save_gate_up else h.new_empty(0)
+
+
+@_cublas_fwd.register_fake
+def _(x, w_gate_up, w_down, save_gate_up):
+    return _fake_channel(x, w_gate_up, w_down, save_gate_up)
+
+
+@torch.library.custom_op("trm_fast::swiglu_cublas_bwd", mutates_args=())
+def _cublas_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.Tensor, w_gate_up: torch.Tensor,
+                w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x2d = contiguous(x.reshape(-1, x.shape[-1]))
+    dout2d = contiguous(dout.reshape(-1, dout.shape[-1]).to(x.dtype))
+    dh = dout2d @ cast_weight(w_down, x.dtype)
+    d_w_down = mm_fp32(dout2d.t(), h)
+    if not gu.numel():
+        gu = _gate_up_matmul(x2d, w_gate_up)
+    dgu = torch.empty_like(gu)
+    kernels.swiglu_bwd_from_saved(gu, dh, dgu)
+    del dh, gu
+    dx = (dgu @ cast_weight(w_gate_up, x.dtype)).view(x.shape)
+    d_w_gate_up = mm_fp32(dgu.t(), x2d)
+    return dx, d_w_gate_up, d_w_down
+
+
+@_cublas_bwd.register_fake
+def _(dout, x, h, gu, w_gate_up, w_down):
+    f32 = torch.float32
+    return torch.empty_like(x), w_gate_up.new_empty(w_gate_up.shape, dtype=f32), w_down.new_empty(w_down.shape, dtype=f32)
+
+
+def _cublas_backward(ctx, dout, _dh, _dgu):
+    if dout is None:
+        return None, None, None, None
+    x, h, gu, w_gate_up, w_down = ctx.saved_tensors
+    dx, dwgu, dwd = _cublas_bwd(dout, x, h, gu, w_gate_up, w_down)
+    return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None
+
+
+_cublas_fwd.register_autograd(_cublas_backward, setup_context=_setup)
+
+
+def swiglu_cublas(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+    """swiglu's contract (same arguments, same math) with the gate_up matmul on cuBLAS and silu(gate) * up in an
+    elementwise kernel: the "triton_cublas" implementation of the op "swiglu"."""
+    _check("swiglu", x, w_gate_up, w_down, -1)
+    saves = _saves_gate_up("swiglu", x, w_gate_up, w_down, recompute, "triton_cublas")
+    return _cublas_fwd(x, w_gate_up, w_down, saves)[0]
 
 
 # ---------------------------------------------------------------------------------------------- token mixing
