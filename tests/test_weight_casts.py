@@ -3,8 +3,8 @@ once and reused until the master changes (an optimiser step, an EMA swap, a chec
 values those of a fresh cast, and the weight gradients still reach the fp32 masters in fp32.
 
 On a GPU only (not run here): a captured step casts at every use inside the graph (cast_weight caches nothing while
-the stream captures) and GraphedCarryStep bumps the masters' versions after each replay; the CPU checks the bump."""
-from types import SimpleNamespace
+the stream captures) and GraphedCarryStep bumps the masters' versions after each replay
+(train.optim.mark_parameters_written, the dense optimiser's step post-hook); the CPU checks the bump."""
 
 from kernel_utils import DEVICE, randn  # first: sets TRITON_INTERPRET
 
@@ -12,8 +12,9 @@ import torch
 
 from trm_fast.ops import swiglu as ops
 from trm_fast.ops._custom_op import cast_weight
-from trm_fast.train.cuda_graph import GraphedCarryStep
+from trm_fast.config import TRMConfig
 from trm_fast.train.ema import EMA
+from trm_fast.train.optim import build_dense_optimizer, mark_parameters_written
 
 BF16 = torch.bfloat16
 LOW = torch.float16  # the ops' activations here: Triton's CPU interpreter has no bf16 arithmetic
@@ -49,15 +50,28 @@ def test_the_ema_swap_is_seen():
     assert torch.equal(cast_weight(module.weight, BF16), live)
 
 
-def test_a_graph_replay_marks_the_masters_written():
+def test_writes_unseen_by_the_version_counter_are_marked():
     w = _master()
     first = cast_weight(w, BF16)
-    with torch.no_grad():  # what a replay does: the optimiser inside the graph writes w, Python does not see it
+    with torch.no_grad():  # what a graph replay does: the optimiser inside the graph writes w, Python does not see it
         w.data.add_(1.0)  # (.data: an in-place write that leaves the version counter alone, as a replay does)
     assert cast_weight(w, BF16) is first  # stale until the step says what the replay wrote
-    opt = torch.optim.AdamW([w])
-    GraphedCarryStep._mark_parameters_written(SimpleNamespace(parts=SimpleNamespace(dense_opt=opt)))
+    mark_parameters_written(torch.optim.AdamW([w]))  # what GraphedCarryStep runs after each replay
     assert torch.equal(cast_weight(w, BF16), w.detach().to(BF16))
+
+
+def test_a_fused_optimiser_step_is_seen():
+    w = _master()
+    w.grad = torch.ones_like(w)
+    opt = torch.optim.AdamW([w], lr=0.1, fused=True)  # its kernel does not move the version counter
+    opt.register_step_post_hook(mark_parameters_written)
+    first = cast_weight(w, BF16)
+    opt.step()
+    assert not torch.equal(w.detach().to(BF16), first) and torch.equal(cast_weight(w, BF16), w.detach().to(BF16))
+    for optimizer in ("adam_atan2", "adamw"):
+        train = TRMConfig.preset("sudoku4-tiny").override([f"train.optimizer={optimizer}"]).train
+        dense = build_dense_optimizer(train, [w])
+        assert mark_parameters_written in dense._optimizer_step_post_hooks.values()
 
 
 def _swiglu_run(form, x, w_gate_up, w_down):

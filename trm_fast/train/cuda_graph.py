@@ -31,6 +31,7 @@ import torch
 
 from trm_fast.config import TrainConfig
 from trm_fast.train.act import SupervisionState, supervision_step
+from trm_fast.train.optim import mark_parameters_written
 
 _MASK32 = 0xFFFFFFFF
 
@@ -190,13 +191,6 @@ class GraphedCarryStep:
         self.sparse_lr.fill_(sparse_lr)
         self.opt_step.fill_((opt_steps.pop() if opt_steps else 0.0) + 1.0)
 
-    def _mark_parameters_written(self) -> None:
-        """A replay writes the parameters (optimiser, EMA) without Python seeing it: bump their version counters, as an
-        eager in-place write would, so that what is keyed on them (the ops' cached weight casts) sees the change."""
-        for group in self.parts.dense_opt.param_groups:
-            for p in group["params"]:
-                torch.autograd.graph.increment_version(p)
-
     def _advance_host_counters(self) -> None:
         """The optimiser's host step counters follow the device ones, so checkpoints and an eager fallback agree."""
         opt = self.parts.dense_opt
@@ -260,7 +254,7 @@ class GraphedCarryStep:
             if self.graph is None and not self._capture():
                 return None
             self.graph.replay()
-            self._mark_parameters_written()
+            mark_parameters_written(self.parts.dense_opt)  # the replay wrote them without Python seeing it
             self._advance_host_counters()
             metrics = {k: v.clone() for k, v in self.metrics.items()}
         metrics["loss_rows"] = float(self.parts.local_batch)
