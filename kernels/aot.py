@@ -249,6 +249,8 @@ def block_launches(shape: BlockShape, recorder: Recorder, grad: bool, recompute:
     h, gu = _meta(M, I), (_meta(M, 2 * I) if save else None)
     site("swiglu", "fwd+save" if save else "fwd")
     swiglu.channel_gate_up(x2d, w, h, gu)
+    site("swiglu", "triton_cublas fwd")  # its contender: the gate_up matmul on cuBLAS, then silu * up (its backward
+    swiglu.swiglu_fwd_from_gate_up(_meta(M, 2 * I), h)  # is the elementwise one below, from gate/up saved or re-made)
     if grad:
         site("swiglu", mode)
         dh, dgu = _meta(M, I), _meta(M, 2 * I)

@@ -98,6 +98,18 @@ def _swiglu_bwd_elementwise(gu_ptr, dh_ptr, dgu_ptr, n_rows, N_HALF, BLOCK: tl.c
     tl.store(dgu_ptr + row * 2 * N_HALF + N_HALF + cols, (dh * g * sig).to(dgu_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _swiglu_fwd_elementwise(gu_ptr, h_ptr, n_rows, N_HALF, BLOCK: tl.constexpr):
+    """h = silu(gate) * up from gate/up rows (n_rows, 2*N_HALF) written by a matmul (the cuBLAS contender of the
+    fused gate_up kernel), in fp32, rounded once to h's dtype."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N_HALF
+    g = tl.load(gu_ptr + row * 2 * N_HALF + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * 2 * N_HALF + N_HALF + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(h_ptr + row * N_HALF + cols, (g / (1.0 + tl.exp(-g)) * u).to(h_ptr.dtype.element_ty), mask=mask)
+
+
 # ---------------------------------------------------------------------------------------------- launchers
 
 
@@ -150,6 +162,14 @@ def swiglu_bwd_from_saved(gu: torch.Tensor, dh: torch.Tensor, dgu: torch.Tensor)
     n_rows = dh.numel() // N_HALF
     block = launch_configs.elementwise_block(N_HALF)
     _swiglu_bwd_elementwise[(n_rows, triton.cdiv(N_HALF, block))](gu, dh, dgu, n_rows, N_HALF, BLOCK=block, num_warps=4)
+
+
+def swiglu_fwd_from_gate_up(gu: torch.Tensor, h: torch.Tensor) -> None:
+    """Elementwise forward from gate/up: rows of (2I) in gu, rows of I written to h (contiguous, any leading shape)."""
+    N_HALF = h.shape[-1]
+    n_rows = h.numel() // N_HALF
+    block = launch_configs.elementwise_block(N_HALF)
+    _swiglu_fwd_elementwise[(n_rows, triton.cdiv(N_HALF, block))](gu, h, n_rows, N_HALF, BLOCK=block, num_warps=4)
 
 
 # ---------------------------------------------------------------------------------------------- references

@@ -20,7 +20,7 @@ from trm_fast.config import ModelConfig
 from trm_fast.kernels import aot
 from trm_fast.ops import reference
 from trm_fast.model.layers import ReasoningNet
-from trm_fast.ops import get_ops
+from trm_fast.ops import OP_NAMES, get_ops
 
 SHAPES = aot.preset_block_shapes()
 
@@ -52,9 +52,13 @@ def _net(shape: aot.BlockShape) -> tuple[ReasoningNet, tuple | None]:
 
 def model_launches(shape: aot.BlockShape, recorder: aot.Recorder) -> None:
     """One block of the model as training and evaluation run it: without gradient, then forward and backward at
-    recomputation levels 0, 1 and 2."""
+    recomputation levels 0, 1 and 2; with the Triton ops, then with swiglu's contender "triton_cublas"."""
+    for swiglu in ("triton", "triton_cublas"):
+        _block_launches(shape, recorder, get_ops({**dict.fromkeys(OP_NAMES, "triton"), "swiglu": swiglu}))
+
+
+def _block_launches(shape: aot.BlockShape, recorder: aot.Recorder, ops) -> None:
     net, rope = _net(shape)
-    ops = get_ops("triton")
     state = torch.empty(shape.batch, shape.seq, shape.hidden, dtype=aot.DTYPE, device="meta", requires_grad=True)
     injection = torch.empty_like(state)
     with _OpBodiesOnMeta():

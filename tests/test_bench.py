@@ -192,3 +192,13 @@ def test_graphed_step_runner_equals_the_eager_runner():
     for a, b in zip(plain.ema.shadow, graphed.ema.shadow):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
     assert not any(name.endswith("-graph") for name in contender_configs(config))  # GPU only
+
+
+def test_host_time_of_a_step():
+    """benchmarks/bench_host_time.py's measurement runs the Triton path's step on the CPU with its launches dropped
+    and reports the machine's load beside the figures (which are never asserted)."""
+    from trm_fast.tools.bench.host_time import step_host_time
+
+    result = step_host_time(TRMConfig.preset("sudoku4-tiny"), level=1, repeats=2)
+    assert result["level"] == 1 and result["repeats"] == 2 and 0 < result["min_ms"] <= result["median_ms"]
+    assert result["load_average_1min"] >= 0

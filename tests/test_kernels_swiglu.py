@@ -338,3 +338,56 @@ def test_bf16_at_preset_shapes_gpu(L, recompute):
         wd = randn(width, hidden, seed=43, scale=hidden ** -0.5, requires_grad=True)
         results = _low_precision_run(op, ref, x32, wgu, wd, dy32, torch.bfloat16, recompute)
         _assert_low_precision_rule(results, f"{op.__name__} L={L}")
+
+
+# ---------------------------------------------------------------------------------------------- cuBLAS contender
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cublas_contender_against_reference(recompute, dtype):
+    """swiglu_cublas (the "triton_cublas" implementation: gate_up on cuBLAS, silu * up and its backward in
+    elementwise kernels) against the reference: values and every gradient (fp32 weight gradients), both levels."""
+    B, L, D, I = 2, 9, 32, 24
+    x32 = randn(B, L, D, seed=40)
+    w = [randn(2 * I, D, seed=41, scale=D ** -0.5), randn(D, I, seed=42, scale=I ** -0.5)]
+    dy = randn(B, L, D, seed=43)
+    x = x32.to(dtype).requires_grad_(True)
+    wgu, wd = (t.clone().requires_grad_(True) for t in w)
+    out = ops.swiglu_cublas(x, wgu, wd, recompute=recompute)
+    grads = torch.autograd.grad(out, [x, wgu, wd], dy.to(dtype))
+    xr = x32.double().requires_grad_(True)
+    wr = [t.double().requires_grad_(True) for t in w]
+    ref = R.swiglu(xr, *wr)
+    ref_grads = torch.autograd.grad(ref, [xr] + wr, dy.double())
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    assert out.dtype == dtype and grads[1].dtype == grads[2].dtype == torch.float32
+    assert_close(out, ref, name="output", **tol)
+    for g, r, name in zip(grads, ref_grads, ("dx", "dw_gate_up", "dw_down")):
+        assert_close(g, r, name=name, **tol)
+
+
+def test_cublas_contender_saves_gate_up_only_at_level_0():
+    x = randn(2, 5, 32, seed=44, requires_grad=True)
+    wgu, wd = randn(48, 32, seed=45, requires_grad=True), randn(32, 24, seed=46, requires_grad=True)
+    for recompute in (False, True):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+            ops.swiglu_cublas(x, wgu, wd, recompute=recompute)
+        assert ((10, 48) in saved) == (not recompute), saved  # gate/up, 2I wide
+        assert (10, 24) in saved  # h, for the down projection's weight gradient
+
+
+def test_cublas_contender_is_chosen_by_override_and_by_the_preferred_table(monkeypatch):
+    from trm_fast.config import TRMConfig
+    from trm_fast.ops import get_ops, resolve
+
+    config = TRMConfig.preset("sudoku-att").model
+    assert resolve.op_implementations(config, "cuda", (9, 0))["swiglu"] == "triton"  # the fused kernel by default
+    chosen = resolve.op_implementations(config, "cuda", (9, 0), overrides={"swiglu": "triton_cublas"})
+    assert chosen["swiglu"] == "triton_cublas" and get_ops(chosen).swiglu is ops.swiglu_cublas
+    monkeypatch.setitem(resolve.PREFERRED_CONTENDERS, ("swiglu", (9, 0), resolve.op_shape("swiglu", config)), "triton_cublas")
+    assert resolve.op_implementations(config, "cuda", (9, 0))["swiglu"] == "triton_cublas"
+    assert resolve.op_implementations(config, "cuda", (8, 0))["swiglu"] == "triton"
+    with pytest.raises(ValueError, match="an implementation of attention is one of"):
+        resolve.op_implementations(config, "cuda", (9, 0), overrides={"attention": "triton_cublas"})

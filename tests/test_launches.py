@@ -20,13 +20,17 @@ from trm_fast.tools.bench.launches import LaunchCounter, count_step_launches, in
 
 META = torch.device("meta")
 
-# Launches per supervision step today (docs/kernels.md, "Launches per supervision step"). A change that adds
+# Launches per supervision step today (docs/kernels.md, "Launches per supervision step"; before the weight-cast cache,
+# the hoisted y + x and the fused injection output: 1039/1039/1193, 997/997/1137, 797/797/907). A change that adds
 # launches fails here; one that removes some lowers the ceiling with it.
 CEILINGS = {
-    ("sudoku-att", 0): 1039, ("sudoku-att", 1): 1039, ("sudoku-att", 2): 1193,
-    ("sudoku-mlp", 0): 997, ("sudoku-mlp", 1): 997, ("sudoku-mlp", 2): 1137,
-    ("maze", 0): 797, ("maze", 1): 797, ("maze", 2): 907,
+    ("sudoku-att", 0): 793, ("sudoku-att", 1): 793, ("sudoku-att", 2): 896,
+    ("sudoku-mlp", 0): 751, ("sudoku-mlp", 1): 751, ("sudoku-mlp", 2): 840,
+    ("maze", 0): 627, ("maze", 1): 627, ("maze", 2): 700,
 }
+# Each fp32 master is cast to bf16 once per step (the ops' cast cache): the block weights (4 per block) and the
+# embedding and heads' casts of the reference linear (not cached: it runs where autograd records).
+WEIGHT_CASTS = {"sudoku-att": 14, "sudoku-mlp": 12, "maze": 14}
 
 
 @pytest.mark.parametrize("preset,level", sorted(CEILINGS))
@@ -34,6 +38,7 @@ def test_launches_per_step_stay_within_the_ceiling(preset, level):
     batch = 768 if preset.startswith("sudoku") else 192
     counts = summary(count_step_launches(TRMConfig.preset(preset), batch, level))
     assert counts["total"] <= CEILINGS[preset, level], counts
+    assert counts["weight_casts"] <= WEIGHT_CASTS[preset], counts
     assert counts["total"] == counts["triton"] + counts["cublas"] + counts["aten"]
     assert counts["triton"] > 0 and counts["cublas"] > 0 and counts["backward"] > 0
 

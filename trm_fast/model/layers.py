@@ -76,9 +76,10 @@ class Block(nn.Module):
             self.mixer = SwiGLUWeights(config.total_seq_len, config.token_mix_hidden)
         self.mlp = SwiGLUWeights(config.hidden_size, config.mlp_hidden)
 
-    def forward(self, h: torch.Tensor, ops: OpSet, rope: tuple | None, level: int = 0) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ops: OpSet, rope: tuple | None, level: int = 0, then_add: torch.Tensor | None = None):
         """`level`: the recomputation level the ops run at (trm_fast.ops.levels: a Triton SwiGLU at level 1 re-runs
-        its gate_up matmul in backward rather than save gate/up); run_block picks it."""
+        its gate_up matmul in backward rather than save gate/up); run_block picks it. With `then_add`: returns
+        out + then_add instead of out, the sum written by the last norm's kernel."""
         if self.mixer_kind == "attention":
             cos, sin = rope if rope is not None else (None, None)
             mixed = ops.attention(h, self.mixer.w_qkv, self.mixer.w_o, cos, sin, self.num_heads)
@@ -88,11 +89,16 @@ class Block(nn.Module):
             mixed = ops.swiglu_token_mix(h, self.mixer.w_gate_up, self.mixer.w_down, recompute=recompute)
             h = ops.add_rms_norm_seq(mixed, h)
         recompute = op_recompute(ops.implementations["swiglu"], level)
-        return ops.add_rms_norm(ops.swiglu(h, self.mlp.w_gate_up, self.mlp.w_down, recompute=recompute), h)
+        mixed = ops.swiglu(h, self.mlp.w_gate_up, self.mlp.w_down, recompute=recompute)
+        return ops.add_rms_norm(mixed, h) if then_add is None else ops.add_rms_norm(mixed, h, inject=then_add)[1]
 
 
 class ReasoningNet(nn.Module):
-    """The one network `net` of TRM: net(state, injection) = blocks(state + injection)."""
+    """The one network `net` of TRM: net(state, injection) = blocks(state + injection).
+
+    The recursion feeds each z update's output plus the same injection into the next: `run(h, ..., then_add=t)`
+    applies the blocks to a sum already made and returns out + t, written by the last block's norm kernel (one add
+    launch fewer per call; the same values as adding afterwards)."""
 
     def __init__(self, config: ModelConfig, num_blocks: int | None = None):
         super().__init__()
@@ -100,7 +106,10 @@ class ReasoningNet(nn.Module):
         self.recompute = config.recompute
 
     def forward(self, state: torch.Tensor, injection: torch.Tensor, ops: OpSet, rope) -> torch.Tensor:
-        h = state + injection
-        for block in self.blocks:
+        return self.run(state + injection, ops, rope)
+
+    def run(self, h: torch.Tensor, ops: OpSet, rope, then_add: torch.Tensor | None = None):
+        *first, last = self.blocks
+        for block in first:
             h = run_block(block, h, ops, rope, self.recompute)
-        return h
+        return run_block(last, h, ops, rope, self.recompute, then_add)

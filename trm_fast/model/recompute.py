@@ -107,16 +107,19 @@ class BlockRecompute(torch.autograd.Function):
         return (grad_h, None, None, None, *grad_params)
 
 
-def run_block(block, h: torch.Tensor, ops, rope, level: int) -> torch.Tensor:
-    """One block application at a recomputation level (only matters where autograd records)."""
+def run_block(block, h: torch.Tensor, ops, rope, level: int, then_add: torch.Tensor | None = None):
+    """One block application at a recomputation level (only matters where autograd records). With `then_add`:
+    out + then_add, from the block's last norm where the block runs as it is, added after a recomputed one."""
     if level == 0 or not torch.is_grad_enabled():
-        return block(h, ops, rope, 0)
+        return block(h, ops, rope, 0, then_add)
     plan = levels.block_plan(level, tuple(ops.implementations[op] for op in block.op_names))
-    if plan == "block":
-        return BlockRecompute.apply(h, block, ops, rope, *block.parameters())
     if plan == "ops":
-        return block(h, ops, rope, level)
-    for observe in _observers:
-        observe(h)
-    context = _observed_selective_contexts if _observers else _selective_contexts
-    return checkpoint(block, h, ops, rope, level, use_reentrant=False, context_fn=context)
+        return block(h, ops, rope, level, then_add)
+    if plan == "block":
+        out = BlockRecompute.apply(h, block, ops, rope, *block.parameters())
+    else:
+        for observe in _observers:
+            observe(h)
+        context = _observed_selective_contexts if _observers else _selective_contexts
+        out = checkpoint(block, h, ops, rope, level, use_reentrant=False, context_fn=context)
+    return out if then_add is None else out + then_add

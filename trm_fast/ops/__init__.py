@@ -3,13 +3,16 @@
 custom ops (trm_fast/ops/{norm,swiglu,attention}.py). The model's weights are the same for both.
 
     add_rms_norm(x, residual)                 rms_norm(residual + x) over channels
+    add_rms_norm(x, residual, inject=t)       (y, y + t) with y the above (the next network input)
     add_rms_norm_seq(x, residual)             the same over the sequence axis of (B, L, D)
     swiglu(x, w_gate_up, w_down)              channel SwiGLU MLP
     swiglu_token_mix(x, w_gate_up, w_down)    token-mixing SwiGLU of (B, L, D) along L
     attention(x, w_qkv, w_o, cos, sin, num_heads)   qkv projection, RoPE, attention, output projection
 
 `get_ops(implementations)` returns these functions (an OpSet) for a choice of implementation per op
-(trm_fast.ops.resolve makes that choice for a model and a device; ops may differ).
+(trm_fast.ops.resolve makes that choice for a model and a device; ops may differ). Some ops have further
+implementations (OP_CONTENDERS): "swiglu" also runs as "triton_cublas", its gate_up matmul on cuBLAS and silu * up in
+an elementwise Triton kernel (a contender for Hopper), chosen by name in an op override.
 """
 from __future__ import annotations
 
@@ -18,23 +21,28 @@ from collections.abc import Mapping
 from trm_fast.ops import reference
 
 OP_NAMES = ("add_rms_norm", "add_rms_norm_seq", "swiglu", "swiglu_token_mix", "attention")
-IMPLEMENTATIONS = ("torch", "triton")
+IMPLEMENTATIONS = ("torch", "triton")  # every op has both
+OP_CONTENDERS = {"swiglu": ("triton_cublas",)}  # further implementations of some ops (Triton kernels too)
+TRITON_IMPLEMENTATIONS = ("triton", "triton_cublas")  # those that need a GPU Triton runs on (or its interpreter)
 
 
-def _triton_op(op: str):
+def _triton_op(op: str, implementation: str = "triton"):
     from trm_fast.ops import attention, norm, swiglu  # imported lazily: they import Triton
 
+    if (op, implementation) == ("swiglu", "triton_cublas"):
+        return swiglu.swiglu_cublas
     return {"add_rms_norm": norm.add_rms_norm, "add_rms_norm_seq": norm.add_rms_norm_seq, "swiglu": swiglu.swiglu,
             "swiglu_token_mix": swiglu.swiglu_token_mix, "attention": attention.attention}[op]
 
 
 def check_implementations(implementations: Mapping[str, str], what: str = "op implementations") -> None:
-    """Every key an op of OP_NAMES, every value one of IMPLEMENTATIONS."""
+    """Every key an op of OP_NAMES, every value one of IMPLEMENTATIONS or of that op's OP_CONTENDERS."""
     for op, implementation in implementations.items():
         if op not in OP_NAMES:
             raise ValueError(f"{what}: {op!r} is not a fused op; the ops are {', '.join(OP_NAMES)}")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"{what}: {op}={implementation!r}; an implementation is one of {IMPLEMENTATIONS}")
+        allowed = IMPLEMENTATIONS + OP_CONTENDERS.get(op, ())
+        if implementation not in allowed:
+            raise ValueError(f"{what}: {op}={implementation!r}; an implementation of {op} is one of {allowed}")
 
 
 class OpSet:
@@ -44,7 +52,7 @@ class OpSet:
     def __init__(self, implementations: dict[str, str]):
         self.implementations = implementations
         for op, implementation in implementations.items():
-            setattr(self, op, getattr(reference, op) if implementation == "torch" else _triton_op(op))
+            setattr(self, op, getattr(reference, op) if implementation == "torch" else _triton_op(op, implementation))
 
 
 _OP_SETS: dict[tuple, OpSet] = {}  # a plain dict, not lru_cache: torch.compile traces through it

@@ -1,5 +1,6 @@
-"""Helpers shared by the Triton-backed custom ops: input validation with clear errors, weight casts, matmuls with
-fp32 output for weight gradients, and the "does this call need a backward" test.
+"""Helpers shared by the Triton-backed custom ops: input validation with clear errors, weight casts (cached: one cast
+per weight per optimiser step), matmuls with fp32 output for weight gradients, and the "does this call need a
+backward" test.
 
 Every op is registered with torch.library.custom_op under the "trm_fast::" namespace, with register_fake (shapes
 for torch.compile's tracing) and register_autograd, so torch.compile(fullgraph=True) traces through it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT32_MAX = 2**31 - 1
@@ -63,17 +65,47 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def cast_weight(w: torch.Tensor, dtype: torch.dtype, row_align: int = 8) -> torch.Tensor:
-    """The fp32 master weight in the activation dtype, as reference.linear casts it. When a copy is made anyway,
-    its rows start on 16-byte boundaries (row stride rounded up to `row_align` elements): the token-mixing
-    weights have rows of L = 97 or 916 values, which would otherwise force narrow, unaligned loads."""
-    if w.dtype == dtype and w.is_contiguous():
-        return w
+def _cast_copy(w: torch.Tensor, dtype: torch.dtype, row_align: int) -> torch.Tensor:
     rows, cols = w.shape
     stride = -(-cols // row_align) * row_align
     buf = torch.empty(rows, stride, dtype=dtype, device=w.device)
     out = buf[:, :cols]
     out.copy_(w)
+    return out
+
+
+# The casts made so far: master weight -> {(dtype, row_align, transposed): (stamp, cast)}.
+# A weight is used 2(n+1)T times per step in the forward and again in the backward; its value only changes when the
+# optimiser (or an EMA swap, a checkpoint load) writes it in place, which bumps its version counter. An entry holds
+# while the master's (version, data_ptr) stamp is unchanged; the weak key drops it with the master.
+_CASTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def cast_weight(w: torch.Tensor, dtype: torch.dtype, row_align: int = 8, transposed: bool = False) -> torch.Tensor:
+    """The fp32 master weight (or, `transposed`, its transpose) in the activation dtype, as reference.linear casts it
+    (the same values: a cast is deterministic), made once and reused until the master changes. When a copy is made,
+    its rows start on 16-byte boundaries (row stride rounded up to `row_align` elements): the token-mixing weights
+    have rows of L = 97 or 916 values, which would otherwise force narrow, unaligned loads. Pass the master itself:
+    the cache is keyed on it (a view made inside a custom op does not know its base).
+
+    Not cached while a CUDA graph captures: a replay changes the masters without Python seeing it, so the graph casts
+    at every use (trm_fast.train.cuda_graph bumps the masters' versions after each replay, so that no eager entry
+    outlives one either). Inference tensors have no version counter: cast every time."""
+    source = w.t() if transposed else w
+    if source.dtype == dtype and source.is_contiguous():
+        return source
+    if w.is_inference() or (w.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return _cast_copy(source, dtype, row_align)
+    entries = _CASTS.get(w)
+    if entries is None:
+        entries = _CASTS[w] = {}
+    key = (dtype, row_align, transposed)
+    stamp = (w._version, w.data_ptr(), tuple(w.shape), w.stride())
+    found = entries.get(key)
+    if found is not None and found[0] == stamp:
+        return found[1]
+    out = _cast_copy(source, dtype, row_align)
+    entries[key] = (stamp, out)
     return out
 
 

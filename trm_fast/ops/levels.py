@@ -39,6 +39,7 @@ LEVEL_PLANS = {
     "torch": {0: LevelPlan("ops", False), 1: LevelPlan("selective", False), 2: LevelPlan("block", False)},
     "triton": {0: LevelPlan("ops", False), 1: LevelPlan("ops", True), 2: LevelPlan("block", False)},
 }
+LEVEL_PLANS["triton_cublas"] = LEVEL_PLANS["triton"]  # swiglu's cuBLAS contender: recompute=True re-runs its matmul
 
 
 class Shape(NamedTuple):
@@ -98,6 +99,11 @@ OP_SAVES = {
         "selective": OpSaves(output=True, tensors=(_GATE_UP,)),
     },
     ("swiglu", "triton"): {
+        "plain": OpSaves(input=True, tensors=(_H, _GATE_UP)),
+        "recompute": OpSaves(input=True, tensors=(_H,)),
+        "selective": OpSaves(output=True, tensors=(_H,)),
+    },
+    ("swiglu", "triton_cublas"): {  # the same as the fused kernel's: gate/up is the matmul's output
         "plain": OpSaves(input=True, tensors=(_H, _GATE_UP)),
         "recompute": OpSaves(input=True, tensors=(_H,)),
         "selective": OpSaves(output=True, tensors=(_H,)),

@@ -8,14 +8,13 @@ Nothing here imports Triton, so this module runs everywhere.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 RMS_EPS = 1e-5
 
-
-_HAS_MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # torch.mm(a, b, out_dtype=...) (CUDA)
 
 _mm_fp32_allocates_only = False  # set only by mm_fp32_allocation_only()
 
@@ -32,17 +31,42 @@ def mm_fp32_allocation_only():
         _mm_fp32_allocates_only = previous
 
 
+# Per device type and operand dtype, whether torch.mm(a, b, out_dtype=float32) runs: decided by the first call (a
+# build without that overload, or without a kernel for it, raises), then never tried again.
+_MM_OUT_DTYPE_RUNS: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def mm_fp32_path(a: torch.Tensor) -> str:
+    """Which path mm_fp32 takes for operands like `a`: "out_dtype" (one fp32-output matmul, no copies) or "upcast"
+    (both operands copied to fp32 first). Off CUDA, and for fp32 operands, always "upcast" (a no-op cast for fp32);
+    on CUDA, "out_dtype" unless it failed once in this process."""
+    if not a.is_cuda or a.dtype == torch.float32:
+        return "upcast"
+    return "out_dtype" if _MM_OUT_DTYPE_RUNS.get((a.device.type, a.dtype), True) else "upcast"
+
+
 def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b of 2-D a, b with fp32 output: fp32 accumulation, never rounded to the inputs' dtype (weight gradients,
     which autograd then sums over the recursion's tied uses in fp32). CUDA: torch.mm(out_dtype=float32), no copies;
-    elsewhere an fp32 upcast of both operands."""
+    elsewhere, or where that overload fails (decided once per process, with one warning), an fp32 upcast of both
+    operands."""
     if _mm_fp32_allocates_only:
         return torch.empty(a.shape[0], b.shape[1], dtype=torch.float32, device=a.device)
-    if a.is_cuda and a.dtype != torch.float32 and _HAS_MM_OUT_DTYPE:
+    if mm_fp32_path(a) == "out_dtype":
+        key = (a.device.type, a.dtype)
         try:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        except (RuntimeError, TypeError):  # a build without this overload: upcast instead
-            pass
+            out = torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError) as exc:
+            if not torch.compiler.is_compiling():  # a trace on fake tensors decides nothing for the real run
+                _MM_OUT_DTYPE_RUNS[key] = False
+                reason = (str(exc).strip().splitlines() or [""])[0][:160]
+                warnings.warn(f"mm_fp32: torch.mm(..., out_dtype=torch.float32) fails on {a.device.type} {a.dtype} "
+                              f"({type(exc).__name__}: {reason}); weight gradients upcast both operands to fp32 "
+                              "instead (slower, more memory)", RuntimeWarning, stacklevel=2)
+        else:
+            if not torch.compiler.is_compiling():
+                _MM_OUT_DTYPE_RUNS[key] = True
+            return out
     return a.float() @ b.float()
 
 
@@ -87,9 +111,11 @@ def rms_norm(x: torch.Tensor, dim: int = -1, eps: float = RMS_EPS) -> torch.Tens
     return (x32 * torch.rsqrt(x32.square().mean(dim, keepdim=True) + eps)).to(x.dtype)
 
 
-def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
-    """rms_norm(residual + x) over the last (channel) axis; the sum is taken in the activation dtype."""
-    return rms_norm(residual + x, -1, eps)
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS, *, inject: torch.Tensor | None = None):
+    """rms_norm(residual + x) over the last (channel) axis; the sum is taken in the activation dtype.
+    With `inject`: (y, y + inject), as the Triton op returns them (the recursion's next network input)."""
+    y = rms_norm(residual + x, -1, eps)
+    return y if inject is None else (y, y + inject)
 
 
 def add_rms_norm_seq(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:

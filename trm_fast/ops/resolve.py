@@ -8,6 +8,9 @@ model (resolved once per device), the memory model and the planner follow.
   (bf16 is emulated there and fp16 would need loss scaling) and on CPUs.
 - The answer is a mapping op name -> implementation, the config's choice for every op unless `overrides` names
   another for some ops (one implementation name overrides every op).
+- Where an op has a contender (trm_fast.ops.OP_CONTENDERS: swiglu's "triton_cublas") measured faster than its Triton
+  kernel on a GPU of some compute capability at the model's shape, PREFERRED_CONTENDERS names it and it replaces
+  "triton" there; empty until a GPU run of `trm-fast bench ops` times both, so today's kernels stay the default.
 - A CUDA device that is not present (planning for "cuda" on a machine without a GPU) is taken to be of
   ASSUMED_CAPABILITY unless the caller names a capability.
 """
@@ -18,13 +21,23 @@ from collections.abc import Mapping
 import torch
 
 from trm_fast.config import ModelConfig
-from trm_fast.ops import OP_NAMES, check_implementations
+from trm_fast.ops import OP_NAMES, TRITON_IMPLEMENTATIONS, check_implementations
 
 MIN_CAPABILITY = (8, 0)  # Triton ops and bf16 by default from here on
 ASSUMED_CAPABILITY = MIN_CAPABILITY  # a CUDA device named for planning on a machine without one
 
 
 Capability = tuple[int, int]
+
+# (op, compute capability, op_shape(op, config)) -> the contender that replaces "triton" there (filled from GPU runs)
+PREFERRED_CONTENDERS: dict[tuple[str, Capability, tuple[int, ...]], str] = {}
+
+
+def op_shape(op: str, config: ModelConfig) -> tuple[int, ...]:
+    """The sizes that decide between an op's implementations: swiglu's (width, hidden)."""
+    if op == "swiglu":
+        return config.hidden_size, config.mlp_hidden
+    return ()
 
 
 def device_capability(device: torch.device | str, capability: Capability | None = None) -> Capability | None:
@@ -51,7 +64,7 @@ def forward_dtype(config: ModelConfig, device: torch.device | str, capability: C
 
 def op_implementations(config: ModelConfig, device: torch.device | str, capability: Capability | None = None,
                        overrides: str | Mapping[str, str] | None = None) -> dict[str, str]:
-    """op name -> "torch" or "triton", for every op of OP_NAMES."""
+    """op name -> implementation ("torch", "triton", or a contender), for every op of OP_NAMES."""
     device = torch.device(device)
     found = device_capability(device, capability)
     if config.backend == "auto":
@@ -59,10 +72,13 @@ def op_implementations(config: ModelConfig, device: torch.device | str, capabili
     else:
         default = config.backend
     chosen = dict.fromkeys(OP_NAMES, default)
+    if default == "triton" and found is not None:
+        for op in OP_NAMES:
+            chosen[op] = PREFERRED_CONTENDERS.get((op, tuple(found), op_shape(op, config)), default)
     overrides = dict.fromkeys(OP_NAMES, overrides) if isinstance(overrides, str) else dict(overrides or {})
     check_implementations(overrides, "op overrides")
     chosen.update(overrides)
-    on_triton = [op for op, implementation in chosen.items() if implementation == "triton"]
+    on_triton = [op for op, implementation in chosen.items() if implementation in TRITON_IMPLEMENTATIONS]
     if on_triton and found is not None and found < MIN_CAPABILITY:
         asked = f"triton for {', '.join(on_triton)}" if overrides else f"model.backend={config.backend}"
         raise ValueError(f"{asked} needs a GPU of compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer; "

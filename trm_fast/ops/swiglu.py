@@ -26,11 +26,11 @@ from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, c
                                      outputs_without_grad)
 from trm_fast.ops.levels import OP_SAVES
 
-__all__ = ["swiglu", "swiglu_token_mix"]
+__all__ = ["swiglu", "swiglu_cublas", "swiglu_token_mix"]
 
 
-def _saves_gate_up(op: str, x, w_gate_up, w_down, recompute: bool) -> bool:
-    saves = OP_SAVES[(op, "triton")]["recompute" if recompute else "plain"]
+def _saves_gate_up(op: str, x, w_gate_up, w_down, recompute: bool, implementation: str = "triton") -> bool:
+    saves = OP_SAVES[(op, implementation)]["recompute" if recompute else "plain"]
     return needs_grad(x, w_gate_up, w_down) and saves.keeps("gate_up")
 
 
@@ -58,12 +58,12 @@ def _swiglu_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
     h = torch.empty(x2d.shape[0], I, dtype=x.dtype, device=x.device)
     gu = torch.empty(x2d.shape[0], 2 * I, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
     kernels.channel_gate_up(x2d, wgu, h, gu if save_gate_up else None)
-    out = (h @ w_down.to(x.dtype).t()).view(x.shape[:-1] + (w_down.shape[0],))
+    out = (h @ cast_weight(w_down, x.dtype).t()).view(x.shape[:-1] + (w_down.shape[0],))
     return out, h, gu
 
 
 @_swiglu_fwd.register_fake
-def _(x, w_gate_up, w_down, save_gate_up):
+def _fake_channel(x, w_gate_up, w_down, save_gate_up):
     M = x.numel() // x.shape[-1]
     I = w_gate_up.shape[0] // 2
     out = x.new_empty(x.shape[:-1] + (w_down.shape[0],))
@@ -76,7 +76,7 @@ def _swiglu_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
     dout2d = contiguous(dout.reshape(-1, dout.shape[-1]).to(x.dtype))
     wgu = cast_weight(w_gate_up, x.dtype)
-    dh = dout2d @ w_down.to(x.dtype)
+    dh = dout2d @ cast_weight(w_down, x.dtype)
     d_w_down = mm_fp32(dout2d.t(), h)
     dgu = torch.empty(x2d.shape[0], wgu.shape[0], dtype=x.dtype, device=x.device)
     if gu.numel():
@@ -120,13 +120,81 @@ def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recom
     return _swiglu_fwd(x, w_gate_up, w_down, _saves_gate_up("swiglu", x, w_gate_up, w_down, recompute))[0]
 
 
+# ------------------------------------------------------------------------- channel, cuBLAS contender ("triton_cublas")
+# The gate_up matmul on cuBLAS (TMA-fed, persistent, warp-specialised on Hopper, where the fused kernel's mainloop is
+# cp.async-fed and non-persistent) and silu(gate) * up in one elementwise kernel: gate/up (2I wide) is written and read
+# back once more than by the fused kernel. Backward: the elementwise SwiGLU step from gate/up, saved (recompute=False)
+# or re-made by the same matmul (recompute=True); the other matmuls as the fused op's.
+
+
+def _gate_up_matmul(x2d: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
+    return x2d @ cast_weight(w_gate_up, x2d.dtype).t()
+
+
+@torch.library.custom_op("trm_fast::swiglu_cublas_fwd", mutates_args=())
+def _cublas_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x2d = contiguous(x.reshape(-1, x.shape[-1]))
+    gu = _gate_up_matmul(x2d, w_gate_up)
+    h = torch.empty(x2d.shape[0], gu.shape[1] // 2, dtype=x.dtype, device=x.device)
+    kernels.swiglu_fwd_from_gate_up(gu, h)
+    out = (h @ cast_weight(w_down, x.dtype).t()).view(x.shape[:-1] + (w_down.shape[0],))
+    return out, h, gu if save_gate_up else h.new_empty(0)
+
+
+@_cublas_fwd.register_fake
+def _(x, w_gate_up, w_down, save_gate_up):
+    return _fake_channel(x, w_gate_up, w_down, save_gate_up)
+
+
+@torch.library.custom_op("trm_fast::swiglu_cublas_bwd", mutates_args=())
+def _cublas_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.Tensor, w_gate_up: torch.Tensor,
+                w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x2d = contiguous(x.reshape(-1, x.shape[-1]))
+    dout2d = contiguous(dout.reshape(-1, dout.shape[-1]).to(x.dtype))
+    dh = dout2d @ cast_weight(w_down, x.dtype)
+    d_w_down = mm_fp32(dout2d.t(), h)
+    if not gu.numel():
+        gu = _gate_up_matmul(x2d, w_gate_up)
+    dgu = torch.empty_like(gu)
+    kernels.swiglu_bwd_from_saved(gu, dh, dgu)
+    del dh, gu
+    dx = (dgu @ cast_weight(w_gate_up, x.dtype)).view(x.shape)
+    d_w_gate_up = mm_fp32(dgu.t(), x2d)
+    return dx, d_w_gate_up, d_w_down
+
+
+@_cublas_bwd.register_fake
+def _(dout, x, h, gu, w_gate_up, w_down):
+    f32 = torch.float32
+    return torch.empty_like(x), w_gate_up.new_empty(w_gate_up.shape, dtype=f32), w_down.new_empty(w_down.shape, dtype=f32)
+
+
+def _cublas_backward(ctx, dout, _dh, _dgu):
+    if dout is None:
+        return None, None, None, None
+    x, h, gu, w_gate_up, w_down = ctx.saved_tensors
+    dx, dwgu, dwd = _cublas_bwd(dout, x, h, gu, w_gate_up, w_down)
+    return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None
+
+
+_cublas_fwd.register_autograd(_cublas_backward, setup_context=_setup)
+
+
+def swiglu_cublas(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+    """swiglu's contract (same arguments, same math) with the gate_up matmul on cuBLAS and silu(gate) * up in an
+    elementwise kernel: the "triton_cublas" implementation of the op "swiglu"."""
+    _check("swiglu", x, w_gate_up, w_down, -1)
+    saves = _saves_gate_up("swiglu", x, w_gate_up, w_down, recompute, "triton_cublas")
+    return _cublas_fwd(x, w_gate_up, w_down, saves)[0]
+
+
 # ---------------------------------------------------------------------------------------------- token mixing
 
 
 def _token_weight(w_gate_up: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """w_gate_up (2I, L) in `dtype`, stored transposed as (L, 2I) rows: the gate_up kernel then loads its weight
     tiles along 2I (a multiple of 16) with cp.async, where rows of L = 97 or 916 values would be masked scalar loads."""
-    return cast_weight(w_gate_up.t(), dtype).t()
+    return cast_weight(w_gate_up, dtype, transposed=True).t()
 
 
 def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -145,7 +213,7 @@ def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, s
     h = torch.empty(B, I, D, dtype=x.dtype, device=x.device)
     gu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
     kernels.token_gate_up(x, wgu, h, gu if save_gate_up else None)
-    out = _weight_times(w_down.to(x.dtype), h)  # (L, I) @ (B, I, D) -> (B, L, D): no transpose
+    out = _weight_times(cast_weight(w_down, x.dtype), h)  # (L, I) @ (B, I, D) -> (B, L, D): no transpose
     return out, h, gu
 
 
@@ -164,7 +232,7 @@ def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.T
     B, L, D = x.shape
     wgu = _token_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
-    dh = _weight_times(w_down.to(x.dtype).t(), dout)  # (I, L) @ (B, L, D) -> (B, I, D)
+    dh = _weight_times(cast_weight(w_down, x.dtype).t(), dout)  # (I, L) @ (B, L, D) -> (B, I, D)
     d_w_down = matmul_kernels.sum_over_batch_abt(dout, h)  # sum_b (L, D) @ (D, I), fp32
     dgu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device)
     if gu.numel():  # per batch element the gate block (I*D) precedes the up block: rows of 2 * I * D

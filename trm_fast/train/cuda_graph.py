@@ -31,6 +31,7 @@ import torch
 
 from trm_fast.config import TrainConfig
 from trm_fast.train.act import SupervisionState, supervision_step
+from trm_fast.train.optim import mark_parameters_written
 
 _MASK32 = 0xFFFFFFFF
 
@@ -253,6 +254,7 @@ class GraphedCarryStep:
             if self.graph is None and not self._capture():
                 return None
             self.graph.replay()
+            mark_parameters_written(self.parts.dense_opt)  # the replay wrote them without Python seeing it
             self._advance_host_counters()
             metrics = {k: v.clone() for k, v in self.metrics.items()}
         metrics["loss_rows"] = float(self.parts.local_batch)

@@ -101,17 +101,30 @@ class AdamATan2(torch.optim.Optimizer):
                 p.copy_(w)
 
 
+def mark_parameters_written(opt: torch.optim.Optimizer, *_) -> None:
+    """Bumps the version counter of every parameter `opt` updates, as an in-place write does. A step post-hook of the
+    dense optimiser: a fused optimiser kernel (AdamW(fused=True)) writes the parameters without moving their counters,
+    and what is keyed on them (the Triton ops' cached weight casts) must see every step."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            torch.autograd.graph.increment_version(p)
+
+
 def build_dense_optimizer(train_cfg, params) -> torch.optim.Optimizer:
-    """AdamATan2 (published) or AdamW (the paper's text), with the config's lr, betas and weight decay."""
+    """AdamATan2 (published) or AdamW (the paper's text), with the config's lr, betas and weight decay; every step
+    marks the parameters written (mark_parameters_written)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("build_dense_optimizer: no trainable parameters")
     betas = (train_cfg.beta1, train_cfg.beta2)
     if train_cfg.optimizer == "adam_atan2":
-        return AdamATan2(params, lr=train_cfg.lr, betas=betas, weight_decay=train_cfg.weight_decay)
-    if train_cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=train_cfg.lr, betas=betas, weight_decay=train_cfg.weight_decay)
-    raise ValueError(f"config field train.optimizer = {train_cfg.optimizer!r} is invalid: must be 'adam_atan2' or 'adamw'")
+        opt = AdamATan2(params, lr=train_cfg.lr, betas=betas, weight_decay=train_cfg.weight_decay)
+    elif train_cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=train_cfg.lr, betas=betas, weight_decay=train_cfg.weight_decay)
+    else:
+        raise ValueError(f"config field train.optimizer = {train_cfg.optimizer!r} is invalid: must be 'adam_atan2' or 'adamw'")
+    opt.register_step_post_hook(mark_parameters_written)
+    return opt
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 1.0) -> float:

@@ -169,14 +169,16 @@ class LaunchCounter(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def intercept_triton(counter: LaunchCounter):
-    """Every Triton kernel launch inside (JIT-compiled or interpreted) is recorded by `counter`, not compiled or run.
-    The ops refuse non-CUDA tensors unless TRITON_INTERPRET=1; it is set for the duration (nothing is interpreted:
-    every launch stops here)."""
+def intercept_triton(counter: LaunchCounter | None):
+    """Every Triton kernel launch inside (JIT-compiled or interpreted) is recorded by `counter`, not compiled or run
+    (counter None: dropped, at no cost of its own, for host-time measurements). The ops refuse non-CUDA tensors
+    unless TRITON_INTERPRET=1; it is set for the duration (nothing is interpreted: every launch stops here)."""
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     def run(self, *args, grid, warmup, **kwargs):
+        if counter is None:
+            return
         fn = self.fn
         params = list(inspect.signature(fn).parameters)
         options = {k: kwargs.pop(k) for k in list(kwargs) if k not in params}
@@ -206,34 +208,47 @@ def step_config(config: TRMConfig, level: int) -> TRMConfig:
                             f"model.recompute={level}"])
 
 
-def count_step_launches(config: TRMConfig, batch: int, level: int, arch: int = 90) -> list[Launch]:
-    """The launches of one supervision step (forward, loss, backward of the loss divided by the batch, as the
-    trainer runs it) of the Triton path at recomputation `level`, with the launch tables of `arch` (90: Hopper,
-    80: Ampere). The optimiser step is not included."""
-    from trm_fast.kernels.aot import capture
+def meta_step(config: TRMConfig, batch: int, level: int, device: str = "meta"):
+    """(model, run): the Triton-path model of `config` at recomputation `level` in bf16 on `device` ("meta" tensors:
+    shapes only), and
+    run(), one supervision step of it (forward, loss, backward of the loss divided by the batch, as the trainer runs
+    it; not the optimiser step). run() launches whatever Triton kernels the ops launch: the caller intercepts them."""
     from trm_fast.model import build_model
     from trm_fast.tools.bench.step import random_batch
     from trm_fast.train.act import SupervisionState, supervision_step
 
     cfg = step_config(config, level)
-    device = torch.device("meta")
+    device = torch.device(device)
     with torch.device(device):
         model = build_model(copy.deepcopy(cfg.model))
     model.train()
     data = {k: v.to(device) for k, v in random_batch(cfg.model, batch, "cpu").items()}
     state = SupervisionState.fresh(model, batch, cfg.model.seq_len, device)
     slots = torch.arange(batch, device=device)
-    counter = LaunchCounter(device, model.parameters())
+    puzzle_emb = getattr(model, "puzzle_emb", None)
+
+    def run(between_phases=lambda: None) -> None:
+        result = supervision_step(model, state, data, step=0, seed=0, slot_index=slots, training=True,
+                                  loss_kind=cfg.train.loss)
+        between_phases()
+        (result.loss.total / batch).backward()
+        if puzzle_emb is not None:
+            puzzle_emb.pending.clear()
+
+    return model, run
+
+
+def count_step_launches(config: TRMConfig, batch: int, level: int, arch: int = 90) -> list[Launch]:
+    """The launches of one supervision step (meta_step) of the Triton path at recomputation `level`, with the launch
+    tables of `arch` (90: Hopper, 80: Ampere). The optimiser step is not included."""
+    from trm_fast.kernels.aot import capture
+
+    model, run = meta_step(config, batch, level)
+    counter = LaunchCounter(torch.device("meta"), model.parameters())
     # capture(arch): Triton's active driver reports `arch`, so the launchers pick that GPU's launch tables; the
     # interception inside it stops every launch before the JIT sees it
     with capture(arch), intercept_triton(counter), counter:
-        result = supervision_step(model, state, data, step=0, seed=0, slot_index=slots, training=True,
-                                  loss_kind=cfg.train.loss)
-        counter.phase = "backward"
-        (result.loss.total / batch).backward()
-    puzzle_emb = getattr(model, "puzzle_emb", None)
-    if puzzle_emb is not None:
-        puzzle_emb.pending.clear()
+        run(between_phases=lambda: setattr(counter, "phase", "backward"))
     return counter.result()
 
 

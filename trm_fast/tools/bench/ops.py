@@ -6,6 +6,8 @@ the loss head, forward / backward / both, at the presets' shapes, every contende
     compile-max-autotune    torch.compile(mode="max-autotune-no-cudagraphs") of it (GPU only)
     liger                   Liger-Kernel where it has the op (optional import; GPU only)
     trm_fast                get_ops("triton") (GPU only)
+    trm_fast-cublas         swiglu's contender "triton_cublas": the gate_up matmul on cuBLAS, silu * up in an
+                            elementwise kernel (GPU only; the swiglu op only)
 
 Each row also carries the op's FLOPs (counted once on the eager reference), the achieved TFLOP/s, and for the
 memory-bound norms the achieved bandwidth over the fewest bytes the op must move, as a fraction of the measured
@@ -124,6 +126,7 @@ class OpCase:
     make_inputs: object  # () -> list of tensors (activations in the forward dtype, fp32 master weights)
     trm_fast: object = None
     liger: object = None
+    trm_fast_cublas: object = None  # the op's "triton_cublas" contender, where it has one
     norm_elements: int = 0  # for memory-bound ops: elements of one (B, L, D) activation, for the byte floor
     note: str = ""
 
@@ -141,12 +144,13 @@ def op_cases(shape: OpShape, device: str, dtype: torch.dtype, notes: list[str]) 
     labels = torch.randint(1, shape.vocab, (B, L - shape.puzzle_len), generator=g).to(device)
     labels[:, :3] = IGNORE_LABEL  # some unsupervised tokens, as in real data
 
-    fast = None
+    fast = cublas = None
     if on_gpu():
         try:
-            from trm_fast.ops import get_ops
+            from trm_fast.ops import OP_NAMES, get_ops
 
             fast = get_ops("triton")
+            cublas = get_ops({**dict.fromkeys(OP_NAMES, "triton"), "swiglu": "triton_cublas"})
         except Exception as exc:
             notes.append(f"trm_fast skipped: get_ops('triton') failed ({type(exc).__name__}: {str(exc)[:120]})")
     else:
@@ -166,7 +170,7 @@ def op_cases(shape: OpShape, device: str, dtype: torch.dtype, notes: list[str]) 
         OpCase("add_rms_norm", R.add_rms_norm, act_pair, fast and fast.add_rms_norm,
                _liger_add_rms_norm(liger, D, device), norm_elements=B * L * D),
         OpCase("swiglu", R.swiglu, lambda: [act(B, L, D, scale=0.5), weight(2 * I, D), weight(D, I)],
-               fast and fast.swiglu, _liger_swiglu(liger)),
+               fast and fast.swiglu, _liger_swiglu(liger), trm_fast_cublas=cublas and cublas.swiglu),
     ]
     if shape.mixer_ops:
         cases += [
@@ -225,7 +229,7 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # Cheap contenders first, so a run cut short by --budget-s still has every op's eager / trm_fast / Liger figures.
-CONTENDER_ORDER = ("eager", "trm_fast", "liger", "compile", "compile-max-autotune")
+CONTENDER_ORDER = ("eager", "trm_fast", "trm_fast-cublas", "liger", "compile", "compile-max-autotune")
 
 
 def _time_contender(fn, base, quick: bool, notes: list[str], label: str) -> tuple[dict, torch.Tensor]:
@@ -263,7 +267,8 @@ def run_ops(shapes: list[OpShape], quick: bool, autotune: bool, ceilings: dict, 
                 continue
             if case.note:
                 notes.append(f"{case.name}: {case.note}")
-            contenders = {"eager": case.reference, "trm_fast": case.trm_fast, "liger": case.liger,
+            contenders = {"eager": case.reference, "trm_fast": case.trm_fast, "trm_fast-cublas": case.trm_fast_cublas,
+                          "liger": case.liger,
                           "compile": lambda ref=case.reference: torch.compile(ref),
                           "compile-max-autotune": (lambda ref=case.reference: torch.compile(ref, mode="max-autotune-no-cudagraphs"))
                           if autotune and on_gpu() and not case.norm_elements else None}
