@@ -69,7 +69,8 @@ class CountOps(TorchDispatchMode):
 
 
 def test_noise_off_forward_is_the_plain_step_op_for_op():
-    """forward without noise is the recursion of TRM_SPEC, the same outputs, gradients and dispatched ops."""
+    """forward without noise is the recursion of TRM_SPEC: the same outputs and gradients, and no more dispatched ops
+    (fewer: y + x is added once per cycle; tests/test_launches.py pins the step's launch counts)."""
     config, model = tiny()
     model.train()
     inputs, ids = puzzles_4x4(3)[0], torch.zeros(3, dtype=torch.long)
@@ -93,7 +94,7 @@ def test_noise_off_forward_is_the_plain_step_op_for_op():
             (logits.square().sum() + q_halt.sum()).backward()
         results.append((ops.count, logits, q_halt, [p.grad.clone() for p in model.parameters()]))
     (count_a, logits_a, q_a, grads_a), (count_b, logits_b, q_b, grads_b) = results
-    assert count_a == count_b
+    assert count_b < count_a
     assert torch.equal(logits_a, logits_b) and torch.equal(q_a, q_b)
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
 

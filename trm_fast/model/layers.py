@@ -96,19 +96,19 @@ class Block(nn.Module):
 class ReasoningNet(nn.Module):
     """The one network `net` of TRM: net(state, injection) = blocks(state + injection).
 
-    The recursion feeds each z update's output plus the same injection into the next: `run(h, ..., then_add=t)`
-    applies the blocks to a sum already made and returns out + t, written by the last block's norm kernel (one add
-    launch fewer per call; the same values as adding afterwards)."""
+    The recursion feeds each z update's output plus the same injection into the next: `net(h, None, ...,
+    then_add=t)` applies the blocks to a sum already made (no injection) and returns out + t, written by the last
+    block's norm kernel (one add launch fewer per call; the same values as adding afterwards). Every call goes
+    through nn.Module.__call__, so forward hooks see each network application."""
 
     def __init__(self, config: ModelConfig, num_blocks: int | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(Block(config) for _ in range(num_blocks or config.num_blocks))
         self.recompute = config.recompute
 
-    def forward(self, state: torch.Tensor, injection: torch.Tensor, ops: OpSet, rope) -> torch.Tensor:
-        return self.run(state + injection, ops, rope)
-
-    def run(self, h: torch.Tensor, ops: OpSet, rope, then_add: torch.Tensor | None = None):
+    def forward(self, state: torch.Tensor, injection: torch.Tensor | None, ops: OpSet, rope,
+                then_add: torch.Tensor | None = None) -> torch.Tensor:
+        h = state if injection is None else state + injection
         *first, last = self.blocks
         for block in first:
             h = run_block(block, h, ops, rope, self.recompute)

@@ -205,17 +205,17 @@ class TRM(nn.Module):
     def latent_cycle(self, y, z, x, ops, rope, noise: LatentNoise | None = None):
         """One cycle: n updates of z with input injection, then one update of y. y does not change during the z
         updates, so y + x is added once (the same tensor n times), and each z update but the last returns the next
-        one's input z + (y + x) from the network's last norm kernel (ReasoningNet.run), not z. With test-time
+        one's input z + (y + x) from the network's last norm kernel (ReasoningNet's then_add), not z. With test-time
         `noise`, z itself is perturbed after every update, so the injection is added separately."""
         injection = y + x
         if noise is None:
             h = z + injection
             for _ in range(self.config.n - 1):
-                h = self.net.run(h, ops, rope, then_add=injection)
-            z = self.net.run(h, ops, rope)
+                h = self.net(h, None, ops, rope, then_add=injection)
+            z = self.net(h, None, ops, rope)
         else:
             for _ in range(self.config.n):
-                z = noise(self.net.run(z + injection, ops, rope))
+                z = noise(self.net(z, injection, ops, rope))
         y = self.net(y, z, ops, rope)
         return y, z
 
