@@ -121,7 +121,8 @@ def test_memory_model_of_pure_op_sets_is_unchanged(preset, backend, device):
     assert est["implementations"] == {op: backend for op in OP_NAMES}
     if preset == "sudoku-att":  # the resolver's choice on such a GPU, and the whole peak
         peaks = [estimate(TRMConfig.preset(preset), 64, "cuda", capability=(9, 0))["levels"][lv]["peak"] for lv in (0, 1, 2)]
-        assert peaks == [1602188840, 1068201512, 416560168]
+        casts = 2 * 6_828_034  # the Triton ops' cached bf16 weight casts (added with the cast cache), 2 B/parameter
+        assert peaks == [1602188840 + casts, 1068201512 + casts, 416560168 + casts]
 
 
 @pytest.mark.parametrize("mixer", ["attention", "mlp"])

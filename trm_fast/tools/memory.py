@@ -170,7 +170,9 @@ def estimate(config: TRMConfig | ModelConfig, batch_size: int, device: str = "cu
     """Predicted peak training memory (bytes) of one process at each recomputation level, for `batch_size`
     samples per micro-batch:
       fixed: fp32 weights, gradients, the two optimiser moments, the EMA shadow, the puzzle table (0 when
-        train.puzzle_emb_device=cpu), and the training carry (y and z in the forward dtype; carry_tensors);
+        train.puzzle_emb_device=cpu), the training carry (y and z in the forward dtype; carry_tensors), and the
+        Triton ops' cached low-precision weight casts (trm_fast.ops._custom_op.cast_weight; counted for every
+        parameter, an upper bound: the embedding and heads are cast per use);
       saved_for_backward: what the gradient cycle's n + 1 network calls keep (estimate_saved_bytes);
       transient: the working set on top of that during backward: activation gradients and the widest op's
         temporaries, plus what the level's backward re-creates (trm_fast.ops.levels): at level 1 a selective region
@@ -195,6 +197,7 @@ def estimate(config: TRMConfig | ModelConfig, batch_size: int, device: str = "cu
         "ema": 4 * params if (train_cfg is None or train_cfg.ema) else 0,
         "puzzle_table": 0 if table_on_host else 4 * model_cfg.num_puzzle_identifiers * model_cfg.puzzle_emb_dim,
         "carry": batch_size * carry_tensors(model_cfg) * L * D * a,
+        "weight_casts": a * params if a < 4 and any(i != "torch" for i in implementations.values()) else 0,
     }
     widest = max(model_cfg.mlp_hidden * L, model_cfg.token_mix_hidden * D if model_cfg.mixer == "mlp" else 0, 3 * L * D)
     working = batch_size * (3 * widest + 2 * L * D) * a  # the widest op's gradients in flight, the block's in/out gradients
