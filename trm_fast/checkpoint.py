@@ -288,7 +288,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 def check_compatible(meta: dict, model: torch.nn.Module) -> None:
     """Raises ValueError naming the first tensor whose name, shape or dtype differs between the checkpoint and the
-    model (another architecture)."""
+    model (another architecture). A bf16 tensor saved for an fp32 one is compatible: load_state_dict widens it exactly
+    (initial states of float32 runs saved before they were kept in fp32)."""
     model = getattr(model, "module", model)
     saved = {name: (list(shape), dtype) for name, shape, dtype in meta["architecture"]}
     current = {name: (list(t.shape), str(t.dtype).replace("torch.", "")) for name, t in model.state_dict().items()}
@@ -297,7 +298,8 @@ def check_compatible(meta: dict, model: torch.nn.Module) -> None:
             raise ValueError(f"architecture mismatch: checkpoint tensor {name!r} does not exist in this model")
         if name not in saved:
             raise ValueError(f"architecture mismatch: model tensor {name!r} is missing from the checkpoint")
-        if saved[name] != current[name]:
+        widened = saved[name] == (current[name][0], "bfloat16") and current[name][1] == "float32"
+        if saved[name] != current[name] and not widened:
             raise ValueError(f"architecture mismatch: tensor {name!r} has shape {saved[name][0]} {saved[name][1]} in "
                              f"the checkpoint, {current[name][0]} {current[name][1]} in this model")
 
