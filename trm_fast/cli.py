@@ -17,6 +17,7 @@ from trm_fast.tools.bench.cli import add_bench_subparser
 from trm_fast.tools.compare import add_compare_subparser
 from trm_fast.tools.convert import add_convert_subparser
 from trm_fast.tools.run_config import config_from_flags
+from trm_fast.train.tracking import TRACKERS
 
 
 def train_config(args) -> TRMConfig:
@@ -45,7 +46,8 @@ def cmd_train(args) -> int:
 
         config = plan_for_budget(config, args.memory_budget, log=print)
     try:
-        summary = train(config, resume=args.resume, progress=not args.no_progress)
+        summary = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
+                        trackers=args.log or ())
     finally:
         shutdown()
     if args.summary_json:
@@ -210,6 +212,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model")
     _add_config_args(p)
     p.add_argument("--resume", help="a checkpoint folder, a run folder, or 'auto' (latest under the run folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the run folder (needed when it holds another configuration)")
+    p.add_argument("--log", action="append", choices=TRACKERS,
+                   help="also log to TensorBoard (<run>/tensorboard) or Weights & Biases (repeatable)")
     p.add_argument("--memory-budget", help="e.g. 8GB: choose the recompute level and micro-batch that fit")
     p.add_argument("--puzzle-emb-device", choices=["same", "cpu"],
                    help="cpu: keep the puzzle-embedding table in pinned host memory (train.puzzle_emb_device)")

@@ -24,6 +24,7 @@ from trm_fast.files import atomic_write_json, atomic_write_text
 from trm_fast.model import build_model, count_parameters
 from trm_fast.train.act import SupervisionState, supervision_step
 from trm_fast.train.losses import supervision_loss
+from trm_fast.train.tracking import Trackers
 
 
 def fit_model_to_data(config: TRMConfig, meta, log=print) -> None:
@@ -116,6 +117,7 @@ class Trainer:
         self.run_dir = cfg_t.out_dir
         self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
         self._stop_requested = False
+        self.trackers = Trackers([])  # train() opens the ones --log names
         self.graphed_step = None
         if cfg_t.cuda_graphs:
             from trm_fast.train.cuda_graph import make_graphed_step
@@ -295,7 +297,8 @@ class Trainer:
         voter = arc_voter_for(self.data.root)
         run = lambda: evaluate(self.model, self.data.test_set, self.data.test_meta, batch, self.device,
                                rank=self.rank, world_size=self.world_size,
-                               progress=self.progress if progress is None else progress, arc_voter=voter)
+                               progress=self.progress if progress is None else progress, arc_voter=voter,
+                               per_step=self.trackers.active)  # the trackers' per-step curve
         if use_ema and self.ema is not None:
             with self.ema.apply_to(self.model):
                 result = run()
@@ -413,6 +416,7 @@ class Trainer:
             "samples_per_s": samples / max(seconds, 1e-9),
             "tokens_per_s": samples * tokens_per_sample / max(seconds, 1e-9),
             "epoch": self.sampler.epoch,
+            "peak_memory_mb": _peak_memory_mb(self.device),
         }
         self._write_jsonl(record)
         return record
@@ -423,6 +427,18 @@ class Trainer:
         os.makedirs(self.run_dir, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: v for k, v in record.items() if not isinstance(v, torch.Tensor)}) + "\n")
+        self.trackers.log(record)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the allocator's peak so far; CPU: the process's peak resident set (no allocator statistics there)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def _accumulate(into: dict, values: dict) -> None:
@@ -450,9 +466,36 @@ def _restore_sigterm(previous) -> None:
             pass
 
 
-def train(config: TRMConfig, resume: str | None = None, progress: bool = True, log=None) -> dict:
-    """Trains a run described by `config` and returns its summary (final evaluation, checkpoint path)."""
+def train(config: TRMConfig, resume: str | None = None, progress: bool = True, log=None, overwrite: bool = False,
+          trackers=()) -> dict:
+    """Trains a run described by `config` and returns its summary (final evaluation, checkpoint path). A train.out_dir
+    holding a run of another configuration is refused unless `resume` continues it or `overwrite` replaces it
+    (trm_fast.train.run_folder); `trackers` names experiment trackers (trm_fast.train.tracking.TRACKERS)."""
+    from trm_fast.train.run_folder import claim_run_folder
+    from trm_fast.train.tracking import open_trackers
+
     trainer = Trainer(config, progress=progress, log=log)
+    _on_rank_zero(trainer, lambda: claim_run_folder(trainer.run_dir, trainer.config.to_dict(), resume, overwrite,
+                                                    log=trainer.log))
     if resume:
         trainer.resume(resume)
-    return trainer.fit()
+    trainer.trackers = open_trackers(trackers, trainer.run_dir, trainer.config.to_dict(), trainer.step, trainer.rank)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.trackers.close()
+
+
+def _on_rank_zero(trainer: Trainer, check) -> None:
+    """Runs `check` on rank 0; a ValueError it raises is raised on every rank (none waits for the others)."""
+    from trm_fast.train.distributed import broadcast_object
+
+    refusal = None
+    if trainer.rank == 0:
+        try:
+            check()
+        except ValueError as exc:
+            refusal = str(exc)
+    refusal = broadcast_object(refusal)
+    if refusal:
+        raise ValueError(refusal)
