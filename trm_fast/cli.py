@@ -11,6 +11,7 @@ import os
 import sys
 
 from trm_fast.config import PRESETS, TRMConfig, describe_presets
+from trm_fast.threads import apply_thread_settings
 from trm_fast.data.build import add_data_subparser
 from trm_fast.tools.ablations import add_ablations_subparser
 from trm_fast.tools.bench.cli import add_bench_subparser
@@ -261,6 +262,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_thread_settings()  # before any command imports torch: its OpenMP pool reads them once
     parser = make_parser()
     args = parser.parse_args(argv)
     try:

@@ -315,7 +315,8 @@ class Trainer:
         if self.rank == 0:
             atomic_write_text(os.path.join(self.run_dir, "config.json"), self.config.to_json())
         self.log(
-            f"trm_fast: {self.config.name} on {self.device} ({self.world_size} process{'es' if self.world_size > 1 else ''}), "
+            f"trm_fast: {self.config.name} on {self.device}{_cpu_threads(self.device)} "
+            f"({self.world_size} process{'es' if self.world_size > 1 else ''}), "
             f"{count_parameters(self.model):,} parameters, backend {self.model.backend(self.device)}, "
             f"{self.total_steps} optimizer steps, global batch {self.config.data.global_batch_size}, "
             f"train {len(self.data.train_set.inputs)} / test {len(self.data.test_set.inputs)} examples"
@@ -356,8 +357,6 @@ class Trainer:
                 out_of_time = bool(t.max_minutes) and (time.time() - start_time) / 60.0 >= t.max_minutes
                 if self._any_rank(out_of_time or self._stop_requested):  # every rank stops at the same step
                     self._stop_requested = self._any_rank(self._stop_requested)
-                    if not self._stop_requested:
-                        self.log(f"stopping at step {self.step}: train.max_minutes = {t.max_minutes} reached")
                     break
         finally:
             bar.close()
@@ -367,14 +366,20 @@ class Trainer:
             path = self.save()
             self.log(f"SIGTERM: saved checkpoint {path} at step {self.step}")
             return {"step": self.step, "interrupted": True, "checkpoint": path}
+        stopped_early = None
+        if self.step < self.total_steps:  # only the time cap ends the loop early without SIGTERM
+            stopped_early = _stopped_early_warning(t.max_minutes, self.step, self.total_steps)
+            self.log(stopped_early)
         final = self.evaluate()
         self._write_jsonl({"step": self.step, "kind": "eval", **final})
         path = self.save()
         summary = {
             "preset": self.config.name, "steps": self.step, "train_seconds": round(train_seconds, 1),
             "device": str(self.device), "parameters": count_parameters(self.model), "checkpoint": path,
-            "eval": final, "run_dir": self.run_dir,
+            "eval": final, "run_dir": self.run_dir, "planned_steps": self.total_steps,
         }
+        if stopped_early:
+            summary["stopped_early"] = stopped_early
         if self.rank == 0:
             from trm_fast.train.plots import plot_training_curves
 
@@ -386,6 +391,8 @@ class Trainer:
             f"with {final['steps']} steps; the model halts after {final['mean_halt_step']:.2f} steps on average "
             f"(exact {final['exact_accuracy_at_halt']:.4f} there); checkpoint {path}"
         )
+        if stopped_early:
+            self.log(stopped_early)  # again, last: the accuracy just printed is that of a cut-short run
         return summary
 
     def _any_rank(self, flag: bool) -> bool:
@@ -428,6 +435,21 @@ class Trainer:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: v for k, v in record.items() if not isinstance(v, torch.Tensor)}) + "\n")
         self.trackers.log(record)
+
+
+def _cpu_threads(device: torch.device) -> str:
+    """' with N threads' on a CPU (trm_fast.threads chose N for the machine, unless the environment did)."""
+    if device.type != "cpu":
+        return ""
+    n = torch.get_num_threads()
+    return f" with {n} thread{'s' if n > 1 else ''}"
+
+
+def _stopped_early_warning(max_minutes: float, step: int, planned: int) -> str:
+    missing = planned - step
+    return (f"WARNING: STOPPED EARLY: train.max_minutes = {max_minutes:g} ended training at step {step} of {planned}; "
+            f"{missing} steps ({100 * missing / planned:.0f}% of the training) were not run, so the model is "
+            f"undertrained and its accuracy below what {planned} steps give (train.max_minutes=0 runs every step)")
 
 
 def _peak_memory_mb(device: torch.device) -> float:
