@@ -90,14 +90,13 @@ class WandbTracker:
 
 
 class Trackers:
-    """The trackers of one run, fed the same records (none on ranks other than 0, or without --log)."""
+    """The trackers of one run, fed the same records (none on ranks other than 0, or without --log). `requested`
+    is the same on every rank: whether the run tracks at all (evaluations then compute the per-step curve, whose
+    sums every rank all-reduces)."""
 
-    def __init__(self, trackers: list):
+    def __init__(self, trackers: list, requested: bool = False):
         self.trackers = trackers
-
-    @property
-    def active(self) -> bool:
-        return bool(self.trackers)
+        self.requested = requested or bool(trackers)
 
     def log(self, record: dict) -> None:
         for tracker in self.trackers:
@@ -131,9 +130,9 @@ def open_trackers(names, run_dir: str, config: dict, resume_step: int, rank: int
     if unknown:
         raise ValueError(f"--log {unknown[0]}: unknown tracker; choose from {', '.join(TRACKERS)}")
     if rank != 0 or not names:
-        return Trackers([])
+        return Trackers([], requested=bool(names))
     run_id = tracking_run_id(run_dir, resumed=resume_step > 0)
-    trackers = Trackers([])
+    trackers = Trackers([], requested=True)
     try:
         for name in dict.fromkeys(names):
             trackers.trackers.append(TensorBoardTracker(run_dir, run_id, resume_step) if name == "tensorboard"

@@ -298,7 +298,7 @@ class Trainer:
         run = lambda: evaluate(self.model, self.data.test_set, self.data.test_meta, batch, self.device,
                                rank=self.rank, world_size=self.world_size,
                                progress=self.progress if progress is None else progress, arc_voter=voter,
-                               per_step=self.trackers.active)  # the trackers' per-step curve
+                               per_step=self.trackers.requested)  # the trackers' per-step curve
         if use_ema and self.ema is not None:
             with self.ema.apply_to(self.model):
                 result = run()
