@@ -35,7 +35,7 @@ def run(command: list[str], env: dict) -> tuple[float, str]:
     return seconds, out.stdout + out.stderr
 
 
-def measure(condition: str, python: str, env: dict) -> dict:
+def measure(condition: str, python: str, env: dict, extra: list[str]) -> dict:
     run_dir = os.path.join("runs", f"bench-demo-{condition}")
     trm = [python, "-m", "trm_fast"]
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition == "one-busy-core" else None
@@ -45,7 +45,7 @@ def measure(condition: str, python: str, env: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             summary_path = os.path.join(tmp, "summary.json")
             seconds, train_log = run([*trm, "train", "--preset", "sudoku6-demo", "--out", run_dir, "--overwrite",
-                                      "--no-progress", "--summary-json", summary_path], env)
+                                      "--no-progress", "--summary-json", summary_path, *extra], env)
             with open(summary_path) as f:
                 summary = json.load(f)
         _, puzzle = run([python, "-m", "trm_fast.data.recipes", "held-out-puzzle", "sudoku6-demo"], env)
@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-setup", action="store_true", help="skip bash scripts/setup.sh (use --python's packages)")
     parser.add_argument("--python", help="interpreter with trm_fast installed (default: .venv/bin/python of set-up)")
     parser.add_argument("--out", help="JSON file (default benchmarks/results/demo-<machine>.json)")
+    parser.add_argument("--steps", type=int, help="train this many steps instead (a quick check of the script only)")
     args = parser.parse_args(argv)
 
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
@@ -85,10 +86,12 @@ def main(argv=None) -> int:
     run([python, "-m", "trm_fast.data.recipes", "held-out-puzzle", "sudoku6-demo"], env)
     result["dataset_seconds"] = round(time.time() - start, 1)
     for condition in args.conditions:
-        row = measure(condition, python, env)
+        row = measure(condition, python, env, [f"--set=train.max_steps={args.steps}"] if args.steps else [])
         result["runs"].append(row)
+        if condition == "idle" and row["other_tasks_running_at_start"]:
+            print(f"warning: the machine was not idle ({row['other_tasks_running_at_start']} other tasks running)")
         print(f"{condition}: training + evaluation {row['train_and_eval_seconds']:.0f} s ({row['steps']} steps, "
-              f"{row['threads']} threads, {row['other_tasks_running_at_start']} other tasks running at start), "
+              f"threads: {row['threads']}, {row['other_tasks_running_at_start']} other tasks running at start), "
               f"held-out exact {100 * row['held_out_exact_accuracy']:.1f}% of {row['held_out_puzzles']}, "
               f"solve {'valid' if row['solve_valid'] else 'INVALID'}"
               + (f"; {row['stopped_early']}" if row["stopped_early"] else ""), flush=True)
