@@ -78,6 +78,9 @@ def apply_thread_settings(environ=os.environ) -> dict[str, str]:
     (its pool is set up by then: the variables would only reach child processes)."""
     if "torch" in sys.modules:
         return {}
-    settings = thread_settings(environ, usable_cores(), busy_elsewhere())
+    cores = usable_cores()
+    # the machine's runnable tasks: those beyond the cores this process may not use are counted against ours
+    busy = max(0, busy_elsewhere() - max(0, (os.cpu_count() or cores) - cores))
+    settings = thread_settings(environ, cores, busy)
     environ.update(settings)
     return settings
