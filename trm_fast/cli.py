@@ -11,8 +11,8 @@ import os
 import sys
 
 from trm_fast.config import PRESETS, TRMConfig, describe_presets
-from trm_fast.threads import apply_thread_settings
 from trm_fast.data.build import add_data_subparser
+from trm_fast.threads import apply_thread_settings
 from trm_fast.tools.ablations import add_ablations_subparser
 from trm_fast.tools.bench.cli import add_bench_subparser
 from trm_fast.tools.compare import add_compare_subparser

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -456,8 +457,7 @@ def _peak_memory_mb(device: torch.device) -> float:
     """CUDA: the allocator's peak so far; CPU: the process's peak resident set (no allocator statistics there)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    import sys
+    import resource  # Unix only, as the CPU path's memory figure
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
