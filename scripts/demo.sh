@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash scripts/setup.sh
-.venv/bin/trm-fast train --preset sudoku6-demo "$@"
+# a fixed number of steps (800), replacing the previous demo run in runs/sudoku6-demo
+.venv/bin/trm-fast train --preset sudoku6-demo --overwrite "$@"
 puzzle=$(.venv/bin/python -m trm_fast.data.recipes held-out-puzzle sudoku6-demo)
 echo "held-out puzzle: $puzzle"
 .venv/bin/trm-fast solve --ckpt runs/sudoku6-demo --puzzle "$puzzle"

@@ -32,8 +32,9 @@ def _train_cmd(out, *args):
 
 
 def _torchrun_cmd(nproc, out, *args):
+    # '--': torchrun's parser leaves what follows alone (our --log would be ambiguous with its --log-dir, --logs-specs)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "trm_fast", "train", *TINY, "--out", str(out), *args]
+            "-m", "trm_fast", "--", "train", *TINY, "--out", str(out), *args]
 
 
 def _run(cmd):
@@ -147,9 +148,11 @@ def test_sparse_sign_sgd_sums_an_id_across_ranks(tmp_path):
 
 def test_two_processes_match_one_and_resume_on_one(reference, tmp_path):
     out = tmp_path / "two"
-    two = _run(_torchrun_cmd(2, out, "--set", "train.max_steps=8"))
+    two = _run(_torchrun_cmd(2, out, "--set", "train.max_steps=8", "--log", "tensorboard"))
     assert "(2 processes)" in two.stdout
     assert two.stdout.count("trm_fast: sudoku4-tiny") == 1  # logging on rank 0 only
+    (tracking_run,) = os.listdir(out / "tensorboard")  # experiment tracking too: one run, one event file
+    assert len(os.listdir(out / "tensorboard" / tracking_run)) == 1
     for step in (4, 8):
         a, b = _checkpoint(reference, step), _checkpoint(out, step)
         _assert_close_models(a, b, f"step {step}")

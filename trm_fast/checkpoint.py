@@ -336,7 +336,8 @@ def check_train_state(path: str, state: dict, needed: tuple[str, ...], purpose: 
 def check_compatible(meta: dict, model: torch.nn.Module, rows_may_differ: tuple[str, ...] = ()) -> None:
     """Raises ValueError naming the first tensor whose name, shape or dtype differs between the checkpoint and the
     model (another architecture). Tensors in `rows_may_differ` may differ in their first dimension (the puzzle
-    table of another dataset)."""
+    table of another dataset). A bf16 tensor saved for an fp32 one is compatible: load_state_dict widens it exactly
+    (initial states of float32 runs saved before they were kept in fp32)."""
     model = getattr(model, "module", model)
     saved = {name: (list(shape), dtype) for name, shape, dtype in meta["architecture"]}
     current = {name: (list(t.shape), str(t.dtype).replace("torch.", "")) for name, t in model.state_dict().items()}
@@ -348,7 +349,8 @@ def check_compatible(meta: dict, model: torch.nn.Module, rows_may_differ: tuple[
         (saved_shape, saved_dtype), (shape, dtype) = saved[name], current[name]
         if name in rows_may_differ and (saved_shape[1:], saved_dtype) == (shape[1:], dtype):
             continue
-        if saved[name] != current[name]:
+        widened = saved[name] == (current[name][0], "bfloat16") and current[name][1] == "float32"
+        if saved[name] != current[name] and not widened:
             raise ValueError(f"architecture mismatch: tensor {name!r} has shape {saved[name][0]} {saved[name][1]} in "
                              f"the checkpoint, {current[name][0]} {current[name][1]} in this model")
 

@@ -12,12 +12,14 @@ import sys
 
 from trm_fast.config import PRESETS, TRMConfig, describe_presets
 from trm_fast.data.build import add_data_subparser
+from trm_fast.threads import apply_thread_settings
 from trm_fast.tools.ablations import add_ablations_subparser
 from trm_fast.tools.bench.cli import add_bench_subparser
 from trm_fast.tools.compare import add_compare_subparser
 from trm_fast.tools.convert import add_convert_subparser
 from trm_fast.tools.doctor import add_doctor_subparser
 from trm_fast.tools.run_config import config_from_flags
+from trm_fast.train.tracking import TRACKERS
 
 
 def train_config(args) -> TRMConfig:
@@ -47,7 +49,8 @@ def cmd_train(args) -> int:
         config = plan_for_budget(config, args.memory_budget, log=print)
     try:
         summary = train(config, resume=args.resume, progress=not args.no_progress, init_from=args.init_from,
-                        reinit_puzzle_emb=args.reinit_puzzle_emb, allow_fresh=args.allow_fresh)
+                        reinit_puzzle_emb=args.reinit_puzzle_emb, allow_fresh=args.allow_fresh,
+                        overwrite=args.overwrite, trackers=args.log or ())
     finally:
         shutdown()
     if args.summary_json:
@@ -281,6 +284,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--reinit-puzzle-emb", action="store_true",
                    help="with --init-from: start the puzzle-embedding table from zeros (needed when the dataset has "
                         "another number of puzzle identifiers)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the run folder (needed when it holds another configuration)")
+    p.add_argument("--log", action="append", choices=TRACKERS,
+                   help="also log to TensorBoard (<run>/tensorboard) or Weights & Biases (repeatable)")
     p.add_argument("--memory-budget", help="e.g. 8GB: choose the recompute level and micro-batch that fit")
     p.add_argument("--puzzle-emb-device", choices=["same", "cpu"],
                    help="cpu: keep the puzzle-embedding table in pinned host memory (train.puzzle_emb_device)")
@@ -336,6 +343,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_thread_settings()  # before any command imports torch: its OpenMP pool reads them once
     parser = make_parser()
     args = parser.parse_args(argv)
     try:

@@ -445,7 +445,7 @@ PRESETS: dict[str, dict] = {
                           halt_max_steps=8),
             "data": dict(recipe="sudoku6-demo", path="", global_batch_size=128),
             "train": dict(lr=2e-3, lr_warmup_steps=100, weight_decay=0.1, puzzle_emb_lr=1e-3,
-                          puzzle_emb_weight_decay=0.1, epochs=1000, max_steps=800, max_minutes=6.0,
+                          puzzle_emb_weight_decay=0.1, epochs=1000, max_steps=800,
                           ema_rate=0.995, eval_interval=400, out_dir="runs/sudoku6-demo"),
         },
     },

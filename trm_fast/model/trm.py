@@ -103,6 +103,13 @@ class PuzzleEmbedding(nn.Module):
         return rows
 
 
+def initial_state_dtype(config: ModelConfig) -> torch.dtype:
+    """The published code keeps its initial states in its forward dtype (bf16 in the published runs). fp32 when the
+    forward dtype is explicitly float32, so an fp32 run starts from unrounded states; bf16 otherwise (auto included,
+    where the forward dtype depends on the device but the stored states must not)."""
+    return torch.float32 if config.forward_dtype == "float32" else torch.bfloat16
+
+
 class TRM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -116,9 +123,9 @@ class TRM(nn.Module):
         self.lm_head = lecun_weight(config.vocab_size, D)
         self.q_head_weight = nn.Parameter(torch.zeros(2, D))
         self.q_head_bias = nn.Parameter(torch.full((2,), -5.0))
-        # Fixed, untrained initial states, stored in bf16 like the published buffers.
-        self.register_buffer("y_init", trunc_normal_(torch.empty(D), std=1.0).to(torch.bfloat16))
-        self.register_buffer("z_init", trunc_normal_(torch.empty(D), std=1.0).to(torch.bfloat16))
+        # Fixed, untrained initial states, stored like the published buffers (initial_state_dtype).
+        self.register_buffer("y_init", trunc_normal_(torch.empty(D), std=1.0).to(initial_state_dtype(config)))
+        self.register_buffer("z_init", trunc_normal_(torch.empty(D), std=1.0).to(initial_state_dtype(config)))
         self.op_overrides: dict[str, str] = {}
         self._resolved: dict = {}
         if config.mixer == "attention" and config.pos_encoding == "rope":

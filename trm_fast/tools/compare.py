@@ -92,13 +92,11 @@ def _train_arm(name: str, overrides: list[str], config: TRMConfig, run_dir: str,
     from trm_fast.train.trainer import train
 
     metrics = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(metrics):
-        os.remove(metrics)  # a fresh curve: an earlier run in this folder would be appended to
     log(f"compare: arm {name} ({', '.join(overrides) or 'base settings'}), {config.train.max_steps} steps -> {run_dir}")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.time()
-    summary = train(config, progress=progress, log=log)
+    summary = train(config, progress=progress, log=log, overwrite=True)  # a fresh curve, whatever ran there before
     train_curve, eval_curve = read_curves(metrics)
     return {
         "arm": name, "overrides": overrides, "seconds": round(time.time() - start, 1),

@@ -11,7 +11,7 @@ fused qkv rows are [q heads | k heads | v heads], gate_up is [gate | up], every 
     lm_head.weight                                  lm_head
     q_head.weight / q_head.bias                     q_head_weight / q_head_bias
     puzzle_emb.weights (buffer)                     puzzle_emb.weight (buffer)
-    H_init / L_init (bf16 buffers)                  y_init / z_init
+    H_init / L_init (forward-dtype buffers)         y_init / z_init (fp32 for a float32 run, else bf16)
     L_level.layers.i.self_attn.qkv_proj.weight      net.blocks.i.mixer.w_qkv
     L_level.layers.i.self_attn.o_proj.weight        net.blocks.i.mixer.w_o
     L_level.layers.i.mlp_t.gate_up_proj.weight      net.blocks.i.mixer.w_gate_up
@@ -154,6 +154,10 @@ def config_from_published(all_config: dict, base, source: str = "all_config.yaml
     if is_hrm and "puzzle_emb_len" not in arch and isinstance(arch.get("puzzle_emb_ndim"), int):
         put("model.puzzle_emb_len", -(-arch["puzzle_emb_ndim"] // int(arch.get("hidden_size", 512))) or None)
     put("model.pos_encoding", arch.get("pos_encodings"))
+    # float32 keeps a float32 run's initial states in fp32 (model.trm.initial_state_dtype); auto computes in bf16 where
+    # the published runs ran (and in fp32 on a CPU), with its states in bf16 as published
+    forward_dtype = arch.get("forward_dtype")
+    put("model.forward_dtype", "auto" if forward_dtype == "bfloat16" else forward_dtype)
     if "mlp_t" in arch:
         put("model.mixer", "mlp" if arch["mlp_t"] else "attention")
     put("model.halt_max_steps", arch.get("halt_max_steps"))
@@ -234,7 +238,8 @@ def config_to_published(config) -> dict:
             "H_cycles": m.T, "L_cycles": m.n, "H_layers": m.hrm_high_blocks if hrm else 0,
             "L_layers": m.hrm_low_blocks if hrm else m.num_blocks,
             "hidden_size": m.hidden_size, "num_heads": m.num_heads, "expansion": m.expansion,
-            "puzzle_emb_ndim": m.puzzle_emb_dim, "pos_encodings": m.pos_encoding, "forward_dtype": "bfloat16",
+            "puzzle_emb_ndim": m.puzzle_emb_dim, "pos_encodings": m.pos_encoding,
+            "forward_dtype": "bfloat16" if m.forward_dtype == "auto" else m.forward_dtype,
             "mlp_t": m.mixer == "mlp", "puzzle_emb_len": m.puzzle_emb_len, "no_ACT_continue": not m.act_continue,
         },
         "global_batch_size": config.data.global_batch_size, "epochs": t.epochs,

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 
 import numpy as np
@@ -26,6 +27,7 @@ from trm_fast.files import atomic_write_json, atomic_write_text
 from trm_fast.model import build_model, count_parameters
 from trm_fast.train.act import SupervisionState, supervision_step
 from trm_fast.train.losses import supervision_loss
+from trm_fast.train.tracking import Trackers
 
 
 def fit_model_to_data(config: TRMConfig, meta, log=print) -> None:
@@ -123,6 +125,7 @@ class Trainer:
         self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
         self._stop_requested = False
         self.initialised_from = None  # the checkpoint init_from loaded (recorded in this run's checkpoints)
+        self.trackers = Trackers([])  # train() opens the ones --log names
         self.graphed_step = None
         if cfg_t.cuda_graphs:
             from trm_fast.train.cuda_graph import make_graphed_step
@@ -403,7 +406,8 @@ class Trainer:
         voter = arc_voter_for(self.data.root)
         run = lambda: evaluate(self.model, self.data.test_set, self.data.test_meta, batch, self.device,
                                rank=self.rank, world_size=self.world_size,
-                               progress=self.progress if progress is None else progress, arc_voter=voter)
+                               progress=self.progress if progress is None else progress, arc_voter=voter,
+                               per_step=self.trackers.requested)  # the trackers' per-step curve
         if use_ema and self.ema is not None:
             with self.ema.apply_to(self.model):
                 result = run()
@@ -420,7 +424,8 @@ class Trainer:
         if self.rank == 0:
             atomic_write_text(os.path.join(self.run_dir, "config.json"), self.config.to_json())
         self.log(
-            f"trm_fast: {self.config.name} on {self.device} ({self.world_size} process{'es' if self.world_size > 1 else ''}), "
+            f"trm_fast: {self.config.name} on {self.device}{_cpu_threads(self.device)} "
+            f"({self.world_size} process{'es' if self.world_size > 1 else ''}), "
             f"{count_parameters(self.model):,} parameters, backend {self.model.backend(self.device)}, "
             f"{self.total_steps} optimizer steps, global batch {self.config.data.global_batch_size}, "
             f"train {len(self.data.train_set.inputs)} / test {len(self.data.test_set.inputs)} examples"
@@ -461,8 +466,6 @@ class Trainer:
                 out_of_time = bool(t.max_minutes) and (time.time() - start_time) / 60.0 >= t.max_minutes
                 if self._any_rank(out_of_time or self._stop_requested):  # every rank stops at the same step
                     self._stop_requested = self._any_rank(self._stop_requested)
-                    if not self._stop_requested:
-                        self.log(f"stopping at step {self.step}: train.max_minutes = {t.max_minutes} reached")
                     break
         finally:
             bar.close()
@@ -472,14 +475,20 @@ class Trainer:
             path = self.save()
             self.log(f"SIGTERM: saved checkpoint {path} at step {self.step}")
             return {"step": self.step, "interrupted": True, "checkpoint": path}
+        stopped_early = None
+        if self.step < self.total_steps:  # only the time cap ends the loop early without SIGTERM
+            stopped_early = _stopped_early_warning(t.max_minutes, self.step, self.total_steps)
+            self.log(stopped_early)
         final = self.evaluate()
         self._write_jsonl({"step": self.step, "kind": "eval", **final})
         path = self.save()
         summary = {
             "preset": self.config.name, "steps": self.step, "train_seconds": round(train_seconds, 1),
             "device": str(self.device), "parameters": count_parameters(self.model), "checkpoint": path,
-            "eval": final, "run_dir": self.run_dir,
+            "eval": final, "run_dir": self.run_dir, "planned_steps": self.total_steps,
         }
+        if stopped_early:
+            summary["stopped_early"] = stopped_early
         if self.rank == 0:
             from trm_fast.train.plots import plot_training_curves
 
@@ -491,6 +500,8 @@ class Trainer:
             f"with {final['steps']} steps; the model halts after {final['mean_halt_step']:.2f} steps on average "
             f"(exact {final['exact_accuracy_at_halt']:.4f} there); checkpoint {path}"
         )
+        if stopped_early:
+            self.log(stopped_early)  # again, last: the accuracy just printed is that of a cut-short run
         return summary
 
     def _any_rank(self, flag: bool) -> bool:
@@ -521,6 +532,7 @@ class Trainer:
             "samples_per_s": samples / max(seconds, 1e-9),
             "tokens_per_s": samples * tokens_per_sample / max(seconds, 1e-9),
             "epoch": self.sampler.epoch,
+            "peak_memory_mb": _peak_memory_mb(self.device),
         }
         self._write_jsonl(record)
         return record
@@ -531,6 +543,32 @@ class Trainer:
         os.makedirs(self.run_dir, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: v for k, v in record.items() if not isinstance(v, torch.Tensor)}) + "\n")
+        self.trackers.log(record)
+
+
+def _cpu_threads(device: torch.device) -> str:
+    """' with N threads' on a CPU (trm_fast.threads chose N for the machine, unless the environment did)."""
+    if device.type != "cpu":
+        return ""
+    n = torch.get_num_threads()
+    return f" with {n} thread{'s' if n > 1 else ''}"
+
+
+def _stopped_early_warning(max_minutes: float, step: int, planned: int) -> str:
+    missing = planned - step
+    return (f"WARNING: STOPPED EARLY: train.max_minutes = {max_minutes:g} ended training at step {step} of {planned}; "
+            f"{missing} steps ({100 * missing / planned:.0f}% of the training) were not run, so the model is "
+            f"undertrained and its accuracy below what {planned} steps give (train.max_minutes=0 runs every step)")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the allocator's peak so far; CPU: the process's peak resident set (no allocator statistics there)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource  # Unix only, as the CPU path's memory figure
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def _accumulate(into: dict, values: dict) -> None:
@@ -559,12 +597,17 @@ def _restore_sigterm(previous) -> None:
 
 
 def train(config: TRMConfig, resume: str | None = None, progress: bool = True, log=None, init_from: str | None = None,
-          reinit_puzzle_emb: bool = False, allow_fresh: bool = False) -> dict:
+          reinit_puzzle_emb: bool = False, allow_fresh: bool = False, overwrite: bool = False, trackers=()) -> dict:
     """Trains a run described by `config` and returns its summary (final evaluation, checkpoint path).
 
     resume: a checkpoint folder, a run folder or "auto" (this run's newest usable checkpoint; a run without any
     starts fresh, one whose checkpoints are all unusable is refused unless `allow_fresh`). init_from: start from
-    another checkpoint's weights (Trainer.init_from); with resume="auto" only when the run has no checkpoint yet."""
+    another checkpoint's weights (Trainer.init_from); with resume="auto" only when the run has no checkpoint yet.
+    A train.out_dir holding a run of another configuration is refused unless `resume` continues it or `overwrite`
+    replaces it (trm_fast.train.run_folder); `trackers` names experiment trackers (trm_fast.train.tracking.TRACKERS)."""
+    from trm_fast.train.run_folder import claim_run_folder
+    from trm_fast.train.tracking import open_trackers
+
     if init_from and resume not in (None, "auto"):
         raise ValueError("--resume PATH and --init-from exclude each other (--resume auto --init-from CKPT resumes "
                          "the run when it has a checkpoint, else starts from CKPT)")
@@ -573,7 +616,28 @@ def train(config: TRMConfig, resume: str | None = None, progress: bool = True, l
     if reinit_puzzle_emb and not init_from:
         raise ValueError("--reinit-puzzle-emb only goes with --init-from")
     trainer = Trainer(config, progress=progress, log=log)
+    _on_rank_zero(trainer, lambda: claim_run_folder(trainer.run_dir, trainer.config.to_dict(), resume, overwrite,
+                                                    log=trainer.log))
     resumed = trainer.resume(resume, allow_fresh=allow_fresh) if resume else False
     if init_from and not resumed:
         trainer.init_from(init_from, reinit_puzzle_emb=reinit_puzzle_emb)
-    return trainer.fit()
+    trainer.trackers = open_trackers(trackers, trainer.run_dir, trainer.config.to_dict(), trainer.step, trainer.rank)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.trackers.close()
+
+
+def _on_rank_zero(trainer: Trainer, check) -> None:
+    """Runs `check` on rank 0; a ValueError it raises is raised on every rank (none waits for the others)."""
+    from trm_fast.train.distributed import broadcast_object
+
+    refusal = None
+    if trainer.rank == 0:
+        try:
+            check()
+        except ValueError as exc:
+            refusal = str(exc)
+    refusal = broadcast_object(refusal)
+    if refusal:
+        raise ValueError(refusal)
