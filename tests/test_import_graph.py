@@ -5,7 +5,7 @@ with the file, the line and the rule it breaks.
 
     cli -> tools -> train -> eval -> checkpoint -> data
     train, eval, checkpoint -> model -> ops -> kernels
-    config, files, device (leaves): importable from everywhere, import nothing of the package
+    config, files, device, threads (leaves): importable from everywhere, import nothing of the package
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ ALLOWED = {
     "kernels": set(),
     "leaf": set(),
 }
-LEAVES = ("trm_fast.config", "trm_fast.files", "trm_fast.device", "trm_fast._sudoku", "trm_fast._maze")
+LEAVES = ("trm_fast.config", "trm_fast.files", "trm_fast.device", "trm_fast.threads", "trm_fast._sudoku", "trm_fast._maze")
 
 # third-party modules a layer must not import (kernels know nothing of autograd; the references run without Triton)
 FORBIDDEN_EXTERNAL = {
