@@ -89,12 +89,6 @@ def _swiglu_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.
     return dx, d_w_gate_up, d_w_down
 
 
-@_swiglu_bwd.register_fake
-def _(dout, x, h, gu, w_gate_up, w_down):
-    f32 = torch.float32
-    return torch.empty_like(x), w_gate_up.new_empty(w_gate_up.shape, dtype=f32), w_down.new_empty(w_down.shape, dtype=f32)
-
-
 def _setup(ctx, inputs, output):
     x, w_gate_up, w_down, _ = inputs
     _, h, gu = output
@@ -102,15 +96,28 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(x, h, gu, w_gate_up, w_down)
 
 
-def _swiglu_backward(ctx, dout, _dh, _dgu):
-    if dout is None:
-        return None, None, None, None
-    x, h, gu, w_gate_up, w_down = ctx.saved_tensors
-    dx, dwgu, dwd = _swiglu_bwd(dout, x, h, gu, w_gate_up, w_down)
-    return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None
+def _weight_grads_fake(dout, x, h, gu, w_gate_up, w_down):
+    f32 = torch.float32
+    return torch.empty_like(x), w_gate_up.new_empty(w_gate_up.shape, dtype=f32), w_down.new_empty(w_down.shape, dtype=f32)
 
 
-_swiglu_fwd.register_autograd(_swiglu_backward, setup_context=_setup)
+def _register_autograd(forward_op, backward_op) -> None:
+    """The autograd rule every SwiGLU form shares: forward_op(x, w_gate_up, w_down, save_gate_up) returns (out, h,
+    gate/up) and saves x, h, gate/up and the weights; backward_op(dout, *saved) returns d x and the weight gradients
+    in fp32, cast here to the masters' dtype."""
+    backward_op.register_fake(_weight_grads_fake)
+
+    def backward(ctx, dout, _dh, _dgu):
+        if dout is None:
+            return None, None, None, None
+        x, h, gu, w_gate_up, w_down = ctx.saved_tensors
+        dx, dwgu, dwd = backward_op(dout, x, h, gu, w_gate_up, w_down)
+        return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None
+
+    forward_op.register_autograd(backward, setup_context=_setup)
+
+
+_register_autograd(_swiglu_fwd, _swiglu_bwd)
 
 
 def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
@@ -163,21 +170,7 @@ def _cublas_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.
     return dx, d_w_gate_up, d_w_down
 
 
-@_cublas_bwd.register_fake
-def _(dout, x, h, gu, w_gate_up, w_down):
-    f32 = torch.float32
-    return torch.empty_like(x), w_gate_up.new_empty(w_gate_up.shape, dtype=f32), w_down.new_empty(w_down.shape, dtype=f32)
-
-
-def _cublas_backward(ctx, dout, _dh, _dgu):
-    if dout is None:
-        return None, None, None, None
-    x, h, gu, w_gate_up, w_down = ctx.saved_tensors
-    dx, dwgu, dwd = _cublas_bwd(dout, x, h, gu, w_gate_up, w_down)
-    return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None
-
-
-_cublas_fwd.register_autograd(_cublas_backward, setup_context=_setup)
+_register_autograd(_cublas_fwd, _cublas_bwd)
 
 
 def swiglu_cublas(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
@@ -245,21 +238,7 @@ def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.T
     return dx, d_w_gate_up, d_w_down
 
 
-@_token_bwd.register_fake
-def _(dout, x, h, gu, w_gate_up, w_down):
-    f32 = torch.float32
-    return torch.empty_like(x), w_gate_up.new_empty(w_gate_up.shape, dtype=f32), w_down.new_empty(w_down.shape, dtype=f32)
-
-
-def _token_backward(ctx, dout, _dh, _dgu):
-    if dout is None:
-        return None, None, None, None
-    x, h, gu, w_gate_up, w_down = ctx.saved_tensors
-    dx, dwgu, dwd = _token_bwd(dout, x, h, gu, w_gate_up, w_down)
-    return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None
-
-
-_token_fwd.register_autograd(_token_backward, setup_context=_setup)
+_register_autograd(_token_fwd, _token_bwd)
 
 
 def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
