@@ -103,11 +103,6 @@ OP_SAVES = {
         "recompute": OpSaves(input=True, tensors=(_H,)),
         "selective": OpSaves(output=True, tensors=(_H,)),
     },
-    ("swiglu", "triton_cublas"): {  # the same as the fused kernel's: gate/up is the matmul's output
-        "plain": OpSaves(input=True, tensors=(_H, _GATE_UP)),
-        "recompute": OpSaves(input=True, tensors=(_H,)),
-        "selective": OpSaves(output=True, tensors=(_H,)),
-    },
     ("swiglu_token_mix", "torch"): {
         # the matmul copies its transposed input before it saves it
         "plain": OpSaves(tensors=(Kept("input_copy", _LD), _TOKEN_GATE_UP, Kept("silu", lambda s: s.D * s.Im),
@@ -138,6 +133,8 @@ OP_SAVES = {
         "selective": OpSaves(output=True, tensors=(_COLUMN_RSTD,)),
     },
 }
+# the cuBLAS contender keeps what the fused kernel keeps: gate/up is the matmul's output
+OP_SAVES[("swiglu", "triton_cublas")] = OP_SAVES[("swiglu", "triton")]
 
 
 def op_recompute(implementation: str, level: int) -> bool:
