@@ -135,3 +135,13 @@ def test_exploration_bounds_minimum_steps():
     state = SupervisionState.fresh(model2, 8, config2.model.seq_len, "cpu")
     res = supervision_step(model2, state, _batch(config2, 8, 2), step=0, seed=0, slot_index=torch.arange(8), training=True)
     assert res.state.halted.all()  # without exploration a confident head halts after one step
+
+
+def test_keyed_uniform_draws_several_streams_in_one_pass():
+    idx = torch.arange(3, 300, 7)
+    for seed, step in ((7, 11), (torch.tensor(7), torch.tensor(11))):
+        both = keyed_uniform(seed, step, idx, (0, 1))
+        assert both.shape == (2, len(idx))
+        assert torch.equal(both[0], keyed_uniform(7, 11, idx, 0))
+        assert torch.equal(both[1], keyed_uniform(7, 11, idx, 1))
+        assert not torch.equal(both[0], both[1])

@@ -30,13 +30,25 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def keyed_uniform(seed: int, step: int, index: torch.Tensor, stream: int) -> torch.Tensor:
+def keyed_uniform(seed, step, index: torch.Tensor, stream):
     """Uniform [0, 1) float32 per element of `index` (int64 global slot indices), a pure function of
-    (seed, step, index, stream)."""
-    key = (seed * 0x9E3779B1 + step * 0x85EBCA77 + stream * 0xC2B2AE3D) & _MASK32
+    (seed, step, index, stream). `stream` an int: shape of index; a tuple of ints: one row per stream, (S, *index.shape),
+    each row equal to the single-stream draw, made by one pass of the hash (half the launches of two calls).
+    seed and step: Python ints, or 0-d int64 device tensors (the CUDA-graph step)."""
+    streams = (stream,) if isinstance(stream, int) else tuple(stream)
+    base = seed * 0x9E3779B1 + step * 0x85EBCA77
+    if len(streams) == 1:
+        key = (base + streams[0] * 0xC2B2AE3D) & _MASK32
+    elif isinstance(base, torch.Tensor):
+        # on the device, no host copy: the CUDA-graph step captures this
+        key = torch.stack([(base + s * 0xC2B2AE3D) & _MASK32 for s in streams]).view((-1,) + (1,) * index.dim())
+    else:
+        key = torch.tensor([(base + s * 0xC2B2AE3D) & _MASK32 for s in streams], dtype=torch.int64,
+                           device=index.device).view((-1,) + (1,) * index.dim())
     h = _mix32((index.to(torch.int64) * 0x27D4EB2F + key) & _MASK32)
     h = _mix32((h + key) & _MASK32)
-    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    u = (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    return u
 
 
 @dataclass
@@ -121,8 +133,8 @@ def supervision_step(
         target = None
         if training and cfg.halt_max_steps > 1:
             wants_halt = (out.q_halt > out.q_continue) if cfg.act_continue else (out.q_halt > 0)
-            explore = keyed_uniform(seed, step, slot_index, 0) < cfg.halt_exploration_prob
-            draw = keyed_uniform(seed, step, slot_index, 1)
+            explore_draw, draw = keyed_uniform(seed, step, slot_index, (0, 1))
+            explore = explore_draw < cfg.halt_exploration_prob
             min_steps = 2 + (draw * (cfg.halt_max_steps - 1)).to(torch.int32)
             new_halted = is_last | (wants_halt & (steps >= torch.where(explore, min_steps, torch.zeros_like(min_steps))))
             if cfg.act_continue:
