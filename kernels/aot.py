@@ -260,7 +260,9 @@ def block_launches(shape: BlockShape, recorder: Recorder, grad: bool, recompute:
             swiglu.channel_gate_up(x2d, w, h=None, dh=dh, dgu=dgu)
     site("add_rms_norm", "fwd")
     norm.add_rms_norm_fwd(x, x, eps, y, rstd_c)
-    if grad:
+    site("add_rms_norm", "fwd+inject")  # a network call's last norm with then_add: y + inject from the same kernel
+    norm.add_rms_norm_fwd(x, x, eps, y, rstd_c, _meta(B, L, D), _meta(B, L, D))
+    if grad:  # (only y + inject carries gradient there: the plain backward)
         site("add_rms_norm", "bwd")
         norm.rms_norm_bwd(_meta(B, L, D), y, rstd_c, _meta(B, L, D))
 

@@ -58,18 +58,21 @@ def model_launches(shape: aot.BlockShape, recorder: aot.Recorder) -> None:
 
 
 def _block_launches(shape: aot.BlockShape, recorder: aot.Recorder, ops) -> None:
+    """The network called both ways the recursion calls it: with an injection, and on a sum made already with
+    `then_add` (its last norm writes out + then_add too)."""
     net, rope = _net(shape)
     state = torch.empty(shape.batch, shape.seq, shape.hidden, dtype=aot.DTYPE, device="meta", requires_grad=True)
-    injection = torch.empty_like(state)
+    injection = torch.empty_like(state, requires_grad=True)
     with _OpBodiesOnMeta():
         recorder.site = f"{shape.name}:eval"
         with torch.no_grad():
             net(state, injection, ops, rope)
+            net(state, None, ops, rope, then_add=injection)
         for level in (0, 1, 2):
             recorder.site = f"{shape.name}:train level {level}"
             net.recompute = level
-            out = net(state, injection, ops, rope)
-            torch.autograd.grad(out, [state, *net.parameters()], torch.empty_like(out))
+            outs = [net(state, injection, ops, rope), net(state, None, ops, rope, then_add=injection)]
+            torch.autograd.grad(outs, [state, injection, *net.parameters()], [torch.empty_like(o) for o in outs])
 
 
 @pytest.mark.parametrize("arch", aot.ARCHS)

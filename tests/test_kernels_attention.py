@@ -164,6 +164,29 @@ def test_op_matches_reference_fp32(B, L, H, hd, D, rope):
         assert_close(g, g_ref, atol=2e-5, rtol=1e-4, name=name)
 
 
+@pytest.mark.parametrize("B, L, H, hd, D, rope", [(2, 17, 2, 32, 48, True), (1, 1, 3, 32, 40, True), (2, 9, 2, 64, 64, False)])
+def test_op_post_norm_matches_reference_fp32(B, L, H, hd, D, rope):
+    """post_norm=True: rms_norm(x + attention(x)) from the op's own node (its backward adds the residual's gradient
+    in the d x matmul) against the reference composition, fresh inputs at odd sizes; and the gradient without x
+    requiring one (weights only)."""
+    x32 = randn(B, L, D, seed=60)
+    w32 = _mixer_weights(D, H, hd, seed=61)
+    cos, sin = _tables(L, hd) if rope else (None, None)
+    dy = randn(B, L, D, seed=62)
+    for x_grad in (True, False):
+        results = []
+        for fn in (attn_op.attention, R.attention):
+            x = x32.clone().requires_grad_(x_grad)
+            ws = [w.clone().requires_grad_(True) for w in w32]
+            y = fn(x, *ws, cos, sin, H, post_norm=True)
+            results.append((y, torch.autograd.grad(y, ([x] if x_grad else []) + ws, dy)))
+        (y, grads), (y_ref, grads_ref) = results
+        assert y.dtype == y_ref.dtype
+        assert_close(y, y_ref, name="y")
+        for g, g_ref, name in zip(grads, grads_ref, ("dx", "dw_qkv", "dw_o") if x_grad else ("dw_qkv", "dw_o")):
+            assert_close(g, g_ref, atol=2e-5, rtol=1e-4, name=name)
+
+
 def test_op_fp16_with_fp32_weights():
     """fp16 activations, fp32 master weights: output fp16, weight gradients fp32; errors against a float64
     reference at most twice those of reference.attention run in fp16 (the low-precision rule)."""
@@ -224,16 +247,16 @@ def test_op_composes_with_torch_compile_fullgraph():
     w_qkv, w_o = _mixer_weights(D, H, hd, seed=18, requires_grad=True)
     cos, sin = _tables(L, hd)
 
-    def mixer(h):
-        return attn_op.attention(h, w_qkv, w_o, cos, sin, H) + h
+    def mixer(h, attention, w):  # plain and with its post-norm
+        return attention(h, *w, cos, sin, H) + attention(h, *w, cos, sin, H, post_norm=True)
 
     torch._dynamo.reset()
-    out = torch.compile(mixer, fullgraph=True, backend="aot_eager")(x)
+    out = torch.compile(lambda h: mixer(h, attn_op.attention, (w_qkv, w_o)), fullgraph=True, backend="aot_eager")(x)
     out.square().sum().backward()
     grads = [t.grad.clone() for t in (x, w_qkv, w_o)]
     refs = [t.detach().clone().requires_grad_(True) for t in (x, w_qkv, w_o)]
-    (R.attention(refs[0], refs[1], refs[2], cos, sin, H) + refs[0]).square().sum().backward()
-    assert_close(out, R.attention(x, w_qkv, w_o, cos, sin, H) + x, name="compiled y")
+    mixer(refs[0], R.attention, refs[1:]).square().sum().backward()
+    assert_close(out, mixer(x, R.attention, (w_qkv, w_o)), name="compiled y")
     for g, r, name in zip(grads, refs, ("dx", "dw_qkv", "dw_o")):
         assert_close(g, r.grad, atol=5e-5, rtol=1e-4, name=f"compiled {name}")
 

@@ -204,6 +204,66 @@ def test_ops_against_reference_and_transcription(B, L, D, I, recompute, form):
         assert_close(g, g_hand, atol=2e-5, rtol=1e-4, name=f"{what} vs transcription")
 
 
+POST_NORM_FORMS = {  # form: (op, reference, gate_up width of (B, L, D), inject supported)
+    "channel": (ops.swiglu, R.swiglu, lambda L, D: D, True),
+    "cublas": (ops.swiglu_cublas, R.swiglu, lambda L, D: D, True),
+    "token": (ops.swiglu_token_mix, R.swiglu_token_mix, lambda L, D: L, False),
+}
+
+
+@pytest.mark.parametrize("B, L, D, I", CASES)
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("form", sorted(POST_NORM_FORMS))
+def test_post_norm_against_reference(B, L, D, I, recompute, form):
+    """post_norm=True (and inject, for the channel forms): the norm of x + swiglu(x) from the op's own node, values
+    and every gradient (x through both the sub-layer and the residual, the weights, inject) against the reference
+    composition, fresh inputs at odd sizes. Without inject the norm output's gradient alone; with it, both outputs'."""
+    op, ref, width_of, has_inject = POST_NORM_FORMS[form]
+    width = width_of(L, D)
+    leaves = [randn(B, L, D, seed=50), randn(2 * I, width, seed=51, scale=width ** -0.5),
+              randn(width, I, seed=52, scale=I ** -0.5)] + ([randn(B, L, D, seed=53)] if has_inject else [])
+    upstream = [randn(B, L, D, seed=54), randn(B, L, D, seed=55)]
+    results = []
+    for fn in (op, ref):
+        xs = [t.clone().requires_grad_(True) for t in leaves]
+        inject = {"inject": xs[3]} if has_inject else {}
+        outs = fn(*xs[:3], recompute=recompute, post_norm=True, **inject)
+        outs = outs if has_inject else (outs,)
+        results.append((outs, torch.autograd.grad(outs, xs, upstream[:len(outs)])))
+    (outs, grads), (outs_ref, grads_ref) = results
+    for o, o_ref, what in zip(outs, outs_ref, ("y", "y + inject")):
+        assert o.dtype == o_ref.dtype
+        assert_close(o, o_ref, name=what)
+    for g, g_ref, what in zip(grads, grads_ref, ("dx", "dw_gate_up", "dw_down", "dinject")):
+        assert_close(g, g_ref, atol=2e-5, rtol=1e-4, name=f"{what} vs reference")
+
+
+@pytest.mark.parametrize("form", sorted(POST_NORM_FORMS))
+def test_post_norm_backward_adds_the_residual_in_the_matmul(form):
+    """What one sub-layer and its post-norm launch in backward (counted on meta tensors): composed, autograd adds
+    the residual's gradient to the sub-layer's d x in a separate (B, L, D) add; with post_norm=True that add is gone,
+    the last matmul accumulating in place (addmm_ / baddbmm_) instead, and nothing else is launched."""
+    from trm_fast.tools.bench.launches import LaunchCounter, intercept_triton
+
+    op, _, width_of, _ = POST_NORM_FORMS[form]
+    B, L, D, I = 2, 16, 64, 32
+    norm = norm_ops.add_rms_norm_seq if form == "token" else norm_ops.add_rms_norm
+    meta = lambda *shape: torch.empty(*shape, device="meta", requires_grad=True)
+    launched = {}
+    for fused in (False, True):
+        x, wgu, wd = meta(B, L, D), meta(2 * I, width_of(L, D)), meta(width_of(L, D), I)
+        counter = LaunchCounter(torch.device("meta"))
+        with intercept_triton(counter), counter:
+            y = op(x, wgu, wd, post_norm=True) if fused else norm(op(x, wgu, wd), x)
+            counter.phase = "backward"
+            torch.autograd.grad(y, (x, wgu, wd), torch.empty_like(y))
+        launched[fused] = [l.name for l in counter.result() if l.phase == "backward"]
+    accumulate = "baddbmm_" if form == "token" else "addmm_"
+    assert launched[False].count("add") == 1 and accumulate not in launched[False]
+    assert "add" not in launched[True] and launched[True].count(accumulate) == 1
+    assert len(launched[True]) == len(launched[False]) - 1
+
+
 def _low_precision_run(op, ref, x32, wgu, wd, dy32, dtype, recompute=False):
     """(ours in dtype, PyTorch reference in dtype, reference in fp32): each a tuple (y, dx, dw_gate_up, dw_down)."""
     results = {}
@@ -279,8 +339,8 @@ def test_preset_launch_configs_run():
 
 
 def test_custom_ops_compose_with_torch_compile_fullgraph():
-    """The ops of an MLP-mixer block (and the fused injection output) under torch.compile(fullgraph=True): no
-    graph break, same values and gradients as eager."""
+    """The ops of an MLP-mixer block (and the fused injection output), composed and with post_norm, under
+    torch.compile(fullgraph=True): no graph break, same values and gradients as eager."""
     B, L, D, I, Im = 2, 17, 48, 32, 24
     x = randn(B, L, D, seed=28, requires_grad=True)
     w = [randn(2 * I, D, seed=29, requires_grad=True), randn(D, I, seed=30, requires_grad=True),
@@ -293,6 +353,9 @@ def test_custom_ops_compose_with_torch_compile_fullgraph():
         h = norm_ops.add_rms_norm_seq(ops.swiglu_token_mix(h, w[2], w[3], recompute=recompute), h)
         h = norm_ops.add_rms_norm(ops.swiglu(h, w[0], w[1], recompute=recompute), h)
         y, next_input = norm_ops.add_rms_norm(h, h, inject=inject)  # the fused injection output
+        # the same sub-layers with their post-norms in their own nodes, as a block calls them on Triton
+        h = ops.swiglu_token_mix(y * next_input, w[2], w[3], recompute=recompute, post_norm=True)
+        y, next_input = ops.swiglu(h, w[0], w[1], recompute=recompute, post_norm=True, inject=inject)
         return y * next_input
 
     for recompute in (False, True):
@@ -321,6 +384,12 @@ def test_bad_inputs_name_the_problem():
         ops.swiglu_token_mix(randn(5, 48), randn(64, 5), randn(5, 32))
     with pytest.raises(ValueError, match=r"w_gate_up has shape \(64, 6\), expected \(64, 5\)"):
         ops.swiglu_token_mix(x, randn(64, 6), randn(5, 32))
+    with pytest.raises(ValueError, match="inject is the post-norm's second output; pass post_norm=True"):
+        ops.swiglu(x, randn(64, 48), randn(48, 32), inject=x)
+    with pytest.raises(ValueError, match=r"inject has shape \(2, 5, 40\), x has \(2, 5, 48\)"):
+        ops.swiglu(x, randn(64, 48), randn(48, 32), post_norm=True, inject=randn(2, 5, 40))
+    with pytest.raises(TypeError, match="inject"):
+        ops.swiglu_token_mix(x, randn(64, 5), randn(5, 32), post_norm=True, inject=x)
 
 
 # ---------------------------------------------------------------------------------------------- GPU, bf16

@@ -148,10 +148,12 @@ def test_swiglu_backward_allocates_only_its_gradients(token_mix):
     assert budget - measured < B * 2 * hidden * rows * 4  # tight enough that one 2I-wide extra would break it
 
 
-@pytest.mark.parametrize("make", ["norm", "swiglu", "attention"])
-def test_auxiliary_outputs_carry_no_gradient(make):
-    """What an op saves for its backward (rstd, gate/up, qkv, log-sum-exp) is an output of the custom op but never
-    a differentiable one: autograd must not materialise zero gradients for it."""
+@pytest.mark.parametrize("make, post_norm", [("norm", False), ("swiglu", False), ("swiglu", True), ("attention", False),
+                                             ("attention", True)])
+def test_auxiliary_outputs_carry_no_gradient(make, post_norm):
+    """What an op saves for its backward (rstd, gate/up, qkv, log-sum-exp; the post-norm's rstd) is an output of the
+    custom op but never a differentiable one, nor is an absent y + inject: autograd must not materialise zero
+    gradients for them."""
     from trm_fast.ops import reference as R
     from trm_fast.ops import attention as A, norm as N, swiglu as S
 
@@ -159,10 +161,10 @@ def test_auxiliary_outputs_carry_no_gradient(make):
     if make == "norm":
         outputs = N._add_rms_norm_fwd(x, x, 1e-5, False)
     elif make == "swiglu":
-        outputs = S._swiglu_fwd(x, randn(64, 32, seed=5, requires_grad=True), randn(32, 32, seed=6), True)
+        outputs = S._swiglu_fwd(x, randn(64, 32, seed=5, requires_grad=True), randn(32, 32, seed=6), True, post_norm)
     else:
         cos, sin = R.rope_cos_sin(5, 32)
-        outputs = A._attention_fwd(x, randn(96, 32, seed=7), randn(32, 32, seed=8), cos, sin, 1, True)
+        outputs = A._attention_fwd(x, randn(96, 32, seed=7), randn(32, 32, seed=8), cos, sin, 1, True, post_norm)
     assert outputs[0].requires_grad
     assert not any(t.requires_grad for t in outputs[1:])
 

@@ -94,6 +94,20 @@ def test_auto_falls_back_for_the_failing_op_alone(fault, monkeypatch):
     assert estimate_saved_bytes(config, 3, 1, "triton", "cpu") != measured
 
 
+def test_a_fault_in_the_post_norm_form_alone_fails_its_op(monkeypatch):
+    """The sub-layers' post_norm forms are checked cases of their own: a backward that drops the residual's gradient
+    there (and only there) fails the op, naming the case and the gradient."""
+    from trm_fast.ops import swiglu as swiglu_ops
+    from trm_fast.ops.self_check import CheckShape, check_ops
+
+    monkeypatch.setattr(swiglu_ops, "_input_grad", lambda ds2d, dgu, wgu: dgu @ wgu)
+    verdicts = check_ops(CheckShape.of(TINY.model), CPU, torch.float32, ops=("swiglu",), batches=(1,))
+    cases = {case.label: case.ok for case in verdicts["swiglu"].cases}
+    assert cases == {"swiglu[B=1]": True, "swiglu[recompute, B=1]": True, "swiglu[post_norm, B=1]": False,
+                     "swiglu[post_norm+recompute+inject, B=1]": False}
+    assert verdicts["swiglu"].error.startswith("swiglu[post_norm, B=1] d x: error")
+
+
 def test_triton_never_falls_back(monkeypatch):
     monkeypatch.setattr(swiglu_kernels, "channel_gate_up", _wrong_gate_up(swiglu_kernels.channel_gate_up))
     config = TINY.override(["model.backend=triton"]).model

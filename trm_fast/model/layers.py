@@ -79,18 +79,19 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor, ops: OpSet, rope: tuple | None, level: int = 0, then_add: torch.Tensor | None = None):
         """`level`: the recomputation level the ops run at (trm_fast.ops.levels: a Triton SwiGLU at level 1 re-runs
         its gate_up matmul in backward rather than save gate/up); run_block picks it. With `then_add`: returns
-        out + then_add instead of out, the sum written by the last norm's kernel."""
+        out + then_add instead of out, the sum written by the last norm's kernel. Each sub-layer and its norm go
+        through ops.post_norm: one autograd node on Triton, whose backward adds the residual's gradient in the
+        sub-layer's last matmul."""
         if self.mixer_kind == "attention":
             cos, sin = rope if rope is not None else (None, None)
-            mixed = ops.attention(h, self.mixer.w_qkv, self.mixer.w_o, cos, sin, self.num_heads)
-            h = ops.add_rms_norm(mixed, h)
+            h = ops.post_norm("attention", h, self.mixer.w_qkv, self.mixer.w_o, cos, sin, self.num_heads)
         else:
             recompute = op_recompute(ops.implementations["swiglu_token_mix"], level)
-            mixed = ops.swiglu_token_mix(h, self.mixer.w_gate_up, self.mixer.w_down, recompute=recompute)
-            h = ops.add_rms_norm_seq(mixed, h)
+            h = ops.post_norm("swiglu_token_mix", h, self.mixer.w_gate_up, self.mixer.w_down, recompute=recompute)
         recompute = op_recompute(ops.implementations["swiglu"], level)
-        mixed = ops.swiglu(h, self.mlp.w_gate_up, self.mlp.w_down, recompute=recompute)
-        return ops.add_rms_norm(mixed, h) if then_add is None else ops.add_rms_norm(mixed, h, inject=then_add)[1]
+        if then_add is None:
+            return ops.post_norm("swiglu", h, self.mlp.w_gate_up, self.mlp.w_down, recompute=recompute)
+        return ops.post_norm("swiglu", h, self.mlp.w_gate_up, self.mlp.w_down, recompute=recompute, inject=then_add)[1]
 
 
 class ReasoningNet(nn.Module):

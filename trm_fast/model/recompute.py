@@ -84,14 +84,16 @@ def _observed_selective_contexts():
 
 class BlockRecompute(torch.autograd.Function):
     """Runs a block without recording and saves only its input (through ctx.save_for_backward, so saved-tensor
-    hooks see it); backward re-runs the block with grad at level 0 and backpropagates through that one block."""
+    hooks see it); backward re-runs the block with grad at level 0 and backpropagates through that one block.
+    With `then_add` the forward returns out + then_add from the block's last norm kernel (no add launch), whose
+    gradient is the output's."""
 
     @staticmethod
-    def forward(ctx, h, block, ops, rope, *params):
+    def forward(ctx, h, then_add, block, ops, rope, *params):
         ctx.block, ctx.ops, ctx.rope = block, ops, rope
         ctx.save_for_backward(h)
         with torch.no_grad():
-            return block(h, ops, rope, 0)
+            return block(h, ops, rope, 0, then_add)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -104,22 +106,23 @@ class BlockRecompute(torch.autograd.Function):
         grads = iter(torch.autograd.grad(out, inputs, grad_out, allow_unused=True))
         grad_h = next(grads) if h.requires_grad else None
         grad_params = [next(grads) if p.requires_grad else None for p in params]
-        return (grad_h, None, None, None, *grad_params)
+        grad_then_add = grad_out if ctx.needs_input_grad[1] else None
+        return (grad_h, grad_then_add, None, None, None, *grad_params)
 
 
 def run_block(block, h: torch.Tensor, ops, rope, level: int, then_add: torch.Tensor | None = None):
     """One block application at a recomputation level (only matters where autograd records). With `then_add`:
-    out + then_add, from the block's last norm where the block runs as it is, added after a recomputed one."""
+    out + then_add, from the block's last norm where the block runs as it is or is re-run whole, added after a
+    selective region."""
     if level == 0 or not torch.is_grad_enabled():
         return block(h, ops, rope, 0, then_add)
     plan = levels.block_plan(level, tuple(ops.implementations[op] for op in block.op_names))
     if plan == "ops":
         return block(h, ops, rope, level, then_add)
     if plan == "block":
-        out = BlockRecompute.apply(h, block, ops, rope, *block.parameters())
-    else:
-        for observe in _observers:
-            observe(h)
-        context = _observed_selective_contexts if _observers else _selective_contexts
-        out = checkpoint(block, h, ops, rope, level, use_reentrant=False, context_fn=context)
+        return BlockRecompute.apply(h, then_add, block, ops, rope, *block.parameters())
+    for observe in _observers:
+        observe(h)
+    context = _observed_selective_contexts if _observers else _selective_contexts
+    out = checkpoint(block, h, ops, rope, level, use_reentrant=False, context_fn=context)
     return out if then_add is None else out + then_add

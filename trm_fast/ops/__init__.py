@@ -9,6 +9,12 @@ custom ops (trm_fast/ops/{norm,swiglu,attention}.py). The model's weights are th
     swiglu_token_mix(x, w_gate_up, w_down)    token-mixing SwiGLU of (B, L, D) along L
     attention(x, w_qkv, w_o, cos, sin, num_heads)   qkv projection, RoPE, attention, output projection
 
+The three sub-layers also take `post_norm=True`: they then return the block's post-norm of their residual sum,
+norm(x + op(x)) with the norm of POST_NORMS (the channel SwiGLU also `inject=t`: (y, y + t)). A Triton sub-layer
+runs that norm inside its own autograd node, whose backward adds the residual's gradient in its last matmul, with
+no separate add; the reference composes the two ops. A block calls OpSet.post_norm, which fuses only where the
+sub-layer and its norm both run on Triton and composes them otherwise.
+
 `get_ops(implementations)` returns these functions (an OpSet) for a choice of implementation per op
 (trm_fast.ops.resolve makes that choice for a model and a device; ops may differ). Some ops have further
 implementations (OP_CONTENDERS): "swiglu" also runs as "triton_cublas", its gate_up matmul on cuBLAS and silu * up in
@@ -24,6 +30,13 @@ OP_NAMES = ("add_rms_norm", "add_rms_norm_seq", "swiglu", "swiglu_token_mix", "a
 IMPLEMENTATIONS = ("torch", "triton")  # every op has both
 OP_CONTENDERS = {"swiglu": ("triton_cublas",)}  # further implementations of some ops (Triton kernels too)
 TRITON_IMPLEMENTATIONS = ("triton", "triton_cublas")  # those that need a GPU Triton runs on (or its interpreter)
+POST_NORMS = {"attention": "add_rms_norm", "swiglu": "add_rms_norm", "swiglu_token_mix": "add_rms_norm_seq"}
+
+
+def fuses_post_norm(implementation: str, norm_implementation: str) -> bool:
+    """Whether a sub-layer on `implementation` runs its post-norm (on `norm_implementation`) in its own autograd
+    node: both on Triton. The sub-layer's output then never leaves that node (trm_fast.tools.memory counts on it)."""
+    return implementation in TRITON_IMPLEMENTATIONS and norm_implementation == "triton"
 
 
 def _triton_op(op: str, implementation: str = "triton"):
@@ -53,6 +66,16 @@ class OpSet:
         self.implementations = implementations
         for op, implementation in implementations.items():
             setattr(self, op, getattr(reference, op) if implementation == "torch" else _triton_op(op, implementation))
+
+    def post_norm(self, op: str, x, *args, inject=None, **kwargs):
+        """norm(x + op(x, *args, **kwargs)) with the norm of POST_NORMS[op], on their implementations: one call of op
+        with post_norm=True where both run on Triton (fuses_post_norm), else op, then the norm. With `inject` (the
+        channel norms): (y, y + inject)."""
+        norm = POST_NORMS[op]
+        extra = {} if inject is None else {"inject": inject}
+        if fuses_post_norm(self.implementations[op], self.implementations[norm]):
+            return getattr(self, op)(x, *args, post_norm=True, **extra, **kwargs)
+        return getattr(self, norm)(getattr(self, op)(x, *args, **kwargs), x, **extra)
 
 
 _OP_SETS: dict[tuple, OpSet] = {}  # a plain dict, not lru_cache: torch.compile traces through it

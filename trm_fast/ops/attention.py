@@ -10,6 +10,10 @@ Saved for backward: x, the UN-rotated qkv projection output (B, L, 3D), the atte
 fp32 log-sum-exp (B*H, L); the attention probabilities are never stored. Weight gradients are computed with fp32
 output (fp32 accumulation, never rounded to bf16), so autograd sums the recursion's tied uses in fp32.
 
+`attention(..., post_norm=True)` returns rms_norm(x + attention(x)) over channels from the same autograd node, its
+backward adding the residual's gradient in the d x matmul's epilogue over the norm's d s (as trm_fast/ops/swiglu.py
+describes for the SwiGLU); it also saves the norm's output and rstd.
+
 `flash_attention(qkv, num_heads, cos, sin)` exposes the attention core alone (packed qkv in, (B, L, H*hd) out).
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from trm_fast.kernels import attention as kernels
+from trm_fast.ops.norm import post_norm_backward, post_norm_fake, post_norm_forward
 from trm_fast.ops.reference import mm_fp32
 from trm_fast.ops._custom_op import cast_weight, check_activation, contiguous, outputs_without_grad
 
@@ -43,60 +48,71 @@ def _flash_backward(do, qkv, o, lse, cos, sin, num_heads: int, rope: bool) -> to
 
 @torch.library.custom_op("trm_fast::attention_fwd", mutates_args=())
 def _attention_fwd(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   num_heads: int, rope: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   num_heads: int, rope: bool, post_norm: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     B, L, D = x.shape
     x2d = contiguous(x.reshape(B * L, D))
     qkv = (x2d @ cast_weight(w_qkv, x.dtype).t()).view(B, L, -1)
     o, lse = _flash_forward(qkv, cos, sin, num_heads, rope)
     y = (o.view(B * L, -1) @ cast_weight(w_o, x.dtype).t()).view(B, L, -1)
-    return y, qkv, o, lse
+    y, rstd, _ = post_norm_forward(y, x2d.view(B, L, D), post_norm)
+    return y, qkv, o, lse, rstd
 
 
 @_attention_fwd.register_fake
-def _(x, w_qkv, w_o, cos, sin, num_heads, rope):
+def _(x, w_qkv, w_o, cos, sin, num_heads, rope, post_norm=False):
     B, L, _ = x.shape
-    return (x.new_empty(B, L, w_o.shape[0]), x.new_empty(B, L, w_qkv.shape[0]), x.new_empty(B, L, w_o.shape[1]),
-            x.new_empty(B * num_heads, L, dtype=torch.float32))
+    y, rstd, _ = post_norm_fake(x.new_empty(B, L, w_o.shape[0]), post_norm)
+    return (y, x.new_empty(B, L, w_qkv.shape[0]), x.new_empty(B, L, w_o.shape[1]),
+            x.new_empty(B * num_heads, L, dtype=torch.float32), rstd)
 
 
 @torch.library.custom_op("trm_fast::attention_bwd", mutates_args=())
 def _attention_bwd(dy: torch.Tensor, x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, qkv: torch.Tensor,
                    o: torch.Tensor, lse: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, rope: bool,
-                   need_dx: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   need_dx: bool, need_dw: bool, norm_y: torch.Tensor | None, rstd: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, L, D = x.shape
+    dy = post_norm_backward(dy, None, norm_y, rstd)  # with the post-norm a new tensor: d x is accumulated into it
     dy2d = contiguous(dy.reshape(B * L, -1).to(x.dtype))
     o2d = o.view(B * L, -1)
     d_w_o = mm_fp32(dy2d.t(), o2d).to(w_o.dtype) if need_dw else w_o.new_empty(0)
     do = (dy2d @ cast_weight(w_o, x.dtype)).view(o.shape)
     dqkv = _flash_backward(do, qkv, o, lse, cos, sin, num_heads, rope).view(B * L, -1)
     d_w_qkv = mm_fp32(dqkv.t(), contiguous(x.reshape(B * L, D))).to(w_qkv.dtype) if need_dw else w_qkv.new_empty(0)
-    dx = (dqkv @ cast_weight(w_qkv, x.dtype)).view(x.shape) if need_dx else x.new_empty(0)
+    if not need_dx:
+        dx = x.new_empty(0)
+    elif norm_y is None:
+        dx = (dqkv @ cast_weight(w_qkv, x.dtype)).view(x.shape)
+    else:  # d s + dqkv @ w_qkv, written over d s by the matmul's epilogue (beta = 1, in place: no copy, no add)
+        dx = dy2d.addmm_(dqkv, cast_weight(w_qkv, x.dtype)).view(x.shape)
     return dx, d_w_qkv, d_w_o
 
 
 @_attention_bwd.register_fake
-def _(dy, x, w_qkv, w_o, qkv, o, lse, cos, sin, num_heads, rope, need_dx, need_dw):
+def _(dy, x, w_qkv, w_o, qkv, o, lse, cos, sin, num_heads, rope, need_dx, need_dw, norm_y, rstd):
     return (torch.empty_like(x) if need_dx else x.new_empty(0), torch.empty_like(w_qkv) if need_dw else w_qkv.new_empty(0),
             torch.empty_like(w_o) if need_dw else w_o.new_empty(0))
 
 
 def _setup_attention(ctx, inputs, output):
-    x, w_qkv, w_o, cos, sin, num_heads, rope = inputs
-    _, qkv, o, lse = output
-    outputs_without_grad(ctx, qkv, o, lse)
+    x, w_qkv, w_o, cos, sin, num_heads, rope, post_norm = inputs
+    y, qkv, o, lse, rstd = output
+    outputs_without_grad(ctx, qkv, o, lse, rstd)
     ctx.num_heads, ctx.rope = num_heads, rope
-    ctx.save_for_backward(x, w_qkv, w_o, qkv, o, lse, cos, sin)
+    ctx.save_for_backward(x, w_qkv, w_o, qkv, o, lse, cos, sin, y if post_norm else None, rstd if post_norm else None)
 
 
-def _attention_backward(ctx, dy, _dqkv, _do, _dlse):
-    x, w_qkv, w_o, qkv, o, lse, cos, sin = ctx.saved_tensors
+def _attention_backward(ctx, dy, _dqkv, _do, _dlse, _drstd):
+    x, w_qkv, w_o, qkv, o, lse, cos, sin, norm_y, rstd = ctx.saved_tensors
     need_dx = ctx.needs_input_grad[0]
     need_dw = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
     if dy is None or not (need_dx or need_dw):
-        return None, None, None, None, None, None, None
-    dx, d_w_qkv, d_w_o = _attention_bwd(dy, x, w_qkv, w_o, qkv, o, lse, cos, sin, ctx.num_heads, ctx.rope, need_dx, need_dw)
+        return None, None, None, None, None, None, None, None
+    dx, d_w_qkv, d_w_o = _attention_bwd(dy, x, w_qkv, w_o, qkv, o, lse, cos, sin, ctx.num_heads, ctx.rope, need_dx,
+                                        need_dw, norm_y, rstd)
     return (dx if need_dx else None, d_w_qkv if ctx.needs_input_grad[1] else None,
-            d_w_o if ctx.needs_input_grad[2] else None, None, None, None, None)
+            d_w_o if ctx.needs_input_grad[2] else None, None, None, None, None, None)
 
 
 _attention_fwd.register_autograd(_attention_backward, setup_context=_setup_attention)
@@ -180,10 +196,11 @@ def _check_heads(op: str, num_heads, width: int) -> int:
 
 
 def attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-              num_heads: int) -> torch.Tensor:
+              num_heads: int, *, post_norm: bool = False) -> torch.Tensor:
     """Self-attention mixer, same semantics and output dtype as trm_fast.ops.reference.attention:
     qkv = x @ w_qkv^T (layout [q heads | k heads | v heads]), RoPE on q and k (skipped when cos is None),
-    non-causal attention, @ w_o^T. x (B, L, D); w_qkv (3*H*hd, D); w_o (D, H*hd); cos/sin fp32 (L, hd)."""
+    non-causal attention, @ w_o^T. x (B, L, D); w_qkv (3*H*hd, D); w_o (D, H*hd); cos/sin fp32 (L, hd).
+    `post_norm`: rms_norm(x + attention(x)) over channels instead."""
     op = "attention"
     check_activation(op, "x", x, ndim=3)
     B, L, D = x.shape
@@ -202,7 +219,7 @@ def attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torc
         raise ValueError(f"{op}: w_o must be ({D}, {width}) (channels, H*hd), got {tuple(w_o.shape)}")
     head_dim = _check_heads(op, num_heads, width)
     cos, sin, rope = _rope_tables(op, cos, sin, L, head_dim, x)
-    return _attention_fwd(x, w_qkv, w_o, cos, sin, num_heads, rope)[0]
+    return _attention_fwd(x, w_qkv, w_o, cos, sin, num_heads, rope, post_norm)[0]
 
 
 def flash_attention(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:

@@ -17,7 +17,9 @@ A block whose ops mix implementations runs the plan that recomputes most among i
 "ops"), its ops each called with their own implementation's `recompute`.
 
 An OP_SAVES entry: whether the op keeps its activation input (the storage its producer wrote) and its output, and the
-other tensors it keeps, in elements per sample of the model's shape (Shape).
+other tensors it keeps, in elements per sample of the model's shape (Shape). A Triton sub-layer run with its post-norm
+in one node (trm_fast.ops.OpSet.post_norm) keeps what the two entries list; its own output then never leaves that
+node, so a selective region does not keep it either (trm_fast.tools.memory counts it so).
 """
 from __future__ import annotations
 

@@ -123,20 +123,39 @@ def add_rms_norm_seq(x: torch.Tensor, residual: torch.Tensor, eps: float = RMS_E
     return rms_norm(residual + x, 1, eps)
 
 
-def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+def _post_norm(op: str, out: torch.Tensor, x: torch.Tensor, post_norm: bool, inject: torch.Tensor | None = None,
+               dim: int = -1):
+    """A sub-layer's result: `out`, or with post_norm the block's post-norm rms_norm(x + out) (over `dim`), as the
+    block composes it (add_rms_norm(out, x)); with `inject` (y, y + inject)."""
+    if not post_norm:
+        if inject is not None:
+            raise ValueError(f"{op}: inject is the post-norm's second output; pass post_norm=True with it")
+        return out
+    if dim == -1:
+        return add_rms_norm(out, x, inject=inject)
+    if inject is not None:
+        raise ValueError(f"{op}: its post-norm is over the sequence axis, which has no inject output")
+    return add_rms_norm_seq(out, x)
+
+
+def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False, *,
+           post_norm: bool = False, inject: torch.Tensor | None = None):
     """Channel SwiGLU: down(silu(gate) * up) with gate, up = chunk(x @ w_gate_up.T, 2) (gate first).
-    `recompute` is accepted for interface parity with the Triton op; here autograd decides what is saved."""
+    `recompute` is accepted for interface parity with the Triton op; here autograd decides what is saved.
+    `post_norm` (and `inject`): the block's post-norm of x + that (_post_norm)."""
     gate, up = linear(x, w_gate_up).chunk(2, dim=-1)
-    return linear(F.silu(gate) * up, w_down)
+    return _post_norm("swiglu", linear(F.silu(gate) * up, w_down), x, post_norm, inject)
 
 
-def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False, *,
+                     post_norm: bool = False) -> torch.Tensor:
     """Token-mixing SwiGLU of the MLP-mixer: the SwiGLU applied along the sequence axis of (B, L, D).
 
     w_gate_up is (2I, L) and w_down (L, I). Written with an explicit transpose, as the published code does;
-    the fused kernel works on (B, L, D) directly.
+    the fused kernel works on (B, L, D) directly. `post_norm`: rms_norm(x + that) over the sequence axis.
     """
-    return swiglu(x.transpose(1, 2), w_gate_up, w_down).transpose(1, 2)
+    out = swiglu(x.transpose(1, 2), w_gate_up, w_down).transpose(1, 2)
+    return _post_norm("swiglu_token_mix", out, x, post_norm, dim=1)
 
 
 def rope_cos_sin(seq_len: int, head_dim: int, theta: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,9 +202,11 @@ def attention(
     sin: torch.Tensor | None,
     num_heads: int,
     use_sdpa: bool = True,
+    *,
+    post_norm: bool = False,
 ) -> torch.Tensor:
     """Self-attention mixer: fused qkv projection (layout [q heads | k heads | v heads]), RoPE on q and k
-    (skipped when cos is None), non-causal attention, output projection."""
+    (skipped when cos is None), non-causal attention, output projection. `post_norm`: rms_norm(x + that)."""
     B, L, D = x.shape
     head_dim = w_qkv.shape[0] // (3 * num_heads)
     qkv = linear(x, w_qkv).view(B, L, 3 * num_heads, head_dim)
@@ -194,4 +215,4 @@ def attention(
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
     o = attention_sdpa(q, k, v) if use_sdpa else attention_core(q, k, v)
-    return linear(o.reshape(B, L, num_heads * head_dim), w_o)
+    return _post_norm("attention", linear(o.reshape(B, L, num_heads * head_dim), w_o), x, post_norm)

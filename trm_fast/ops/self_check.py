@@ -23,14 +23,16 @@ from trm_fast.config import ModelConfig
 from trm_fast.ops import OP_NAMES, get_ops, reference
 from trm_fast.ops.accuracy import ErrorCheck, error_rule
 
-# The forms of each op the model calls: the norm's `inject` output (y + inject from the same kernel) and the
-# SwiGLUs' `recompute` backward (the gate_up matmul re-run with the derivative in its epilogue) run other kernels.
+# The forms of each op the model calls: the norm's `inject` output (y + inject from the same kernel), the SwiGLUs'
+# `recompute` backward (the gate_up matmul re-run with the derivative in its epilogue) and the sub-layers'
+# `post_norm` (the norm run inside the op, the residual's gradient added by the last backward matmul) run other
+# kernels or other code. A variant's name lists its flags, joined by "+".
 VARIANTS = {
     "add_rms_norm": ("plain", "inject"),
     "add_rms_norm_seq": ("plain",),
-    "swiglu": ("plain", "recompute"),
-    "swiglu_token_mix": ("plain", "recompute"),
-    "attention": ("plain",),
+    "swiglu": ("plain", "recompute", "post_norm", "post_norm+recompute+inject"),
+    "swiglu_token_mix": ("plain", "recompute", "post_norm"),
+    "attention": ("plain", "post_norm"),
 }
 
 
@@ -110,8 +112,6 @@ def case_inputs(op: str, variant: str, shape: CheckShape, batch: int, device, se
     weights, tables = {}, None
     if op in ("add_rms_norm", "add_rms_norm_seq"):
         acts["residual"] = _randn((B, L, D), g, device)
-        if variant == "inject":
-            acts["inject"] = _randn((B, L, D), g, device)
     elif op == "swiglu":
         weights = {"w_gate_up": _randn((2 * shape.I, D), g, device, D ** -0.5),
                    "w_down": _randn((D, shape.I), g, device, shape.I ** -0.5)}
@@ -124,24 +124,24 @@ def case_inputs(op: str, variant: str, shape: CheckShape, batch: int, device, se
             tables = tuple(t.to(device) for t in reference.rope_cos_sin(L, D // shape.H))
     else:
         raise ValueError(f"self-check: {op!r} is not a fused op; the ops are {', '.join(OP_NAMES)}")
-    outputs = 2 if variant == "inject" else 1
+    if "inject" in variant.split("+"):
+        acts["inject"] = _randn((B, L, D), g, device)
+    outputs = 2 if "inject" in acts else 1
     upstream = [_randn((B, L, D), g, device) for _ in range(outputs)]
     return acts, weights, tables, upstream
 
 
 def _apply(op: str, variant: str, implementation: str, acts: dict, weights: dict, tables, shape: CheckShape):
     fn = getattr(get_ops(implementation), op)
-    if op == "add_rms_norm" and variant == "inject":
-        if implementation == "triton":
-            return fn(acts["x"], acts["residual"], inject=acts["inject"])
-        y = fn(acts["x"], acts["residual"])  # the reference: the model adds the injection after the norm
-        return y, y + acts["inject"]
+    flags = set(variant.split("+"))
+    inject = {"inject": acts["inject"]} if "inject" in acts else {}
     if op in ("add_rms_norm", "add_rms_norm_seq"):
-        return fn(acts["x"], acts["residual"])
+        return fn(acts["x"], acts["residual"], **inject)
+    post_norm = {"post_norm": True, **inject} if "post_norm" in flags else {}
     if op in ("swiglu", "swiglu_token_mix"):
-        return fn(acts["x"], weights["w_gate_up"], weights["w_down"], recompute=variant == "recompute")
+        return fn(acts["x"], weights["w_gate_up"], weights["w_down"], recompute="recompute" in flags, **post_norm)
     cos, sin = tables if tables is not None else (None, None)
-    return fn(acts["x"], weights["w_qkv"], weights["w_o"], cos, sin, shape.H)
+    return fn(acts["x"], weights["w_qkv"], weights["w_o"], cos, sin, shape.H, **post_norm)
 
 
 def run_case(op: str, variant: str, implementation: str, dtype: torch.dtype, inputs, shape: CheckShape) -> dict:

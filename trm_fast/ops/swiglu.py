@@ -10,6 +10,13 @@ step is elementwise. With `recompute=True` nothing 2I wide is saved: the backwar
 derivative in its epilogue. silu is never saved. Without grad (grad mode off or no input requiring grad) only h is
 written.
 
+`post_norm=True` returns the block's post-norm of the residual sum instead, rms_norm(x + swiglu(x)) (over channels;
+over the sequence axis for the token form; with `inject`, also y + inject), from the same autograd node: the norm
+kernel reads the op's output and x in the forward, as a separate norm op would; in the backward the norm's gradient
+lands in a buffer this node owns and the last matmul adds into it, d x = d s + dgu @ W (cuBLAS with beta = 1, in
+place), so no separate add of the residual's gradient runs. (An out-of-place torch.addmm(d s, dgu, W) would not do:
+on CUDA it copies d s into its output first, a copy as costly as the add.) Saved: what the op and the norm each save.
+
 Backward matmuls (d h, d x, weight gradients) are cuBLAS. Weight gradients come out in fp32 (fp32 accumulation,
 never rounded to bf16), so autograd sums the 2(n+1) tied uses of a weight in the recursion in fp32.
 The token form's weight gradients sum over (batch, channel) in one Triton kernel (kernels/matmul.py) that reads
@@ -21,6 +28,7 @@ import torch
 
 from trm_fast.kernels import matmul as matmul_kernels
 from trm_fast.kernels import swiglu as kernels
+from trm_fast.ops.norm import check_post_norm, post_norm_backward, post_norm_fake, post_norm_forward
 from trm_fast.ops.reference import mm_fp32
 from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, check_weight, contiguous, needs_grad,
                                      outputs_without_grad)
@@ -51,7 +59,9 @@ def _check(op: str, x, w_gate_up, w_down, width_axis: int) -> None:
 
 
 @torch.library.custom_op("trm_fast::swiglu_fwd", mutates_args=())
-def _swiglu_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _swiglu_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool,
+                post_norm: bool = False, inject: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
     wgu = cast_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
@@ -59,22 +69,26 @@ def _swiglu_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, 
     gu = torch.empty(x2d.shape[0], 2 * I, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
     kernels.channel_gate_up(x2d, wgu, h, gu if save_gate_up else None)
     out = (h @ cast_weight(w_down, x.dtype).t()).view(x.shape[:-1] + (w_down.shape[0],))
-    return out, h, gu
+    out, rstd, out_sum = post_norm_forward(out, x2d.view(x.shape), post_norm, inject, False)
+    return out, h, gu, rstd, out_sum
 
 
 @_swiglu_fwd.register_fake
-def _fake_channel(x, w_gate_up, w_down, save_gate_up):
+def _fake_channel(x, w_gate_up, w_down, save_gate_up, post_norm=False, inject=None):
     M = x.numel() // x.shape[-1]
     I = w_gate_up.shape[0] // 2
     out = x.new_empty(x.shape[:-1] + (w_down.shape[0],))
-    return out, x.new_empty(M, I), x.new_empty(M, 2 * I) if save_gate_up else x.new_empty(0)
+    y, rstd, out_sum = post_norm_fake(out, post_norm, inject, False)
+    return y, x.new_empty(M, I), x.new_empty(M, 2 * I) if save_gate_up else x.new_empty(0), rstd, out_sum
 
 
 @torch.library.custom_op("trm_fast::swiglu_bwd", mutates_args=())
-def _swiglu_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.Tensor, w_gate_up: torch.Tensor,
-                w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _swiglu_bwd(dout: torch.Tensor | None, dsum: torch.Tensor | None, x: torch.Tensor, h: torch.Tensor,
+                gu: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, y: torch.Tensor | None,
+                rstd: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
-    dout2d = contiguous(dout.reshape(-1, dout.shape[-1]).to(x.dtype))
+    ds = post_norm_backward(dout, dsum, y, rstd, False)
+    dout2d = contiguous(ds.reshape(-1, ds.shape[-1]).to(x.dtype))
     wgu = cast_weight(w_gate_up, x.dtype)
     dh = dout2d @ cast_weight(w_down, x.dtype)
     d_w_down = mm_fp32(dout2d.t(), h)
@@ -84,35 +98,43 @@ def _swiglu_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.
     else:
         kernels.channel_gate_up(x2d, wgu, h=None, dh=dh, dgu=dgu)
     del dh  # not needed past this point: freed before d x is allocated
-    dx = (dgu @ wgu).view(x.shape)
+    dx = _input_grad(dout2d if y is not None else None, dgu, wgu).view(x.shape)
     d_w_gate_up = mm_fp32(dgu.t(), x2d)
     return dx, d_w_gate_up, d_w_down
 
 
+def _input_grad(ds2d: torch.Tensor | None, dgu: torch.Tensor, wgu: torch.Tensor) -> torch.Tensor:
+    """dgu @ wgu, or with the post-norm's d s (owned by the backward op, contiguous), d s + dgu @ wgu written over
+    d s by the matmul's epilogue."""
+    return dgu @ wgu if ds2d is None else ds2d.addmm_(dgu, wgu)
+
+
 def _setup(ctx, inputs, output):
-    x, w_gate_up, w_down, _ = inputs
-    _, h, gu = output
-    outputs_without_grad(ctx, h, gu)
-    ctx.save_for_backward(x, h, gu, w_gate_up, w_down)
+    x, w_gate_up, w_down, _, post_norm, inject = inputs
+    out, h, gu, rstd, out_sum = output
+    ctx.has_inject = inject is not None
+    outputs_without_grad(ctx, h, gu, rstd, *(() if ctx.has_inject else (out_sum,)))
+    ctx.save_for_backward(x, h, gu, w_gate_up, w_down, out if post_norm else None, rstd if post_norm else None)
 
 
-def _weight_grads_fake(dout, x, h, gu, w_gate_up, w_down):
+def _weight_grads_fake(dout, dsum, x, h, gu, w_gate_up, w_down, y, rstd):
     f32 = torch.float32
     return torch.empty_like(x), w_gate_up.new_empty(w_gate_up.shape, dtype=f32), w_down.new_empty(w_down.shape, dtype=f32)
 
 
 def _register_autograd(forward_op, backward_op) -> None:
-    """The autograd rule every SwiGLU form shares: forward_op(x, w_gate_up, w_down, save_gate_up) returns (out, h,
-    gate/up) and saves x, h, gate/up and the weights; backward_op(dout, *saved) returns d x and the weight gradients
-    in fp32, cast here to the masters' dtype."""
+    """The autograd rule every SwiGLU form shares: forward_op(x, w_gate_up, w_down, save_gate_up, post_norm,
+    inject) returns (out, h, gate/up, rstd, out + inject) and saves x, h, gate/up, the weights and, with the
+    post-norm, its output and rstd; backward_op(d out, d sum, *saved) returns d x and the weight gradients in fp32,
+    cast here to the masters' dtype. d inject is d sum."""
     backward_op.register_fake(_weight_grads_fake)
 
-    def backward(ctx, dout, _dh, _dgu):
-        if dout is None:
-            return None, None, None, None
-        x, h, gu, w_gate_up, w_down = ctx.saved_tensors
-        dx, dwgu, dwd = backward_op(dout, x, h, gu, w_gate_up, w_down)
-        return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None
+    def backward(ctx, dout, _dh, _dgu, _drstd, dsum):
+        if dout is None and dsum is None:
+            return None, None, None, None, None, None
+        x, h, gu, w_gate_up, w_down, y, rstd = ctx.saved_tensors
+        dx, dwgu, dwd = backward_op(dout, dsum, x, h, gu, w_gate_up, w_down, y, rstd)
+        return dx, dwgu.to(w_gate_up.dtype), dwd.to(w_down.dtype), None, None, dsum
 
     forward_op.register_autograd(backward, setup_context=_setup)
 
@@ -120,11 +142,21 @@ def _register_autograd(forward_op, backward_op) -> None:
 _register_autograd(_swiglu_fwd, _swiglu_bwd)
 
 
-def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+def _call(forward_op, op: str, x, w_gate_up, w_down, recompute: bool, post_norm: bool, inject, implementation: str,
+          width_axis: int):
+    _check(op, x, w_gate_up, w_down, width_axis)
+    check_post_norm(op, x, post_norm, inject, seq_axis=width_axis == 1)
+    saves = _saves_gate_up(op, x, w_gate_up, w_down, recompute, implementation)
+    out, _, _, _, out_sum = forward_op(x, w_gate_up, w_down, saves, post_norm, inject)
+    return out if inject is None else (out, out_sum)
+
+
+def swiglu(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False, *,
+           post_norm: bool = False, inject: torch.Tensor | None = None):
     """down(silu(gate) * up) with gate, up = chunk(x @ w_gate_up.T, 2) (gate first); w_gate_up (2I, D),
-    w_down (D, I). `recompute`: re-run the gate_up matmul in backward instead of saving gate/up."""
-    _check("swiglu", x, w_gate_up, w_down, -1)
-    return _swiglu_fwd(x, w_gate_up, w_down, _saves_gate_up("swiglu", x, w_gate_up, w_down, recompute))[0]
+    w_down (D, I). `recompute`: re-run the gate_up matmul in backward instead of saving gate/up. `post_norm`:
+    rms_norm(x + swiglu(x)) over channels instead, and with `inject` (x's shape and dtype) (that, that + inject)."""
+    return _call(_swiglu_fwd, "swiglu", x, w_gate_up, w_down, recompute, post_norm, inject, "triton", -1)
 
 
 # ------------------------------------------------------------------------- channel, cuBLAS contender ("triton_cublas")
@@ -139,25 +171,30 @@ def _gate_up_matmul(x2d: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("trm_fast::swiglu_cublas_fwd", mutates_args=())
-def _cublas_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cublas_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool,
+                post_norm: bool = False, inject: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
     gu = _gate_up_matmul(x2d, w_gate_up)
     h = torch.empty(x2d.shape[0], gu.shape[1] // 2, dtype=x.dtype, device=x.device)
     kernels.swiglu_fwd_from_gate_up(gu, h)
     out = (h @ cast_weight(w_down, x.dtype).t()).view(x.shape[:-1] + (w_down.shape[0],))
-    return out, h, gu if save_gate_up else h.new_empty(0)
+    out, rstd, out_sum = post_norm_forward(out, x2d.view(x.shape), post_norm, inject, False)
+    return out, h, gu if save_gate_up else h.new_empty(0), rstd, out_sum
 
 
 @_cublas_fwd.register_fake
-def _(x, w_gate_up, w_down, save_gate_up):
-    return _fake_channel(x, w_gate_up, w_down, save_gate_up)
+def _(x, w_gate_up, w_down, save_gate_up, post_norm=False, inject=None):
+    return _fake_channel(x, w_gate_up, w_down, save_gate_up, post_norm, inject)
 
 
 @torch.library.custom_op("trm_fast::swiglu_cublas_bwd", mutates_args=())
-def _cublas_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.Tensor, w_gate_up: torch.Tensor,
-                w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cublas_bwd(dout: torch.Tensor | None, dsum: torch.Tensor | None, x: torch.Tensor, h: torch.Tensor,
+                gu: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, y: torch.Tensor | None,
+                rstd: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
-    dout2d = contiguous(dout.reshape(-1, dout.shape[-1]).to(x.dtype))
+    ds = post_norm_backward(dout, dsum, y, rstd, False)
+    dout2d = contiguous(ds.reshape(-1, ds.shape[-1]).to(x.dtype))
     dh = dout2d @ cast_weight(w_down, x.dtype)
     d_w_down = mm_fp32(dout2d.t(), h)
     if not gu.numel():
@@ -165,7 +202,7 @@ def _cublas_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.
     dgu = torch.empty_like(gu)
     kernels.swiglu_bwd_from_saved(gu, dh, dgu)
     del dh, gu
-    dx = (dgu @ cast_weight(w_gate_up, x.dtype)).view(x.shape)
+    dx = _input_grad(dout2d if y is not None else None, dgu, cast_weight(w_gate_up, x.dtype)).view(x.shape)
     d_w_gate_up = mm_fp32(dgu.t(), x2d)
     return dx, d_w_gate_up, d_w_down
 
@@ -173,12 +210,11 @@ def _cublas_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.
 _register_autograd(_cublas_fwd, _cublas_bwd)
 
 
-def swiglu_cublas(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+def swiglu_cublas(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False, *,
+                  post_norm: bool = False, inject: torch.Tensor | None = None):
     """swiglu's contract (same arguments, same math) with the gate_up matmul on cuBLAS and silu(gate) * up in an
     elementwise kernel: the "triton_cublas" implementation of the op "swiglu"."""
-    _check("swiglu", x, w_gate_up, w_down, -1)
-    saves = _saves_gate_up("swiglu", x, w_gate_up, w_down, recompute, "triton_cublas")
-    return _cublas_fwd(x, w_gate_up, w_down, saves)[0]
+    return _call(_cublas_fwd, "swiglu", x, w_gate_up, w_down, recompute, post_norm, inject, "triton_cublas", -1)
 
 
 # ---------------------------------------------------------------------------------------------- token mixing
@@ -198,7 +234,9 @@ def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("trm_fast::swiglu_token_mix_fwd", mutates_args=())
-def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool,
+               post_norm: bool = False, inject: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x = contiguous(x)
     B, L, D = x.shape
     wgu = _token_weight(w_gate_up, x.dtype)
@@ -207,21 +245,24 @@ def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, s
     gu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
     kernels.token_gate_up(x, wgu, h, gu if save_gate_up else None)
     out = _weight_times(cast_weight(w_down, x.dtype), h)  # (L, I) @ (B, I, D) -> (B, L, D): no transpose
-    return out, h, gu
+    out, rstd, out_sum = post_norm_forward(out, x, post_norm, inject, True)
+    return out, h, gu, rstd, out_sum
 
 
 @_token_fwd.register_fake
-def _(x, w_gate_up, w_down, save_gate_up):
+def _(x, w_gate_up, w_down, save_gate_up, post_norm=False, inject=None):
     B, L, D = x.shape
     I = w_gate_up.shape[0] // 2
-    out = x.new_empty(B, L, D)
-    return out, x.new_empty(B, I, D), x.new_empty(B, 2 * I, D) if save_gate_up else x.new_empty(0)
+    y, rstd, out_sum = post_norm_fake(x.new_empty(B, L, D), post_norm, inject, True)
+    return y, x.new_empty(B, I, D), x.new_empty(B, 2 * I, D) if save_gate_up else x.new_empty(0), rstd, out_sum
 
 
 @torch.library.custom_op("trm_fast::swiglu_token_mix_bwd", mutates_args=())
-def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.Tensor, w_gate_up: torch.Tensor,
-               w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x, dout = contiguous(x), contiguous(dout.to(x.dtype))
+def _token_bwd(dout: torch.Tensor | None, dsum: torch.Tensor | None, x: torch.Tensor, h: torch.Tensor,
+               gu: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, y: torch.Tensor | None,
+               rstd: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = contiguous(x)
+    dout = contiguous(post_norm_backward(dout, dsum, y, rstd, True).to(x.dtype))
     B, L, D = x.shape
     wgu = _token_weight(w_gate_up, x.dtype)
     I = wgu.shape[0] // 2
@@ -233,7 +274,8 @@ def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.T
     else:
         kernels.token_gate_up(x, wgu, h=None, dh=contiguous(dh), dgu=dgu)
     del dh  # not needed past this point: freed before d x is allocated
-    dx = _weight_times(wgu.t(), dgu)  # (L, 2I) @ (B, 2I, D) -> (B, L, D)
+    # (L, 2I) @ (B, 2I, D) -> (B, L, D); with the post-norm added over its d s (owned here) by the epilogue
+    dx = _weight_times(wgu.t(), dgu) if y is None else dout.baddbmm_(wgu.t().expand(B, -1, -1), dgu)
     d_w_gate_up = matmul_kernels.sum_over_batch_abt(dgu, x)  # sum_b (2I, D) @ (D, L), fp32
     return dx, d_w_gate_up, d_w_down
 
@@ -241,8 +283,9 @@ def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.T
 _register_autograd(_token_fwd, _token_bwd)
 
 
-def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False, *,
+                     post_norm: bool = False) -> torch.Tensor:
     """The SwiGLU along the sequence axis of x (B, L, D): w_gate_up (2I, L), w_down (L, I), no transpose copies.
-    out[b, :, d] = w_down @ (silu(g) * u), [g; u] = w_gate_up @ x[b, :, d]."""
-    _check("swiglu_token_mix", x, w_gate_up, w_down, 1)
-    return _token_fwd(x, w_gate_up, w_down, _saves_gate_up("swiglu_token_mix", x, w_gate_up, w_down, recompute))[0]
+    out[b, :, d] = w_down @ (silu(g) * u), [g; u] = w_gate_up @ x[b, :, d]. `post_norm`: rms_norm(x + that) over
+    the sequence axis instead."""
+    return _call(_token_fwd, "swiglu_token_mix", x, w_gate_up, w_down, recompute, post_norm, None, "triton", 1)

@@ -20,7 +20,7 @@ import torch
 from trm_fast.config import ModelConfig, TRMConfig
 from trm_fast.model.layers import BLOCK_OPS
 from trm_fast.model.recompute import observe_regions
-from trm_fast.ops import levels, resolve
+from trm_fast.ops import POST_NORMS, fuses_post_norm, levels, resolve
 
 
 def saved_bytes_per_step(model, batch_size: int, device: str | torch.device = "cpu", step_fn=None) -> int:
@@ -114,7 +114,8 @@ def _block_saved_elements(config: ModelConfig, level: int, implementations: dict
     """Elements per sample that one block application of the gradient cycle keeps for backward, summed from the
     levels table (trm_fast.ops.levels.OP_SAVES) for the block's ops (trm_fast.model.layers.BLOCK_OPS) on their
     implementations: `act` in the forward dtype, `fp32` in fp32. Every activation between two ops is (L, D) and
-    counted once when its producer keeps its output or its consumer its input. The block input is kept by the
+    counted once when its producer keeps its output or its consumer its input, except a sub-layer's output that
+    stays inside its node (a Triton sub-layer with its post-norm, trm_fast.ops.fuses_post_norm). The block input is kept by the
     first op or the selective region; when the last op keeps its output (`keeps_output`) a block's input is the
     previous block's kept output, so only a network call's first block adds it (`call_input`). `plan` replaces
     the level's block plan (trm_fast.ops.levels.block_plan)."""
@@ -128,7 +129,9 @@ def _block_saved_elements(config: ModelConfig, level: int, implementations: dict
     saves = [levels.op_saves(op, implementation, level, plan) for op, implementation in zip(ops, on)]
     act = sum(t.elements(shape) for s in saves for t in s.tensors if not t.fp32)
     fp32 = sum(t.elements(shape) for s in saves for t in s.tensors if t.fp32)
-    act += LD * sum(1 for producer, consumer in zip(saves, saves[1:]) if producer.output or consumer.input)
+    inside = [ops[i + 1] == POST_NORMS.get(ops[i]) and fuses_post_norm(on[i], on[i + 1]) for i in range(len(ops) - 1)]
+    act += LD * sum(1 for producer, consumer, fused in zip(saves, saves[1:], inside)
+                    if (producer.output and not fused) or consumer.input)
     keeps_input, keeps_output = saves[0].input or plan == "selective", saves[-1].output
     act += LD * keeps_output + LD * (keeps_input and not keeps_output)
     return {"act": act, "fp32": fp32, "call_input": LD * (keeps_input and keeps_output), "keeps_output": keeps_output}

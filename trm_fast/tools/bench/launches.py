@@ -19,8 +19,11 @@ Counting rules (tests/test_launches.py states them again and pins the counts):
   3. `mm(a, b, out_dtype=float32)` is one cuBLAS launch. The ops' `mm_fp32` takes that path on CUDA; off CUDA it
      upcasts both operands (`_to_copy` to fp32 twice, then `mm`): that pattern is counted as the one CUDA op
      (`mm_fp32out`, operands kept in their bf16 form), as `trm_fast.tools.memory.allocation_only` models it.
-  4. `mm`, `addmm`, `bmm`, `baddbmm` (and rule 3's op) are cuBLAS; every other counted aten op is "aten". A CUDA
-     aten op that itself launches several kernels (embedding backward, a sort-based index_put) counts once.
+  4. `mm`, `addmm`, `bmm`, `baddbmm`, the in-place `addmm_` and `baddbmm_` (and rule 3's op) are cuBLAS; every
+     other counted aten op is "aten". A CUDA aten op that itself launches several kernels (embedding backward, a
+     sort-based index_put) counts once, with one exception: an out-of-place `addmm` or `baddbmm` adding a matrix
+     (not a 1-D bias, which cuBLASLt's epilogue reads) copies that matrix into its output first (`copy_`, one aten
+     launch) and multiplies into it in place, as PyTorch's CUDA kernels do; the in-place forms copy nothing.
   5. Custom ops (`trm_fast::`) are not launches: their implementation runs and what it launches is counted.
 A cast of an fp32 parameter to the activation dtype (`_to_copy` or `copy_` from the parameter) is also tagged
 `weight_cast`: those are the casts one cast per optimiser step would remove.
@@ -40,7 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from trm_fast.config import TRMConfig
 
 ACTIVATION_DTYPE = "bfloat16"
-CUBLAS_OPS = {"mm", "addmm", "bmm", "baddbmm", "mm_fp32out"}
+CUBLAS_OPS = {"mm", "addmm", "bmm", "baddbmm", "addmm_", "baddbmm_", "mm_fp32out"}
 _ALLOCATIONS = {"empty", "empty_like", "new_empty", "new_empty_strided", "empty_strided", "empty_permuted"}
 _NOT_VIEWS_BUT_ALIASES = {"_unsafe_view", "lift_fresh"}  # no alias annotation in the schema, no kernel either
 
@@ -158,6 +161,9 @@ class LaunchCounter(TorchDispatchMode):
             self.launches.append(Launch("cublas", "mm_fp32out", self.phase, {
                 "inputs": [TensorSpec.of(source) for _, _, source in folded], "outputs": [TensorSpec.of(out)]}))
             return out
+        if name in ("addmm", "baddbmm") and args[0].dim() > 1 and kwargs.get("beta", 1) != 0:  # rule 4's copy
+            self.launches.append(Launch("aten", "copy_", self.phase, {
+                "inputs": [TensorSpec.of(out), TensorSpec.of(args[0])], "outputs": [TensorSpec.of(out)]}))
         kind = "cublas" if name in CUBLAS_OPS else "aten"
         self.launches.append(Launch(kind, name, self.phase, {"inputs": [TensorSpec.of(t) for t in inputs],
                                                              "outputs": [TensorSpec.of(t) for t in outputs]},
