@@ -18,6 +18,10 @@ A block whose ops mix implementations runs the plan that recomputes most among i
 
 An OP_SAVES entry: whether the op keeps its activation input (the storage its producer wrote) and its output, and the
 other tensors it keeps, in elements per sample of the model's shape (Shape).
+
+The entries cover the blocks' ops (trm_fast.model.layers.BLOCK_OPS). The token loss `token_cross_entropy` runs once
+per step on the logits, outside the blocks and the levels: the Triton op keeps its input logits, the labels and a
+count per sample (trm_fast/ops/cross_entropy.py); the memory model counts neither implementation's loss.
 """
 from __future__ import annotations
 
