@@ -6,7 +6,7 @@ import torch
 
 from trm_fast.config import swiglu_hidden
 from trm_fast.ops import reference as R
-from trm_fast.train.losses import stablemax_cross_entropy
+from trm_fast.token_loss import stablemax_cross_entropy
 
 B, L, D, H = 4, 97, 128, 4  # Sudoku's sequence (16 puzzle tokens + 81 cells) at a CPU-sized width
 

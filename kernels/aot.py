@@ -267,16 +267,70 @@ def block_launches(shape: BlockShape, recorder: Recorder, grad: bool, recompute:
         norm.rms_norm_bwd(_meta(B, L, D), y, rstd_c, _meta(B, L, D))
 
 
-def preset_launches(arch: int, shapes: dict[BlockShape, list[str]] | None = None) -> dict[Launch, list[str]]:
+@dataclasses.dataclass(frozen=True)
+class LossShape:
+    """What decides the token loss's launches: the logits (batch, puzzle tokens + seq, vocab) of the model's head,
+    sliced past the puzzle tokens (the slice's offset sets the pointer's alignment)."""
+    batch: int
+    seq: int  # supervised positions (the task tokens)
+    puzzle_len: int
+    vocab: int
+
+    @property
+    def name(self) -> str:
+        return f"B={self.batch},L={self.seq},P={self.puzzle_len},V={self.vocab}"
+
+
+def preset_loss_shapes() -> dict[LossShape, list[str]]:
+    """Every preset's loss shape at its global batch, at USER_BATCH and at batch 1 -> the presets that have it."""
+    from trm_fast.config import PRESETS, TRMConfig
+
+    shapes: dict[LossShape, list[str]] = {}
+    for name in PRESETS:
+        config = TRMConfig.preset(name)
+        m = config.model
+        for batch in dict.fromkeys((config.data.global_batch_size, USER_BATCH, 1)):
+            shape = LossShape(batch, m.seq_len, m.total_seq_len - m.seq_len, m.vocab_size)
+            shapes.setdefault(shape, []).append(name)
+    return shapes
+
+
+LOSS_IGNORE_LABEL = -100  # trm_fast.data.format.IGNORE_LABEL (kernels import nothing above them; not specialised)
+
+
+def loss_launches(shape: LossShape, recorder: Recorder) -> None:
+    """The token loss's launches in training (forward and backward, each kind of loss), with the buffers
+    trm_fast/ops/cross_entropy.py hands the launchers: the head's logits sliced past the puzzle tokens, int64
+    labels, an upstream gradient of any stride (not specialised)."""
+    from trm_fast.kernels import cross_entropy
+
+    B, L, P, V = shape.batch, shape.seq, shape.puzzle_len, shape.vocab
+    logits, labels = _meta(B, P + L, V)[:, P:], _meta(B, L, dtype=torch.int64)
+    valid, correct = _meta(B, dtype=torch.int64), _meta(B, dtype=torch.int64)
+    for kind, dtype in (("stablemax", torch.float64), ("softmax", torch.float32)):
+        loss = _meta(B, dtype=dtype)
+        recorder.site = f"{shape.name}:token_cross_entropy[{kind}].fwd"
+        cross_entropy.token_cross_entropy_fwd(logits, labels, LOSS_IGNORE_LABEL, kind == "stablemax", loss, valid,
+                                              correct)
+        recorder.site = f"{shape.name}:token_cross_entropy[{kind}].bwd"
+        cross_entropy.token_cross_entropy_bwd(_meta(B, dtype=dtype), logits, labels, valid, LOSS_IGNORE_LABEL,
+                                              kind == "stablemax", _meta(B, L, V))
+
+
+def preset_launches(arch: int, shapes: dict[BlockShape, list[str]] | None = None,
+                    loss_shapes: dict[LossShape, list[str]] | None = None) -> dict[Launch, list[str]]:
     """Every distinct specialisation the presets launch on `arch` -> the sites ("shape:op.phase") that launch it:
-    forward without gradient (evaluation, the no-grad cycles), training with gate/up saved, training with the
-    recompute option."""
+    the blocks' forward without gradient (evaluation, the no-grad cycles), training with gate/up saved, training
+    with the recompute option; the token loss's forward and backward."""
     shapes = preset_block_shapes() if shapes is None else shapes
+    loss_shapes = preset_loss_shapes() if loss_shapes is None else loss_shapes
     with capture(arch) as recorder:
         for shape in shapes:
             block_launches(shape, recorder, grad=False, recompute=False)
             block_launches(shape, recorder, grad=True, recompute=False)
             block_launches(shape, recorder, grad=True, recompute=True)
+        for shape in loss_shapes:
+            loss_launches(shape, recorder)
     return recorder.launches
 
 

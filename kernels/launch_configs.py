@@ -150,3 +150,22 @@ def elementwise_block(n: int) -> int:
     divides n when that is at least 128 (no masked tail), else the next power of two up to 1024."""
     exact = min(1024, n & -n)
     return exact if exact >= 128 else min(1024, _next_pow2(n))
+
+
+# ---------------------------------------------------------------------------------------------- token cross-entropy
+
+# One program per sample over its (L, V) logits in (BLOCK_L, BLOCK_V) tiles of at most CROSS_ENTROPY_TILE elements:
+# 4 per thread at 4 warps. ptxas on the presets' builds (kernels/aot.py): at most 119 registers (the stablemax
+# forward, float64), no spills on sm_90 and sm_80; 2048-element tiles hit 255 registers and spill 550 B there.
+# The presets' vocabularies fit one chunk of V: Sudoku (L = 81, V = 11) three 32 x 16 tiles per sample, Maze
+# (900, 6) fifteen 64 x 8, ARC (900, 12) twenty-nine 32 x 16; wider vocabularies loop over chunks of V. One rule,
+# no table.
+CROSS_ENTROPY_TILE = 512
+CROSS_ENTROPY_MAX_BLOCK_V = CROSS_ENTROPY_TILE
+
+
+def cross_entropy_config(L: int, V: int) -> dict:
+    """Tiles for the token cross-entropy kernels on (B, L, V) logits."""
+    block_v = min(_next_pow2(V), CROSS_ENTROPY_MAX_BLOCK_V)
+    block_l = max(1, min(_next_pow2(L), CROSS_ENTROPY_TILE // block_v))
+    return {"BLOCK_L": block_l, "BLOCK_V": block_v, "num_warps": 4}

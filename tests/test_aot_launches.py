@@ -1,6 +1,8 @@
 """The ahead-of-time check builds what really runs: the model's own blocks (trm_fast.model.layers.ReasoningNet, the
-Triton ops, every recomputation level, with and without gradient) at every preset's shapes launch exactly the
-specialisations kernels/aot.py captures from the kernel launchers, which tests/test_aot_compile.py compiles.
+Triton ops, every recomputation level, with and without gradient) and the trainer's loss on the model's head
+(trm_fast.train.losses.supervision_loss with the op set's token_cross_entropy, both kinds) at every preset's shapes
+launch exactly the specialisations kernels/aot.py captures from the kernel launchers, which
+tests/test_aot_compile.py compiles.
 
 The blocks run on "meta" tensors (shapes and strides without memory, at the presets' real batch sizes) with the
 ops' custom-op bodies dispatched directly (on meta, torch would otherwise run their fake shape functions), while
@@ -17,12 +19,16 @@ from torch._C import DispatchKey
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from trm_fast.config import ModelConfig
+from trm_fast.data.format import IGNORE_LABEL
 from trm_fast.kernels import aot
 from trm_fast.ops import reference
+from trm_fast.model import TRM
 from trm_fast.model.layers import ReasoningNet
 from trm_fast.ops import OP_NAMES, get_ops
+from trm_fast.train.losses import supervision_loss
 
 SHAPES = aot.preset_block_shapes()
+LOSS_SHAPES = aot.preset_loss_shapes()
 
 
 class _OpBodiesOnMeta(TorchDispatchMode):
@@ -75,14 +81,46 @@ def _block_launches(shape: aot.BlockShape, recorder: aot.Recorder, ops) -> None:
             torch.autograd.grad(outs, [state, injection, *net.parameters()], [torch.empty_like(o) for o in outs])
 
 
+@functools.lru_cache(maxsize=None)
+def _head_model(vocab: int, seq: int, puzzle_len: int) -> TRM:
+    """A narrow model with the shape's head: its logits are the lm_head's output sliced past the puzzle tokens."""
+    config = ModelConfig(vocab_size=vocab, seq_len=seq, puzzle_emb_len=puzzle_len, puzzle_emb_dim=32 if puzzle_len else 0,
+                         hidden_size=32, num_heads=1, num_blocks=1)
+    return TRM(config).to("meta")
+
+
+def loss_launches(shape: aot.LossShape, recorder: aot.Recorder) -> None:
+    """The training step's loss on the model's head output with the Triton op set, both kinds, forward and backward;
+    with a sample weight too (the per-batch scheme: the upstream gradient is then not an expanded scalar)."""
+    model = _head_model(shape.vocab, shape.seq, shape.puzzle_len)
+    ops = get_ops("triton")
+    y = torch.empty(shape.batch, shape.puzzle_len + shape.seq, 32, dtype=aot.DTYPE, device="meta", requires_grad=True)
+    labels = torch.empty(shape.batch, shape.seq, dtype=torch.int64, device="meta")
+    with _OpBodiesOnMeta():
+        for kind in ("stablemax", "softmax"):
+            for weight in (None, torch.empty(shape.batch, device="meta")):
+                recorder.site = f"{shape.name}:train loss {kind}{'' if weight is None else ' weighted'}"
+                logits, q_halt, q_continue = model.heads(y)
+                loss = supervision_loss(logits, labels, q_halt, q_continue, kind, sample_weight=weight,
+                                        token_cross_entropy=ops.token_cross_entropy)
+                torch.autograd.grad(loss.total, [y])
+
+
+def test_the_loss_runs_the_op_of_the_trainers_ignore_label():
+    """kernels/aot.py captures the loss with the trainer's ignore label (it may not import trm_fast.data)."""
+    assert aot.LOSS_IGNORE_LABEL == IGNORE_LABEL
+
+
 @pytest.mark.parametrize("arch", aot.ARCHS)
 def test_model_launches_are_the_captured_builds(arch):
-    """Every specialisation the model's blocks launch at every preset shape is one the AOT check builds, and the
-    check builds nothing they do not launch."""
+    """Every specialisation the model's blocks and the trainer's loss launch at every preset shape is one the AOT
+    check builds, and the check builds nothing they do not launch."""
     with aot.capture(arch) as recorder:
         for shape in SHAPES:
             model_launches(shape, recorder)
-    built = aot.preset_launches(arch, SHAPES)
+        for shape in LOSS_SHAPES:
+            loss_launches(shape, recorder)
+    built = aot.preset_launches(arch, SHAPES, LOSS_SHAPES)
     missing = {aot.describe(launch): sites[:3] for launch, sites in recorder.launches.items() if launch not in built}
     extra = {aot.describe(launch): sites[:3] for launch, sites in built.items() if launch not in recorder.launches}
     assert not missing, f"sm_{arch}: launched by the model but not built by kernels/aot.py: {missing}"
@@ -110,11 +148,10 @@ def test_capture_sees_batch_dependent_specialisations():
 def test_every_batch_size_launches_a_built_specialisation(arch):
     """Batch sizes other than the captured ones (1 to 33: every residue of B * L modulo 16; the per-GPU batches of
     2, 4 and 8 GPUs; evaluation's last partial batch is any of these) launch no specialisation the check lacks."""
-    built = aot.preset_launches(arch, SHAPES)
-    shapes = {}
-    for shape in SHAPES:
-        for batch in {*range(1, 34), *(shape.batch // gpus for gpus in (2, 4, 8) if shape.batch >= gpus)}:
-            shapes.setdefault(dataclasses.replace(shape, batch=batch), [])
-    missing = {aot.describe(launch): sites[:3] for launch, sites in aot.preset_launches(arch, shapes).items()
+    built = aot.preset_launches(arch, SHAPES, LOSS_SHAPES)
+    batches = lambda shape: {*range(1, 34), *(shape.batch // gpus for gpus in (2, 4, 8) if shape.batch >= gpus)}
+    shapes = {dataclasses.replace(shape, batch=batch): [] for shape in SHAPES for batch in batches(shape)}
+    loss_shapes = {dataclasses.replace(shape, batch=batch): [] for shape in LOSS_SHAPES for batch in batches(shape)}
+    missing = {aot.describe(launch): sites[:3] for launch, sites in aot.preset_launches(arch, shapes, loss_shapes).items()
                if launch not in built}
     assert not missing, f"sm_{arch}: specialisations launched at other batch sizes but not built: {missing}"

@@ -5,7 +5,7 @@ with the file, the line and the rule it breaks.
 
     cli -> tools -> train -> eval -> checkpoint -> data
     train, eval, checkpoint -> model -> ops -> kernels
-    config, files, device, threads (leaves): importable from everywhere, import nothing of the package
+    config, files, device, threads, token_loss (leaves): importable from everywhere, import nothing of the package
 """
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ ALLOWED = {
     "kernels": set(),
     "leaf": set(),
 }
-LEAVES = ("trm_fast.config", "trm_fast.files", "trm_fast.device", "trm_fast.threads", "trm_fast._sudoku", "trm_fast._maze")
+# trm_fast.token_loss: the published token loss, the trainer's and the op set's reference (torch only)
+LEAVES = ("trm_fast.config", "trm_fast.files", "trm_fast.device", "trm_fast.threads", "trm_fast.token_loss",
+          "trm_fast._sudoku", "trm_fast._maze")
 
 # third-party modules a layer must not import (kernels know nothing of autograd; the references run without Triton)
 FORBIDDEN_EXTERNAL = {
@@ -45,7 +47,8 @@ MUST_BE_LAZY = {
     # cli imports at its top imports torch, transitively, is checked by running it: tests/test_cli.py)
     "trm_fast.cli": ("torch", "triton"),
     # TRITON_INTERPRET must be set before the first kernel module is imported
-    "trm_fast.ops": ("triton", "trm_fast.kernels", "trm_fast.ops.attention", "trm_fast.ops.norm", "trm_fast.ops.swiglu"),
+    "trm_fast.ops": ("triton", "trm_fast.kernels", "trm_fast.ops.attention", "trm_fast.ops.cross_entropy",
+                     "trm_fast.ops.norm", "trm_fast.ops.swiglu"),
 }
 
 

@@ -45,6 +45,10 @@ class LatentNoise:
         return (z.float() + self.scale.view(-1, 1, 1) * eps).to(z.dtype)
 
 
+# The op set also serves the loss on the logits (the trainer reaches it through `resolved`): checked with the blocks'.
+HEAD_OPS = ("token_cross_entropy",)
+
+
 def _skip_host_checks(t: torch.Tensor) -> bool:
     """Input-range checks read values back to the host: skipped while a CUDA graph captures (a sync is illegal
     there) and while torch.compile traces (a data-dependent branch would break the graph)."""
@@ -137,13 +141,13 @@ class TRM(nn.Module):
 
     # -- forward dtype and op implementations, resolved once per device (trm_fast.ops.resolve) ---------------
     def resolved(self, device: torch.device) -> tuple[torch.dtype, OpSet]:
-        """(forward dtype, op set) on `device`. Cached per device and per the config fields that decide it
-        (a plain dict: torch.compile traces through it)."""
+        """(forward dtype, op set) on `device`: the blocks' ops and the token loss on the logits (HEAD_OPS). Cached
+        per device and per the config fields that decide it (a plain dict: torch.compile traces through it)."""
         key = (torch.device(device), self.config.backend, self.config.forward_dtype, self.config.self_check)
         found = self._resolved.get(key)
         if found is None:  # on CUDA the Triton ops the blocks call are checked first (trm_fast.ops.fallback)
             implementations = fallback.checked_op_implementations(self.config, key[0], overrides=self.op_overrides,
-                                                                  ops=BLOCK_OPS[self.config.mixer])
+                                                                  ops=BLOCK_OPS[self.config.mixer] + HEAD_OPS)
             found = self._resolved[key] = (resolve.forward_dtype(self.config, key[0]), get_ops(implementations))
         return found
 

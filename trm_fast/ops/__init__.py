@@ -1,6 +1,7 @@
-"""The fused ops of the TRM block behind one interface, each in two implementations with the same signature:
-"torch", the plain-PyTorch reference (trm_fast.ops.reference), and "triton", the Triton kernels registered as torch
-custom ops (trm_fast/ops/{norm,swiglu,attention}.py). The model's weights are the same for both.
+"""The fused ops of the TRM block and of its token loss behind one interface, each in two implementations with the
+same signature: "torch", the plain-PyTorch reference (trm_fast.ops.reference), and "triton", the Triton kernels
+registered as torch custom ops (trm_fast/ops/{norm,swiglu,attention,cross_entropy}.py). The model's weights are the
+same for both.
 
     add_rms_norm(x, residual)                 rms_norm(residual + x) over channels
     add_rms_norm(x, residual, inject=t)       (y, y + t) with y the above (the next network input)
@@ -8,6 +9,9 @@ custom ops (trm_fast/ops/{norm,swiglu,attention}.py). The model's weights are th
     swiglu(x, w_gate_up, w_down)              channel SwiGLU MLP
     swiglu_token_mix(x, w_gate_up, w_down)    token-mixing SwiGLU of (B, L, D) along L
     attention(x, w_qkv, w_o, cos, sin, num_heads)   qkv projection, RoPE, attention, output projection
+    token_cross_entropy(logits, labels, kind, ignore_label)   per-sample token loss (stablemax or softmax) and the
+                                              counts of supervised and correctly predicted tokens; the trainer's,
+                                              outside the blocks (the reference is trm_fast/token_loss.py)
 
 The three sub-layers also take `post_norm=True`: they then return the block's post-norm of their residual sum,
 norm(x + op(x)) with the norm of POST_NORMS (the channel SwiGLU also `inject=t`: (y, y + t)). A Triton sub-layer
@@ -26,7 +30,7 @@ from collections.abc import Mapping
 
 from trm_fast.ops import reference
 
-OP_NAMES = ("add_rms_norm", "add_rms_norm_seq", "swiglu", "swiglu_token_mix", "attention")
+OP_NAMES = ("add_rms_norm", "add_rms_norm_seq", "swiglu", "swiglu_token_mix", "attention", "token_cross_entropy")
 IMPLEMENTATIONS = ("torch", "triton")  # every op has both
 OP_CONTENDERS = {"swiglu": ("triton_cublas",)}  # further implementations of some ops (Triton kernels too)
 TRITON_IMPLEMENTATIONS = ("triton", "triton_cublas")  # those that need a GPU Triton runs on (or its interpreter)
@@ -40,12 +44,13 @@ def fuses_post_norm(implementation: str, norm_implementation: str) -> bool:
 
 
 def _triton_op(op: str, implementation: str = "triton"):
-    from trm_fast.ops import attention, norm, swiglu  # imported lazily: they import Triton
+    from trm_fast.ops import attention, cross_entropy, norm, swiglu  # imported lazily: they import Triton
 
     if (op, implementation) == ("swiglu", "triton_cublas"):
         return swiglu.swiglu_cublas
     return {"add_rms_norm": norm.add_rms_norm, "add_rms_norm_seq": norm.add_rms_norm_seq, "swiglu": swiglu.swiglu,
-            "swiglu_token_mix": swiglu.swiglu_token_mix, "attention": attention.attention}[op]
+            "swiglu_token_mix": swiglu.swiglu_token_mix, "attention": attention.attention,
+            "token_cross_entropy": cross_entropy.token_cross_entropy}[op]
 
 
 def check_implementations(implementations: Mapping[str, str], what: str = "op implementations") -> None:

@@ -20,6 +20,10 @@ An OP_SAVES entry: whether the op keeps its activation input (the storage its pr
 other tensors it keeps, in elements per sample of the model's shape (Shape). A Triton sub-layer run with its post-norm
 in one node (trm_fast.ops.OpSet.post_norm) keeps what the two entries list; its own output then never leaves that
 node, so a selective region does not keep it either (trm_fast.tools.memory counts it so).
+
+The entries cover the blocks' ops (trm_fast.model.layers.BLOCK_OPS). The token loss `token_cross_entropy` runs once
+per step on the logits, outside the blocks and the levels: the Triton op keeps its input logits, the labels and a
+count per sample (trm_fast/ops/cross_entropy.py); the memory model counts neither implementation's loss.
 """
 from __future__ import annotations
 

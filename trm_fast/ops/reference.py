@@ -3,6 +3,9 @@ reference model. Dtype behaviour follows the published TRM code: activations sta
 (bf16 on GPU), matmuls cast fp32 master weights to that dtype, norms and RoPE compute in fp32 and cast
 back.
 
+The token loss `token_cross_entropy(logits, labels, kind, ignore_label)` is the published code in
+trm_fast/token_loss.py, a leaf the trainer calls as well (its one definition; listed here as every op's reference).
+
 Nothing here imports Triton, so this module runs everywhere.
 """
 from __future__ import annotations
@@ -12,6 +15,8 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+
+from trm_fast.token_loss import token_cross_entropy  # noqa: F401  (the op's reference: see the docstring)
 
 RMS_EPS = 1e-5
 

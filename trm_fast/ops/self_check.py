@@ -26,20 +26,24 @@ from trm_fast.ops.accuracy import ErrorCheck, error_rule
 # The forms of each op the model calls: the norm's `inject` output (y + inject from the same kernel), the SwiGLUs'
 # `recompute` backward (the gate_up matmul re-run with the derivative in its epilogue) and the sub-layers'
 # `post_norm` (the norm run inside the op, the residual's gradient added by the last backward matmul) run other
-# kernels or other code. A variant's name lists its flags, joined by "+".
+# kernels or other code; the token loss is either kind (train.loss). A variant's name lists its flags, joined by "+".
 VARIANTS = {
     "add_rms_norm": ("plain", "inject"),
     "add_rms_norm_seq": ("plain",),
     "swiglu": ("plain", "recompute", "post_norm", "post_norm+recompute+inject"),
     "swiglu_token_mix": ("plain", "recompute", "post_norm"),
     "attention": ("plain", "post_norm"),
+    "token_cross_entropy": ("stablemax", "softmax"),
 }
+OUTPUT_NAMES = {"token_cross_entropy": ("loss", "valid", "correct")}  # the others: ("y", "y + inject")
+IGNORE_LABEL = -100  # the token loss's unsupervised label in the checks (the trainer's: trm_fast.data.format)
 
 
 @dataclass(frozen=True)
 class CheckShape:
     """The widths the ops run at: sequence length with the puzzle tokens, hidden size, heads, the channel and the
-    token-mixing SwiGLU hidden sizes, and whether attention applies RoPE."""
+    token-mixing SwiGLU hidden sizes, whether attention applies RoPE, and the vocabulary (the token loss's logits,
+    checked at (B, L, V))."""
 
     L: int
     D: int
@@ -47,16 +51,17 @@ class CheckShape:
     I: int
     Im: int
     rope: bool
+    V: int
 
     @classmethod
     def of(cls, config: ModelConfig) -> "CheckShape":
         # an MLP-mixer model calls no attention; the doctor still checks it, in the RoPE form attention models use
         rope = config.pos_encoding == "rope" or config.mixer == "mlp"
         return cls(config.total_seq_len, config.hidden_size, config.num_heads, config.mlp_hidden,
-                   config.token_mix_hidden, rope)
+                   config.token_mix_hidden, rope, config.vocab_size)
 
     def key(self) -> str:
-        return f"L={self.L},D={self.D},H={self.H},I={self.I},Im={self.Im},rope={int(self.rope)}"
+        return f"L={self.L},D={self.D},H={self.H},I={self.I},Im={self.Im},rope={int(self.rope)},V={self.V}"
 
 
 def check_batches(L: int) -> tuple[int, ...]:
@@ -104,10 +109,14 @@ def _randn(shape, generator: torch.Generator, device, scale: float = 1.0) -> tor
 
 
 def case_inputs(op: str, variant: str, shape: CheckShape, batch: int, device, seed: int = 0):
-    """fp32 inputs of one case on `device`: (activations, weights, RoPE tables or None, upstream gradients for each
-    output). Weights are scaled by 1/sqrt(fan-in) like the model's."""
+    """fp32 inputs of one case on `device`: (activations, weights, fixed inputs (RoPE tables, labels) or None,
+    upstream gradients for each differentiable output). Weights are scaled by 1/sqrt(fan-in) like the model's."""
     g = torch.Generator().manual_seed(seed)
     B, L, D = batch, shape.L, shape.D
+    if op == "token_cross_entropy":  # logits of the spread the model's reach; a third of the tokens unsupervised
+        labels = torch.randint(0, shape.V, (B, L), generator=g)
+        labels[:, ::3] = IGNORE_LABEL
+        return {"logits": _randn((B, L, shape.V), g, device, 4.0)}, {}, labels.to(device), [_randn((B,), g, device)]
     acts = {"x": _randn((B, L, D), g, device, 0.5)}
     weights, tables = {}, None
     if op in ("add_rms_norm", "add_rms_norm_seq"):
@@ -140,21 +149,26 @@ def _apply(op: str, variant: str, implementation: str, acts: dict, weights: dict
     post_norm = {"post_norm": True, **inject} if "post_norm" in flags else {}
     if op in ("swiglu", "swiglu_token_mix"):
         return fn(acts["x"], weights["w_gate_up"], weights["w_down"], recompute="recompute" in flags, **post_norm)
+    if op == "token_cross_entropy":
+        return fn(acts["logits"], tables, variant, IGNORE_LABEL)
     cos, sin = tables if tables is not None else (None, None)
     return fn(acts["x"], weights["w_qkv"], weights["w_o"], cos, sin, shape.H, **post_norm)
 
 
 def run_case(op: str, variant: str, implementation: str, dtype: torch.dtype, inputs, shape: CheckShape) -> dict:
     """The outputs and every input's gradient of one call: activations in `dtype`, fp32 master weights (as the
-    model holds them). Returns {name: tensor}: "y" (and "y + inject"), "d x", "d w_gate_up", ..."""
+    model holds them). Returns {name: tensor}: "y" (and "y + inject"; the token loss's "loss", "valid",
+    "correct"), "d x", "d w_gate_up", "d logits", ..."""
     acts32, weights32, tables, upstream = inputs
     acts = {name: t.to(dtype).requires_grad_(True) for name, t in acts32.items()}
     weights = {name: t.clone().requires_grad_(True) for name, t in weights32.items()}
     out = _apply(op, variant, implementation, acts, weights, tables, shape)
     outs = tuple(out) if isinstance(out, tuple) else (out,)
     leaves = {**acts, **weights}
-    grads = torch.autograd.grad(outs, list(leaves.values()), [u.to(o.dtype) for u, o in zip(upstream, outs)])
-    results = {name: o.detach() for name, o in zip(("y", "y + inject"), outs)}
+    differentiable = outs[:len(upstream)]
+    grads = torch.autograd.grad(differentiable, list(leaves.values()),
+                                [u.to(o.dtype) for u, o in zip(upstream, differentiable)])
+    results = {name: o.detach() for name, o in zip(OUTPUT_NAMES.get(op, ("y", "y + inject")), outs)}
     results.update({f"d {name}": g for name, g in zip(leaves, grads)})
     return results
 

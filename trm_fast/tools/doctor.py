@@ -165,7 +165,7 @@ def run_doctor(preset: str, device, full: bool = False, log=print) -> dict:
     if interpreted:
         log("no GPU: the kernels run in Triton's interpreter at tiny widths, in fp32")
     log(f"checking every fused op at {preset}'s shape{' (tiny widths)' if interpreted else ''}: L={shape.L}, "
-        f"D={shape.D}, heads={shape.H}, SwiGLU I={shape.I}, token-mixing I={shape.Im}, "
+        f"D={shape.D}, heads={shape.H}, SwiGLU I={shape.I}, token-mixing I={shape.Im}, vocabulary {shape.V}, "
         f"{str(dtype).replace('torch.', '')}, batches {', '.join(map(str, batches))} (first calls compile kernels)")
     verdicts = check_ops(shape, device, dtype, OP_NAMES, batches, progress=lambda line: log("  " + line))
     ops_report = {op: {"verdict": "ok" if v.ok else "failed", "error": v.error,
@@ -201,7 +201,7 @@ def run_doctor(preset: str, device, full: bool = False, log=print) -> dict:
     log(f"doctor: {'every op passed' if ok else 'PROBLEMS FOUND'}")
     return {"ok": ok, "preset": preset, "mode": "interpreter" if interpreted else "gpu", "machine": info,
             "shape": {"L": shape.L, "D": shape.D, "H": shape.H, "I": shape.I, "Im": shape.Im, "rope": shape.rope,
-                      "dtype": str(dtype).replace("torch.", ""), "batches": list(batches)},
+                      "V": shape.V, "dtype": str(dtype).replace("torch.", ""), "batches": list(batches)},
             "ops": ops_report, "training_step": step, "recommended": recommended, "not_covered": not_covered}
 
 
@@ -212,14 +212,15 @@ def time_op(op: str, shape, batch: int, device, dtype, works: bool) -> dict:
     """Median forward + backward milliseconds of the Triton op and of the reference on the same inputs."""
     import torch
 
-    from trm_fast.ops.self_check import case_inputs, run_case
+    from trm_fast.ops.self_check import VARIANTS, case_inputs, run_case
     from trm_fast.tools.bench.timing import measure_calls
 
     if not works:
         return {"note": "not timed: the op failed its check"}
     try:
-        inputs = case_inputs(op, "plain", shape, batch, device)
-        times = {impl: measure_calls(lambda: run_case(op, "plain", impl, dtype, inputs, shape), 3, 10)
+        variant = VARIANTS[op][0]
+        inputs = case_inputs(op, variant, shape, batch, device)
+        times = {impl: measure_calls(lambda: run_case(op, variant, impl, dtype, inputs, shape), 3, 10)
                  for impl in ("triton", "torch")}
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()

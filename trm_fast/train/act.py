@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from trm_fast.data.format import IGNORE_LABEL
-from trm_fast.train.losses import LossOutput, q_continue_target, supervision_loss
+from trm_fast.train.losses import LossOutput, model_token_loss, q_continue_target, supervision_loss
 
 _MASK32 = 0xFFFFFFFF
 
@@ -141,7 +141,8 @@ def supervision_step(
                 nxt = model(out.carry, inputs, puzzle_ids)
                 target = q_continue_target(nxt.q_halt, nxt.q_continue, is_last)
 
-    loss = supervision_loss(out.logits, labels, out.q_halt, out.q_continue, loss_kind, target)
+    loss = supervision_loss(out.logits, labels, out.q_halt, out.q_continue, loss_kind, target,
+                            token_cross_entropy=model_token_loss(core, labels.device))
     with torch.no_grad():
         counted = new_halted & loss.supervised
         metrics = {

@@ -2,52 +2,25 @@
 
 Token loss per sequence = sum over supervised tokens / number of supervised tokens, summed over the batch
 (the caller divides by the global batch); stablemax cross-entropy computes in float64, softmax in fp32, as the
-published code does. Halt loss = BCE-with-logits(q_halt, sequence exactly correct), summed.
-Total = lm + 0.5 * (halt + continue).
+published code does (trm_fast/token_loss.py; the model's op set runs it as the op `token_cross_entropy`, fused
+into one Triton kernel each way on the Triton path). Halt loss = BCE-with-logits(q_halt, sequence exactly
+correct), summed. Total = lm + 0.5 * (halt + continue).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from trm_fast import token_loss
 from trm_fast.data.format import IGNORE_LABEL
 
 
-def stablemax_s(x: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
-    """s(x) = 1/(1-x) for x < 0, else x + 1."""
-    return torch.where(x < 0, 1.0 / (1.0 - x + eps), x + 1.0)
-
-
-def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    s = stablemax_s(x)
-    return torch.log(s / s.sum(dim=dim, keepdim=True))
-
-
-def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-token stablemax cross-entropy in float64; 0 where not valid. Returns float64 of labels' shape."""
-    logp = log_stablemax(logits.double(), dim=-1)
-    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
-    picked = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return -torch.where(valid, picked, torch.zeros_like(picked))
-
-
-def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-token softmax cross-entropy in fp32; 0 where not valid."""
-    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
-    ce = F.cross_entropy(logits.float().flatten(0, -2), safe.flatten(), reduction="none").view(labels.shape)
-    return torch.where(valid, ce, torch.zeros_like(ce))
-
-
 def token_losses(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-token cross-entropy (0 at ignored labels): stablemax in float64 or softmax in fp32."""
-    valid = labels != IGNORE_LABEL
-    if kind == "stablemax":
-        return stablemax_cross_entropy(logits, labels, valid)
-    if kind == "softmax":
-        return softmax_cross_entropy(logits, labels, valid)
-    raise ValueError(f"loss must be 'stablemax' or 'softmax', got {kind!r}")
+    """Per-token cross-entropy of a batch's labels (0 at IGNORE_LABEL): stablemax in float64 or softmax in fp32."""
+    return token_loss.token_losses(logits, labels, labels != IGNORE_LABEL, kind)
 
 
 def q_continue_target(next_q_halt: torch.Tensor, next_q_continue: torch.Tensor, is_last_step: torch.Tensor) -> torch.Tensor:
@@ -75,16 +48,16 @@ def supervision_loss(
     kind: str = "stablemax",
     continue_target: torch.Tensor | None = None,
     sample_weight: torch.Tensor | None = None,
+    token_cross_entropy: Callable | None = None,
 ) -> LossOutput:
-    """Losses summed over the batch; `sample_weight` (B,) scales each sample's terms (0 drops a sample)."""
-    mask = labels != IGNORE_LABEL
-    counts = mask.sum(-1)
-    divisor = counts.clamp_min(1)
+    """Losses summed over the batch; `sample_weight` (B,) scales each sample's terms (0 drops a sample).
+    `token_cross_entropy` computes the per-sample token loss and counts: the model's op set's (model_token_loss),
+    the published plain-PyTorch code (trm_fast.token_loss) when None."""
+    per_sample = token_cross_entropy or token_loss.token_cross_entropy
+    per_sample_lm, counts, correct = per_sample(logits, labels, kind, IGNORE_LABEL)
     with torch.no_grad():
-        correct = mask & (logits.argmax(-1) == labels)
-        seq_correct = correct.sum(-1) == counts
-        token_correct = correct.sum(-1).float() / divisor
-    per_sample_lm = token_losses(logits, labels, kind).sum(-1) / divisor
+        seq_correct = correct == counts
+        token_correct = correct.float() / counts.clamp_min(1)
     per_sample_halt = F.binary_cross_entropy_with_logits(q_halt, seq_correct.to(q_halt.dtype), reduction="none")
     per_sample_cont = (F.binary_cross_entropy_with_logits(q_continue, continue_target, reduction="none")
                        if continue_target is not None else None)
@@ -97,3 +70,9 @@ def supervision_loss(
     cont = per_sample_cont.sum() if per_sample_cont is not None else torch.zeros((), device=q_halt.device)
     total = lm + 0.5 * (halt + cont)
     return LossOutput(total, lm.detach(), halt.detach(), cont.detach(), seq_correct, token_correct, counts > 0)
+
+
+def model_token_loss(model, device: torch.device) -> Callable:
+    """The `token_cross_entropy` of the op set `model` (or the model inside DDP or torch.compile) resolves on
+    `device`: the Triton kernel where its ops run on Triton, the published PyTorch code elsewhere."""
+    return getattr(model, "module", model).resolved(device)[1].token_cross_entropy

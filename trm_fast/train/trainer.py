@@ -26,7 +26,7 @@ from trm_fast.eval.evaluate import evaluate
 from trm_fast.files import atomic_write_json, atomic_write_text
 from trm_fast.model import build_model, count_parameters
 from trm_fast.train.act import SupervisionState, supervision_step
-from trm_fast.train.losses import supervision_loss
+from trm_fast.train.losses import model_token_loss, supervision_loss
 from trm_fast.train.tracking import Trackers
 
 
@@ -378,7 +378,8 @@ class Trainer:
             self._set_lr()
             out = self.forward_model(carry, batch["inputs"], batch["puzzle_identifiers"])
             loss = supervision_loss(out.logits, batch["labels"], out.q_halt, out.q_continue, t.loss,
-                                    sample_weight=active.to(torch.float32))
+                                    sample_weight=active.to(torch.float32),
+                                    token_cross_entropy=model_token_loss(self.model, self.device))
             (loss.total * self.loss_scale).backward()
             self._optimizer_step()
             self.step += 1

@@ -84,14 +84,15 @@ def _predicted_activation_bytes(config, batch: int, backend: str, level: int) ->
 def held_after_forward(runner: StepRunner) -> int:
     """GPU bytes the training forward (with its loss) leaves allocated for the backward, measured on the runner's
     model (compiled or not) and carry; the backward then runs and the gradients are dropped."""
-    from trm_fast.train.losses import supervision_loss
+    from trm_fast.train.losses import model_token_loss, supervision_loss
 
     b, model = runner.batch, runner.model
     carry = model.initial_carry(b["inputs"].shape[0], b["inputs"].device)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     out = runner.forward(carry, b["inputs"], b["puzzle_identifiers"])
-    loss = supervision_loss(out.logits, b["labels"], out.q_halt, out.q_continue).total
+    loss = supervision_loss(out.logits, b["labels"], out.q_halt, out.q_continue,
+                            token_cross_entropy=model_token_loss(model, b["inputs"].device)).total
     torch.cuda.synchronize()
     held = torch.cuda.memory_allocated() - before
     loss.backward()

@@ -160,10 +160,12 @@ def op_cases(shape: OpShape, device: str, dtype: torch.dtype, notes: list[str]) 
     if on_gpu() and not liger:
         notes.append("Liger-Kernel not installed (optional): its column is absent")
 
-    def loss_head(y, w_lm, w_q, b_q):
-        logits = R.linear(y, w_lm)[:, shape.puzzle_len:]
-        q = R.linear(y[:, 0], w_q, b_q).float()
-        return supervision_loss(logits, labels, q[:, 0], q[:, 1]).total
+    def loss_head(token_cross_entropy=None):
+        def head(y, w_lm, w_q, b_q):
+            logits = R.linear(y, w_lm)[:, shape.puzzle_len:]
+            q = R.linear(y[:, 0], w_q, b_q).float()
+            return supervision_loss(logits, labels, q[:, 0], q[:, 1], token_cross_entropy=token_cross_entropy).total
+        return head
 
     act_pair = lambda: [act(B, L, D), act(B, L, D)]
     cases = [
@@ -183,10 +185,11 @@ def op_cases(shape: OpShape, device: str, dtype: torch.dtype, notes: list[str]) 
         OpCase("attention_rope", lambda x, a, b: R.attention(x, a, b, cos, sin, H),
                lambda: [act(B, L, D, scale=0.5), weight(3 * D, D), weight(D, D)],
                fast and (lambda x, a, b: fast.attention(x, a, b, cos, sin, H)), _liger_attention(liger, cos, sin, H)),
-        OpCase("loss_head", loss_head,
+        OpCase("loss_head", loss_head(),
                lambda: [act(B, L, D), weight(shape.vocab, D), weight(2, D) * 0.1, torch.full((2,), -5.0, device=device)],
-               note="trm_fast runs the reference loss head (stablemax in float64 over a vocabulary of at most 12; no "
-                    "fused kernel); Liger's fused linear cross-entropy is a softmax loss, not this one"),
+               fast and loss_head(fast.token_cross_entropy),
+               note="the heads' matmuls and the supervision loss; trm_fast's token loss (stablemax in float64) is one "
+                    "Triton kernel each way; Liger's fused linear cross-entropy is a softmax loss, not this one"),
     ]
     return cases
 

@@ -260,6 +260,14 @@ def kernel_cost(launch, l2_bytes: int | None, group_m: int | None = None) -> tup
     if name == "_sum_over_batch_abt":
         M, N, K, B, e = t("M"), t("N"), t("K"), t("n_batch"), t("p_ptr").itemsize
         return 2 * B * M * N * K, B * (M + N) * K * e + grid[2] * M * N * 4, 1.0
+    if name in ("_token_cross_entropy_fwd", "_token_cross_entropy_bwd"):
+        # logits and labels read once (the backward's second pass over a row's columns hits L1); the forward writes
+        # three (B,) values, the backward reads the upstream gradient and count and writes d logits
+        logits, labels, B = t("x_ptr"), t("y_ptr"), grid[0]
+        read = logits.distinct_bytes + labels.distinct_bytes
+        if name == "_token_cross_entropy_fwd":
+            return 0, read + B * (t("loss_ptr").itemsize + 2 * 8), 1.0
+        return 0, read + B * (t("g_ptr").itemsize + 8) + t("dx_ptr").distinct_bytes, 1.0
     raise ValueError(f"roofline: no cost model for Triton kernel {name}")
 
 
