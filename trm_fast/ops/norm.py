@@ -13,10 +13,10 @@ import torch
 
 from trm_fast.kernels import norm as kernels
 from trm_fast.ops.reference import RMS_EPS
-from trm_fast.ops._custom_op import INT32_MAX, check_activation, check_like, contiguous, outputs_without_grad
+from trm_fast.ops._custom_op import INT32_MAX, check_activation, check_like, contiguous, custom_op, outputs_without_grad
 
 
-@torch.library.custom_op("trm_fast::add_rms_norm_fwd", mutates_args=())
+@custom_op("trm_fast::add_rms_norm_fwd")
 def _add_rms_norm_fwd(x: torch.Tensor, residual: torch.Tensor, eps: float, seq_axis: bool) -> tuple[torch.Tensor, torch.Tensor]:
     x, residual = contiguous(x), contiguous(residual)
     y = torch.empty_like(x)
@@ -35,7 +35,7 @@ def _(x, residual, eps, seq_axis):
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(shape, dtype=torch.float32)
 
 
-@torch.library.custom_op("trm_fast::rms_norm_bwd", mutates_args=())
+@custom_op("trm_fast::rms_norm_bwd")
 def _rms_norm_bwd(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, seq_axis: bool) -> torch.Tensor:
     dx = torch.empty_like(y)
     (kernels.rms_norm_seq_bwd if seq_axis else kernels.rms_norm_bwd)(contiguous(dy.to(y.dtype)), y, rstd, dx)
@@ -65,7 +65,7 @@ def _backward(ctx, dy, _drstd):
 _add_rms_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("trm_fast::add_rms_norm_inject_fwd", mutates_args=())
+@custom_op("trm_fast::add_rms_norm_inject_fwd")
 def _add_rms_norm_inject_fwd(x: torch.Tensor, residual: torch.Tensor, inject: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, residual, inject = contiguous(x), contiguous(residual), contiguous(inject)
     y, out_sum = torch.empty_like(x), torch.empty_like(x)
@@ -80,7 +80,7 @@ def _(x, residual, inject, eps):
     return y, torch.empty_like(y), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
-@torch.library.custom_op("trm_fast::rms_norm_bwd_two_grads", mutates_args=())
+@custom_op("trm_fast::rms_norm_bwd_two_grads")
 def _rms_norm_bwd_two(dy: torch.Tensor, dsum: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
     dx = torch.empty_like(y)
     kernels.rms_norm_bwd(contiguous(dy.to(y.dtype)), y, rstd, dx, contiguous(dsum.to(y.dtype)))

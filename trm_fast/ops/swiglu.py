@@ -22,8 +22,8 @@ import torch
 from trm_fast.kernels import matmul as matmul_kernels
 from trm_fast.kernels import swiglu as kernels
 from trm_fast.ops.reference import mm_fp32
-from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, check_weight, contiguous, needs_grad,
-                                     outputs_without_grad)
+from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, check_weight, contiguous, custom_op,
+                                     needs_grad, outputs_without_grad)
 from trm_fast.ops.levels import OP_SAVES
 
 __all__ = ["swiglu", "swiglu_cublas", "swiglu_token_mix"]
@@ -50,7 +50,7 @@ def _check(op: str, x, w_gate_up, w_down, width_axis: int) -> None:
 # ---------------------------------------------------------------------------------------------- channel
 
 
-@torch.library.custom_op("trm_fast::swiglu_fwd", mutates_args=())
+@custom_op("trm_fast::swiglu_fwd")
 def _swiglu_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
     wgu = cast_weight(w_gate_up, x.dtype)
@@ -70,7 +70,7 @@ def _fake_channel(x, w_gate_up, w_down, save_gate_up):
     return out, x.new_empty(M, I), x.new_empty(M, 2 * I) if save_gate_up else x.new_empty(0)
 
 
-@torch.library.custom_op("trm_fast::swiglu_bwd", mutates_args=())
+@custom_op("trm_fast::swiglu_bwd")
 def _swiglu_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.Tensor, w_gate_up: torch.Tensor,
                 w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
@@ -138,7 +138,7 @@ def _gate_up_matmul(x2d: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
     return x2d @ cast_weight(w_gate_up, x2d.dtype).t()
 
 
-@torch.library.custom_op("trm_fast::swiglu_cublas_fwd", mutates_args=())
+@custom_op("trm_fast::swiglu_cublas_fwd")
 def _cublas_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
     gu = _gate_up_matmul(x2d, w_gate_up)
@@ -153,7 +153,7 @@ def _(x, w_gate_up, w_down, save_gate_up):
     return _fake_channel(x, w_gate_up, w_down, save_gate_up)
 
 
-@torch.library.custom_op("trm_fast::swiglu_cublas_bwd", mutates_args=())
+@custom_op("trm_fast::swiglu_cublas_bwd")
 def _cublas_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.Tensor, w_gate_up: torch.Tensor,
                 w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x2d = contiguous(x.reshape(-1, x.shape[-1]))
@@ -197,7 +197,7 @@ def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.bmm(w.expand(t.shape[0], -1, -1), t)
 
 
-@torch.library.custom_op("trm_fast::swiglu_token_mix_fwd", mutates_args=())
+@custom_op("trm_fast::swiglu_token_mix_fwd")
 def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x = contiguous(x)
     B, L, D = x.shape
@@ -218,7 +218,7 @@ def _(x, w_gate_up, w_down, save_gate_up):
     return out, x.new_empty(B, I, D), x.new_empty(B, 2 * I, D) if save_gate_up else x.new_empty(0)
 
 
-@torch.library.custom_op("trm_fast::swiglu_token_mix_bwd", mutates_args=())
+@custom_op("trm_fast::swiglu_token_mix_bwd")
 def _token_bwd(dout: torch.Tensor, x: torch.Tensor, h: torch.Tensor, gu: torch.Tensor, w_gate_up: torch.Tensor,
                w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, dout = contiguous(x), contiguous(dout.to(x.dtype))
