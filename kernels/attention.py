@@ -289,16 +289,17 @@ def _check_buffers(qkv: torch.Tensor, num_heads: int, cos, sin, **buffers) -> tu
     hd = three_d // (3 * num_heads)
     if hd not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"attention kernels: head dim {hd} not supported ({SUPPORTED_HEAD_DIMS})")
+    device = qkv.device
     want = {"o": ((B, L, num_heads * hd), qkv.dtype), "do": ((B, L, num_heads * hd), qkv.dtype),
             "dqkv": ((B, L, three_d), qkv.dtype), "lse": ((B * num_heads, L), torch.float32)}
     for name, t in buffers.items():
         shape, dtype = want[name]
-        if tuple(t.shape) != shape or t.dtype != dtype or t.device != qkv.device or not t.is_contiguous():
+        if t.shape != shape or t.dtype != dtype or t.device != device or not t.is_contiguous():
             raise ValueError(f"attention kernels: {name} must be a contiguous {shape} {dtype} tensor on {qkv.device}, "
                              f"got {tuple(t.shape)} {t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
     if cos is not None:
         for name, t in (("cos", cos), ("sin", sin)):
-            if t is None or tuple(t.shape) != (L, hd) or t.dtype != torch.float32 or t.device != qkv.device \
+            if t is None or t.shape != (L, hd) or t.dtype != torch.float32 or t.device != device \
                     or not t.is_contiguous():
                 got = None if t is None else (tuple(t.shape), t.dtype, str(t.device))
                 raise ValueError(f"attention kernels: {name} must be a contiguous fp32 ({L}, {hd}) table on "
