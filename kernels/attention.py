@@ -16,6 +16,7 @@ notes; kernels/aot.py builds every preset launch ahead of time (docs/kernels.md 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -251,16 +252,18 @@ def _fallback(arch: int, L: int, head_dim: int) -> dict:
     return cfg
 
 
+@functools.cache
 def attention_config(L: int, arch: int = 90, head_dim: int = PRESET_HEAD_DIM, elem_bytes: int = 2) -> dict:
     """{"fwd" | "dkdv" | "dq": {BLOCK_M, BLOCK_N, num_warps, num_stages}, "table": bool} for a sequence length,
     GPU arch (90 or 80), head dim and input element size. 4-byte inputs (fp32, exact "ieee" dots without tensor
     cores: tests and fp32 runs) halve both tiles, which otherwise spill heavily. Tiles are clipped to the next power
     of two of L (at least 16, tl.dot's minimum), so short sequences launch few, small programs; a clipped tile
-    keeps at most one warp per CLIPPED_TILE_PER_WARP elements (at least 4 warps): 8 warps on a 32x32 dQ tile spill."""
+    keeps at most one warp per CLIPPED_TILE_PER_WARP elements (at least 4 warps): 8 warps on a 32x32 dQ tile spill.
+    Cached (asked at every launch): the dict is shared, never modify it."""
     arch = 90 if arch >= 90 else 80
     key = (arch, L, head_dim)
     cfg = ATTENTION_TABLE.get(key) or _fallback(arch, L, head_dim)
-    cap = max(16, triton.next_power_of_2(L))
+    cap = max(16, launch_configs.next_pow2(L))
     shrink = 2 if elem_bytes >= 4 else 1
     out = {"table": key in ATTENTION_TABLE}
     for phase in PHASES:
@@ -286,16 +289,17 @@ def _check_buffers(qkv: torch.Tensor, num_heads: int, cos, sin, **buffers) -> tu
     hd = three_d // (3 * num_heads)
     if hd not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"attention kernels: head dim {hd} not supported ({SUPPORTED_HEAD_DIMS})")
+    device = qkv.device
     want = {"o": ((B, L, num_heads * hd), qkv.dtype), "do": ((B, L, num_heads * hd), qkv.dtype),
             "dqkv": ((B, L, three_d), qkv.dtype), "lse": ((B * num_heads, L), torch.float32)}
     for name, t in buffers.items():
         shape, dtype = want[name]
-        if tuple(t.shape) != shape or t.dtype != dtype or t.device != qkv.device or not t.is_contiguous():
+        if t.shape != shape or t.dtype != dtype or t.device != device or not t.is_contiguous():
             raise ValueError(f"attention kernels: {name} must be a contiguous {shape} {dtype} tensor on {qkv.device}, "
                              f"got {tuple(t.shape)} {t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
     if cos is not None:
         for name, t in (("cos", cos), ("sin", sin)):
-            if t is None or tuple(t.shape) != (L, hd) or t.dtype != torch.float32 or t.device != qkv.device \
+            if t is None or t.shape != (L, hd) or t.dtype != torch.float32 or t.device != device \
                     or not t.is_contiguous():
                 got = None if t is None else (tuple(t.shape), t.dtype, str(t.device))
                 raise ValueError(f"attention kernels: {name} must be a contiguous fp32 ({L}, {hd}) table on "
@@ -315,7 +319,7 @@ def attention_fwd(qkv: torch.Tensor, num_heads: int, cos, sin, o: torch.Tensor, 
     B, L, hd = _check_buffers(qkv, num_heads, cos, sin, o=o, lse=lse)
     cfg = attention_config(L, launch_configs.device_arch(qkv), hd, qkv.element_size())["fwd"]
     cos, sin, rope = _tables(cos, sin, qkv)
-    grid = (triton.cdiv(L, cfg["BLOCK_M"]) * B * num_heads,)
+    grid = (launch_configs.cdiv(L, cfg["BLOCK_M"]) * B * num_heads,)
     _attn_fwd[grid](qkv, o, lse, cos, sin, L, num_heads, float(hd ** -0.5 * LOG2E),
                     HEAD_DIM=hd, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], ROPE=rope,
                     IEEE=qkv.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -331,16 +335,16 @@ def attention_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: tor
     cos, sin, rope = _tables(cos, sin, qkv)
     BH = B * num_heads
     delta = torch.empty_like(lse)
-    pre = min(PREPROCESS_BLOCK_M, max(16, triton.next_power_of_2(L)))
-    _attn_bwd_preprocess[(triton.cdiv(L, pre) * BH,)](o, do, delta, L, num_heads, HEAD_DIM=hd, BLOCK_M=pre, num_warps=4)
+    pre = min(PREPROCESS_BLOCK_M, max(16, launch_configs.next_pow2(L)))
+    _attn_bwd_preprocess[(launch_configs.cdiv(L, pre) * BH,)](o, do, delta, L, num_heads, HEAD_DIM=hd, BLOCK_M=pre, num_warps=4)
     scales = (float(hd ** -0.5 * LOG2E), float(hd ** -0.5))
     ieee = qkv.dtype == torch.float32
     c = cfg["dkdv"]
-    _attn_bwd_dkdv[(triton.cdiv(L, c["BLOCK_N"]) * BH,)](
+    _attn_bwd_dkdv[(launch_configs.cdiv(L, c["BLOCK_N"]) * BH,)](
         qkv, do, lse, delta, dqkv, cos, sin, L, num_heads, *scales, HEAD_DIM=hd, BLOCK_M=c["BLOCK_M"],
         BLOCK_N=c["BLOCK_N"], ROPE=rope, IEEE=ieee, num_warps=c["num_warps"], num_stages=c["num_stages"])
     c = cfg["dq"]
-    _attn_bwd_dq[(triton.cdiv(L, c["BLOCK_M"]) * BH,)](
+    _attn_bwd_dq[(launch_configs.cdiv(L, c["BLOCK_M"]) * BH,)](
         qkv, do, lse, delta, dqkv, cos, sin, L, num_heads, *scales, HEAD_DIM=hd, BLOCK_M=c["BLOCK_M"],
         BLOCK_N=c["BLOCK_N"], ROPE=rope, IEEE=ieee, num_warps=c["num_warps"], num_stages=c["num_stages"])
 

@@ -9,8 +9,13 @@ Preset shapes: hidden D = 512, channel SwiGLU I = 1536; sequence L = 97 (Sudoku,
 916 (Maze/ARC, 16 + 900); token-mixing SwiGLU hidden I = token_mix_hidden(L) = 512 (L = 97) or 2560 (L = 916).
 Nothing here imports Triton or torch at import time (device_arch does when called), so the tables can be read
 anywhere.
+
+The config functions are cached per argument tuple (each launch asks again; the answer never changes): the dicts
+they return are shared, read them, never modify them.
 """
 from __future__ import annotations
+
+import functools
 
 from trm_fast.config import swiglu_hidden  # the model's rule; config is a leaf every layer may import
 
@@ -22,8 +27,15 @@ PRESET_MLP_HIDDEN = swiglu_hidden(PRESET_HIDDEN)  # 1536
 PRESET_TOKEN_MIX = tuple((L, swiglu_hidden(L)) for L in PRESET_SEQ_LENS)  # ((97, 512), (916, 2560))
 
 
-def _next_pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1); plain Python for the launchers, where triton.next_power_of_2,
+    a constexpr function, costs microseconds a call."""
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the launchers' grids, in plain Python (triton.cdiv is a constexpr function: microseconds)."""
+    return -(-a // b)
 
 
 # ---------------------------------------------------------------------------------------------- norms
@@ -44,21 +56,23 @@ NORM_SEQ_TABLE = {
 NORM_SEQ_MAX_SINGLE_PASS_L = 1024  # longer columns loop twice over L (statistics, then output)
 
 
+@functools.cache
 def norm_config(D: int) -> dict:
     """Channel-form config for rows of D values."""
     if D in NORM_TABLE:
         return dict(NORM_TABLE[D], table=True)
-    block = _next_pow2(D)
+    block = next_pow2(D)
     rows = max(1, min(16, 2048 // block))
     return {"BLOCK": block, "ROWS": rows, "num_warps": 4 if block * rows >= 2048 else 2, "table": False}
 
 
+@functools.cache
 def norm_seq_config(L: int, D: int) -> dict:
     """Sequence-form config for (B, L, D) normalised over L."""
     if (L, D) in NORM_SEQ_TABLE:
         return dict(NORM_SEQ_TABLE[(L, D)], table=True)
-    block_l = _next_pow2(L) if L <= NORM_SEQ_MAX_SINGLE_PASS_L else 256
-    block_d = max(1, min(32, _next_pow2(D), 16384 // block_l))
+    block_l = next_pow2(L) if L <= NORM_SEQ_MAX_SINGLE_PASS_L else 256
+    block_d = max(1, min(32, next_pow2(D), 16384 // block_l))
     return {"BLOCK_L": block_l, "BLOCK_D": block_d, "num_warps": max(1, min(16, block_l * block_d // 512)), "table": False}
 
 
@@ -87,19 +101,32 @@ _GATE_UP_FALLBACK = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8
 def device_arch(t) -> int:
     """The launch tables a launch on tensor `t` uses: 90 on Hopper and newer, 80 on older GPUs. Off the GPU it is
     the target of Triton's active driver when there is one (kernels/aot.py sets a stand-in for each GPU it builds
-    for), else the Hopper tables (the interpreter)."""
+    for), else the Hopper tables (the interpreter). Asked at every launch: answered from a cache (per CUDA device;
+    per driver object off the GPU)."""
     if t.is_cuda:
-        import torch
+        return _cuda_arch(t.device.index)
+    from triton.runtime.driver import driver
 
-        return 90 if torch.cuda.get_device_capability(t.device)[0] >= 9 else 80
     try:
-        from triton.runtime.driver import driver
-
-        return 90 if driver.active.get_current_target().arch >= 90 else 80
+        active = driver.active
     except RuntimeError:  # no GPU driver: the interpreter
         return 90
+    if _DRIVER_ARCH[0] is not active:
+        _DRIVER_ARCH[:] = [active, 90 if active.get_current_target().arch >= 90 else 80]
+    return _DRIVER_ARCH[1]
 
 
+_DRIVER_ARCH: list = [None, 90]  # (driver, its tables' arch) of the last lookup off the GPU
+
+
+@functools.cache
+def _cuda_arch(index: int | None) -> int:
+    import torch
+
+    return 90 if torch.cuda.get_device_capability(index)[0] >= 9 else 80
+
+
+@functools.cache
 def gate_up_config(kind: str, M: int, N_HALF: int, K: int, elem_bytes: int = 2, arch: int = 90) -> dict:
     """Tiles for the gate_up kernel; `kind` is "channel" or "token". Tiles never exceed the problem by more
     than one power of two (tl.dot needs at least 16), which keeps small test problems to a few programs.
@@ -109,9 +136,9 @@ def gate_up_config(kind: str, M: int, N_HALF: int, K: int, elem_bytes: int = 2, 
         raise ValueError(f"gate_up_config: kind must be 'channel' or 'token', got {kind!r}")
     entry = GATE_UP_TABLE.get((90 if arch >= 90 else 80, kind, N_HALF, K))
     cfg = dict(entry if entry is not None else _GATE_UP_FALLBACK, table=entry is not None)
-    cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], _next_pow2(M)))
-    cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], _next_pow2(N_HALF)))
-    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"] // (2 if elem_bytes >= 4 else 1), _next_pow2(K)))
+    cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], next_pow2(M)))
+    cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], next_pow2(N_HALF)))
+    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"] // (2 if elem_bytes >= 4 else 1), next_pow2(K)))
     return cfg
 
 
@@ -129,6 +156,7 @@ BATCH_REDUCE_TABLE = {
 TARGET_PROGRAMS = 2 * 132  # about two waves on an H100's 132 SMs
 
 
+@functools.cache
 def batch_reduce_config(M: int, N: int, K: int, B: int, elem_bytes: int = 2) -> dict:
     """Tiles and batch split for sum_b P[b] @ Q[b]^T with P (B, M, K), Q (B, N, K)."""
     entry = BATCH_REDUCE_TABLE.get((M, N, K))
@@ -137,19 +165,20 @@ def batch_reduce_config(M: int, N: int, K: int, B: int, elem_bytes: int = 2) -> 
         entry = ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3} if big else
                  {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3})
     cfg = dict(entry, table=(M, N, K) in BATCH_REDUCE_TABLE)
-    cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], _next_pow2(M)))
-    cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], _next_pow2(N)))
-    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"] // (2 if elem_bytes >= 4 else 1), _next_pow2(K)))
+    cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], next_pow2(M)))
+    cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], next_pow2(N)))
+    cfg["BLOCK_K"] = max(16, min(cfg["BLOCK_K"] // (2 if elem_bytes >= 4 else 1), next_pow2(K)))
     tiles = -(-M // cfg["BLOCK_M"]) * -(-N // cfg["BLOCK_N"])
     cfg["SPLIT"] = max(1, min(B, -(-TARGET_PROGRAMS // tiles)))
     return cfg
 
 
+@functools.cache
 def elementwise_block(n: int) -> int:
     """Block for the SwiGLU backward's elementwise step on rows of n: the largest power of two <= 1024 that
     divides n when that is at least 128 (no masked tail), else the next power of two up to 1024."""
     exact = min(1024, n & -n)
-    return exact if exact >= 128 else min(1024, _next_pow2(n))
+    return exact if exact >= 128 else min(1024, next_pow2(n))
 
 
 # ---------------------------------------------------------------------------------------------- token cross-entropy
@@ -166,6 +195,6 @@ CROSS_ENTROPY_MAX_BLOCK_V = CROSS_ENTROPY_TILE
 
 def cross_entropy_config(L: int, V: int) -> dict:
     """Tiles for the token cross-entropy kernels on (B, L, V) logits."""
-    block_v = min(_next_pow2(V), CROSS_ENTROPY_MAX_BLOCK_V)
-    block_l = max(1, min(_next_pow2(L), CROSS_ENTROPY_TILE // block_v))
+    block_v = min(next_pow2(V), CROSS_ENTROPY_MAX_BLOCK_V)
+    block_l = max(1, min(next_pow2(L), CROSS_ENTROPY_TILE // block_v))
     return {"BLOCK_L": block_l, "BLOCK_V": block_v, "num_warps": 4}

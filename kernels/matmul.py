@@ -60,10 +60,10 @@ def sum_over_batch_abt(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     N = q.shape[1]
     cfg = launch_configs.batch_reduce_config(M, N, K, B, p.element_size())
     split = cfg["SPLIT"]
-    per_split = triton.cdiv(B, split)
-    split = triton.cdiv(B, per_split)  # no empty ranges
+    per_split = launch_configs.cdiv(B, split)
+    split = launch_configs.cdiv(B, per_split)  # no empty ranges
     out = torch.empty(split, M, N, dtype=torch.float32, device=p.device)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]), split)
+    grid = (launch_configs.cdiv(M, cfg["BLOCK_M"]), launch_configs.cdiv(N, cfg["BLOCK_N"]), split)
     _sum_over_batch_abt[grid](p, q, out, M, N, K, B, per_split, p.stride(0), p.stride(1), q.stride(0), q.stride(1), M * N,
                               BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
                               IEEE=p.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

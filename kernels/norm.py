@@ -152,7 +152,7 @@ def add_rms_norm_fwd(x: torch.Tensor, residual: torch.Tensor, eps: float, y: tor
     n_cols = x.shape[-1]
     n_rows = x.numel() // n_cols
     cfg = launch_configs.norm_config(n_cols)
-    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
+    grid = (launch_configs.cdiv(n_rows, cfg["ROWS"]),)
     has_inject = inject is not None
     _add_rms_norm_fwd[grid](x, residual, y, rstd, inject if has_inject else y, out_sum if has_inject else y,
                             n_rows, n_cols, float(eps), BLOCK=cfg["BLOCK"], ROWS=cfg["ROWS"], HAS_INJECT=has_inject,
@@ -165,14 +165,14 @@ def rms_norm_bwd(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor, dx: torc
     n_cols = y.shape[-1]
     n_rows = y.numel() // n_cols
     cfg = launch_configs.norm_config(n_cols)
-    grid = (triton.cdiv(n_rows, cfg["ROWS"]),)
+    grid = (launch_configs.cdiv(n_rows, cfg["ROWS"]),)
     _rms_norm_bwd[grid](dy, dsum if dsum is not None else dy, y, rstd, dx, n_rows, n_cols,
                         BLOCK=cfg["BLOCK"], ROWS=cfg["ROWS"], HAS_DSUM=dsum is not None, num_warps=cfg["num_warps"])
 
 
 def _seq_launch(L: int, D: int, B: int):
     cfg = launch_configs.norm_seq_config(L, D)
-    grid = (triton.cdiv(D, cfg["BLOCK_D"]) * B,)
+    grid = (launch_configs.cdiv(D, cfg["BLOCK_D"]) * B,)
     meta = {"BLOCK_L": cfg["BLOCK_L"], "BLOCK_D": cfg["BLOCK_D"], "SINGLE_PASS": cfg["BLOCK_L"] >= L,
             "num_warps": cfg["num_warps"]}
     return grid, meta

@@ -116,7 +116,7 @@ def _swiglu_fwd_elementwise(gu_ptr, h_ptr, n_rows, N_HALF, BLOCK: tl.constexpr):
 def _launch(kind, a, a_strides, M, K, batch, w_gate_up, h, h_strides, gu, gu_strides, dh, save, recompute):
     N_HALF = w_gate_up.shape[0] // 2
     cfg = launch_configs.gate_up_config(kind, M, N_HALF, K, a.element_size(), launch_configs.device_arch(a))
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N_HALF, cfg["BLOCK_N"]), 1, batch)
+    grid = (launch_configs.cdiv(M, cfg["BLOCK_M"]) * launch_configs.cdiv(N_HALF, cfg["BLOCK_N"]), 1, batch)
     dummy = h if h is not None else gu
     _swiglu_gate_up[grid](
         a, w_gate_up, dummy if h is None else h, dummy if gu is None else gu, dummy if dh is None else dh,
@@ -161,7 +161,7 @@ def swiglu_bwd_from_saved(gu: torch.Tensor, dh: torch.Tensor, dgu: torch.Tensor)
     N_HALF = dh.shape[-1]
     n_rows = dh.numel() // N_HALF
     block = launch_configs.elementwise_block(N_HALF)
-    _swiglu_bwd_elementwise[(n_rows, triton.cdiv(N_HALF, block))](gu, dh, dgu, n_rows, N_HALF, BLOCK=block, num_warps=4)
+    _swiglu_bwd_elementwise[(n_rows, launch_configs.cdiv(N_HALF, block))](gu, dh, dgu, n_rows, N_HALF, BLOCK=block, num_warps=4)
 
 
 def swiglu_fwd_from_gate_up(gu: torch.Tensor, h: torch.Tensor) -> None:
@@ -169,7 +169,7 @@ def swiglu_fwd_from_gate_up(gu: torch.Tensor, h: torch.Tensor) -> None:
     N_HALF = h.shape[-1]
     n_rows = h.numel() // N_HALF
     block = launch_configs.elementwise_block(N_HALF)
-    _swiglu_fwd_elementwise[(n_rows, triton.cdiv(N_HALF, block))](gu, h, n_rows, N_HALF, BLOCK=block, num_warps=4)
+    _swiglu_fwd_elementwise[(n_rows, launch_configs.cdiv(N_HALF, block))](gu, h, n_rows, N_HALF, BLOCK=block, num_warps=4)
 
 
 # ---------------------------------------------------------------------------------------------- references

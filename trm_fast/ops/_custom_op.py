@@ -1,6 +1,6 @@
-"""Helpers shared by the Triton-backed custom ops: input validation with clear errors, weight casts (cached: one cast
-per weight per optimiser step), matmuls with fp32 output for weight gradients, and the "does this call need a
-backward" test.
+"""Helpers shared by the Triton-backed custom ops: their registration (`custom_op`, with an eager fast path), input
+validation with clear errors, weight casts (cached: one cast per weight per optimiser step), and the "does this call
+need a backward" test.
 
 Every op is registered with torch.library.custom_op under the "trm_fast::" namespace, with register_fake (shapes
 for torch.compile's tracing) and register_autograd, so torch.compile(fullgraph=True) traces through it.
@@ -8,12 +8,73 @@ for torch.compile's tracing) and register_autograd, so torch.compile(fullgraph=T
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT32_MAX = 2**31 - 1
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+class EagerFastOp:
+    """A trm_fast:: custom op with a second entry point for plain eager calls. A custom-op call pays torch.library's
+    Python wrapper, the dispatcher and its autograd glue (about 7 us without grad, 13 us with, on one core of the
+    development machine; ~220 calls per supervision step); outside tracing that buys nothing. So an eager call runs the implementation directly: through a
+    torch.autograd.Function made from the op's own setup_context and backward when autograd records the call,
+    else as a plain function call below autograd (as the op's dispatch runs it). One autograd rule, two entry points.
+
+    The op itself is called, as before, whenever something may need to see it: torch.compile tracing, any
+    TorchDispatchMode (fake and functional tensors, selective checkpointing, the launch counter of
+    trm_fast.tools.bench.launches), a TorchFunctionMode, functorch transforms, a tensor subclass among the
+    arguments, keyword arguments, or autograd recording an op without a registered rule (torch's own error).
+    Attribute access (register_fake, ...) goes to the op; register_autograd registers the rule with both."""
+
+    def __init__(self, op, implementation):
+        self.op = op
+        self._implementation = implementation
+        self._apply = None  # the eager path's autograd.Function (its apply), made by register_autograd
+        self._tensor_args = tuple(i for i, a in enumerate(op._opoverload._schema.arguments)
+                                  if a.type.isSubtypeOf(torch._C.TensorType.get()))
+
+    def __getattr__(self, name):  # only for names not set in __init__
+        if name == "op":
+            raise AttributeError(name)
+        return getattr(self.op, name)
+
+    def register_autograd(self, backward, *, setup_context) -> None:
+        self.op.register_autograd(backward, setup_context=setup_context)
+        function = type(f"{self.op._name}_eager", (torch.autograd.Function,), {
+            "forward": staticmethod(self._implementation),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward),
+        })
+        # autograd.Function.apply's Python layer binds default arguments through inspect.signature (~10 us a call)
+        # and unwraps functorch wrappers; the ops have no defaults and functorch takes the op, so call the C apply
+        self._apply = super(torch.autograd.Function, function).apply
+
+    def __call__(self, *args, **kwargs):
+        if torch.compiler.is_compiling() or kwargs or torch._C._len_torch_dispatch_stack() \
+                or torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active():
+            return self.op(*args, **kwargs)
+        records = False
+        for i in self._tensor_args:
+            t = args[i]
+            if type(t) not in _PLAIN_TENSORS:
+                return self.op(*args)
+            records = records or t.requires_grad
+        if records and torch.is_grad_enabled():
+            return self._apply(*args) if self._apply is not None else self.op(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return self._implementation(*args)
+
+
+def custom_op(name: str):
+    """Decorator: registers the function as the custom op `name` (no mutated arguments) and returns it as an
+    EagerFastOp (register_fake and register_autograd on it as on torch.library's op)."""
+    def register(implementation):
+        return EagerFastOp(torch.library.custom_op(name, mutates_args=())(implementation), implementation)
+    return register
 
 
 def check_activation(op: str, name: str, t, ndim: int | None = None, min_ndim: int = 1) -> None:
@@ -74,11 +135,22 @@ def _cast_copy(w: torch.Tensor, dtype: torch.dtype, row_align: int) -> torch.Ten
     return out
 
 
-# The casts made so far: master weight -> {(dtype, row_align, transposed): (stamp, cast)}.
+# The casts made so far: id(master weight) -> (weak reference to it, {(dtype, row_align, transposed): (stamp, cast)}).
 # A weight is used 2(n+1)T times per step in the forward and again in the backward; its value only changes when the
 # optimiser (or an EMA swap, a checkpoint load) writes it in place, which bumps its version counter. An entry holds
-# while the master's (version, data_ptr) stamp is unchanged; the weak key drops it with the master.
-_CASTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# while the master's (version, data_ptr) stamp is unchanged; the weak reference's callback drops it with the master.
+# (Keyed by id, not by a WeakIdKeyDictionary, which builds a weak reference at every lookup.)
+_CASTS: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _casts_of(w: torch.Tensor) -> dict:
+    key = id(w)
+    found = _CASTS.get(key)
+    if found is not None and found[0]() is w:
+        return found[1]
+    entries: dict = {}
+    _CASTS[key] = (weakref.ref(w, lambda _, key=key: _CASTS.pop(key, None)), entries)
+    return entries
 
 
 def cast_weight(w: torch.Tensor, dtype: torch.dtype, row_align: int = 8, transposed: bool = False) -> torch.Tensor:
@@ -96,11 +168,9 @@ def cast_weight(w: torch.Tensor, dtype: torch.dtype, row_align: int = 8, transpo
         return source
     if w.is_inference() or (w.is_cuda and torch.cuda.is_current_stream_capturing()):
         return _cast_copy(source, dtype, row_align)
-    entries = _CASTS.get(w)
-    if entries is None:
-        entries = _CASTS[w] = {}
+    entries = _casts_of(w)
     key = (dtype, row_align, transposed)
-    stamp = (w._version, w.data_ptr(), tuple(w.shape), w.stride())
+    stamp = (w._version, w.data_ptr(), w.shape, w.stride())
     found = entries.get(key)
     if found is not None and found[0] == stamp:
         return found[1]

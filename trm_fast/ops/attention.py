@@ -23,7 +23,7 @@ import torch
 from trm_fast.kernels import attention as kernels
 from trm_fast.ops.norm import post_norm_backward, post_norm_fake, post_norm_forward
 from trm_fast.ops.reference import mm_fp32
-from trm_fast.ops._custom_op import cast_weight, check_activation, contiguous, outputs_without_grad
+from trm_fast.ops._custom_op import cast_weight, check_activation, contiguous, custom_op, outputs_without_grad
 
 SUPPORTED_HEAD_DIMS = kernels.SUPPORTED_HEAD_DIMS
 
@@ -46,7 +46,7 @@ def _flash_backward(do, qkv, o, lse, cos, sin, num_heads: int, rope: bool) -> to
 # ---------------------------------------------------------------------------------------------- the mixer
 
 
-@torch.library.custom_op("trm_fast::attention_fwd", mutates_args=())
+@custom_op("trm_fast::attention_fwd")
 def _attention_fwd(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    num_heads: int, rope: bool, post_norm: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,7 +67,7 @@ def _(x, w_qkv, w_o, cos, sin, num_heads, rope, post_norm=False):
             x.new_empty(B * num_heads, L, dtype=torch.float32), rstd)
 
 
-@torch.library.custom_op("trm_fast::attention_bwd", mutates_args=())
+@custom_op("trm_fast::attention_bwd")
 def _attention_bwd(dy: torch.Tensor, x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, qkv: torch.Tensor,
                    o: torch.Tensor, lse: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, rope: bool,
                    need_dx: bool, need_dw: bool, norm_y: torch.Tensor | None, rstd: torch.Tensor | None
@@ -121,7 +121,7 @@ _attention_fwd.register_autograd(_attention_backward, setup_context=_setup_atten
 # ---------------------------------------------------------------------------------------------- the core alone
 
 
-@torch.library.custom_op("trm_fast::flash_attention_fwd", mutates_args=())
+@custom_op("trm_fast::flash_attention_fwd")
 def _flash_fwd(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, rope: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return _flash_forward(contiguous(qkv), cos, sin, num_heads, rope)
 
@@ -132,7 +132,7 @@ def _(qkv, cos, sin, num_heads, rope):
     return qkv.new_empty(B, L, three_d // 3), qkv.new_empty(B * num_heads, L, dtype=torch.float32)
 
 
-@torch.library.custom_op("trm_fast::flash_attention_bwd", mutates_args=())
+@custom_op("trm_fast::flash_attention_bwd")
 def _flash_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor, num_heads: int, rope: bool) -> torch.Tensor:
     return _flash_backward(do, contiguous(qkv), o, lse, cos, sin, num_heads, rope)

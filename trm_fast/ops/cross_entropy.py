@@ -18,13 +18,13 @@ from __future__ import annotations
 import torch
 
 from trm_fast.kernels import cross_entropy as kernels
-from trm_fast.ops._custom_op import INT32_MAX, check_activation, outputs_without_grad
+from trm_fast.ops._custom_op import INT32_MAX, check_activation, custom_op, outputs_without_grad
 from trm_fast.token_loss import LOSS_KINDS
 
 LABEL_DTYPES = (torch.int32, torch.int64)
 
 
-@torch.library.custom_op("trm_fast::token_cross_entropy_fwd", mutates_args=())
+@custom_op("trm_fast::token_cross_entropy_fwd")
 def _token_cross_entropy_fwd(logits: torch.Tensor, labels: torch.Tensor, stablemax: bool,
                              ignore_label: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B = logits.shape[0]
@@ -42,7 +42,7 @@ def _(logits, labels, stablemax, ignore_label):
             logits.new_empty(B, dtype=torch.int64), logits.new_empty(B, dtype=torch.int64))
 
 
-@torch.library.custom_op("trm_fast::token_cross_entropy_bwd", mutates_args=())
+@custom_op("trm_fast::token_cross_entropy_bwd")
 def _token_cross_entropy_bwd(d_loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                              stablemax: bool, ignore_label: int) -> torch.Tensor:
     dx = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)

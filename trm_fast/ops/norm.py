@@ -18,7 +18,7 @@ import torch
 
 from trm_fast.kernels import norm as kernels
 from trm_fast.ops.reference import RMS_EPS
-from trm_fast.ops._custom_op import INT32_MAX, check_activation, check_like, contiguous, outputs_without_grad
+from trm_fast.ops._custom_op import INT32_MAX, check_activation, check_like, contiguous, custom_op, outputs_without_grad
 
 
 def norm_forward(x: torch.Tensor, residual: torch.Tensor, seq_axis: bool, inject: torch.Tensor | None = None,
@@ -81,7 +81,7 @@ def post_norm_backward(dout, dsum, y, rstd, seq_axis: bool = False) -> torch.Ten
     return dout if y is None else norm_backward(dout, dsum, y, rstd, seq_axis)
 
 
-@torch.library.custom_op("trm_fast::add_rms_norm_fwd", mutates_args=())
+@custom_op("trm_fast::add_rms_norm_fwd")
 def _add_rms_norm_fwd(x: torch.Tensor, residual: torch.Tensor, eps: float, seq_axis: bool,
                       inject: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return norm_forward(x, residual, seq_axis, inject, eps)
@@ -92,7 +92,7 @@ def _(x, residual, eps, seq_axis, inject=None):
     return norm_forward_fake(x, seq_axis, inject)
 
 
-@torch.library.custom_op("trm_fast::rms_norm_bwd", mutates_args=())
+@custom_op("trm_fast::rms_norm_bwd")
 def _rms_norm_bwd(dy: torch.Tensor | None, dsum: torch.Tensor | None, y: torch.Tensor, rstd: torch.Tensor,
                   seq_axis: bool) -> torch.Tensor:
     return norm_backward(dy, dsum, y, rstd, seq_axis)

@@ -30,8 +30,8 @@ from trm_fast.kernels import matmul as matmul_kernels
 from trm_fast.kernels import swiglu as kernels
 from trm_fast.ops.norm import check_post_norm, post_norm_backward, post_norm_fake, post_norm_forward
 from trm_fast.ops.reference import mm_fp32
-from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, check_weight, contiguous, needs_grad,
-                                     outputs_without_grad)
+from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, check_weight, contiguous, custom_op,
+                                     needs_grad, outputs_without_grad)
 from trm_fast.ops.levels import OP_SAVES
 
 __all__ = ["swiglu", "swiglu_cublas", "swiglu_token_mix"]
@@ -58,7 +58,7 @@ def _check(op: str, x, w_gate_up, w_down, width_axis: int) -> None:
 # ---------------------------------------------------------------------------------------------- channel
 
 
-@torch.library.custom_op("trm_fast::swiglu_fwd", mutates_args=())
+@custom_op("trm_fast::swiglu_fwd")
 def _swiglu_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool,
                 post_norm: bool = False, inject: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,7 +82,7 @@ def _fake_channel(x, w_gate_up, w_down, save_gate_up, post_norm=False, inject=No
     return y, x.new_empty(M, I), x.new_empty(M, 2 * I) if save_gate_up else x.new_empty(0), rstd, out_sum
 
 
-@torch.library.custom_op("trm_fast::swiglu_bwd", mutates_args=())
+@custom_op("trm_fast::swiglu_bwd")
 def _swiglu_bwd(dout: torch.Tensor | None, dsum: torch.Tensor | None, x: torch.Tensor, h: torch.Tensor,
                 gu: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, y: torch.Tensor | None,
                 rstd: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -170,7 +170,7 @@ def _gate_up_matmul(x2d: torch.Tensor, w_gate_up: torch.Tensor) -> torch.Tensor:
     return x2d @ cast_weight(w_gate_up, x2d.dtype).t()
 
 
-@torch.library.custom_op("trm_fast::swiglu_cublas_fwd", mutates_args=())
+@custom_op("trm_fast::swiglu_cublas_fwd")
 def _cublas_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool,
                 post_norm: bool = False, inject: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,7 +188,7 @@ def _(x, w_gate_up, w_down, save_gate_up, post_norm=False, inject=None):
     return _fake_channel(x, w_gate_up, w_down, save_gate_up, post_norm, inject)
 
 
-@torch.library.custom_op("trm_fast::swiglu_cublas_bwd", mutates_args=())
+@custom_op("trm_fast::swiglu_cublas_bwd")
 def _cublas_bwd(dout: torch.Tensor | None, dsum: torch.Tensor | None, x: torch.Tensor, h: torch.Tensor,
                 gu: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, y: torch.Tensor | None,
                 rstd: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,7 +233,7 @@ def _weight_times(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.bmm(w.expand(t.shape[0], -1, -1), t)
 
 
-@torch.library.custom_op("trm_fast::swiglu_token_mix_fwd", mutates_args=())
+@custom_op("trm_fast::swiglu_token_mix_fwd")
 def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, save_gate_up: bool,
                post_norm: bool = False, inject: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -257,7 +257,7 @@ def _(x, w_gate_up, w_down, save_gate_up, post_norm=False, inject=None):
     return y, x.new_empty(B, I, D), x.new_empty(B, 2 * I, D) if save_gate_up else x.new_empty(0), rstd, out_sum
 
 
-@torch.library.custom_op("trm_fast::swiglu_token_mix_bwd", mutates_args=())
+@custom_op("trm_fast::swiglu_token_mix_bwd")
 def _token_bwd(dout: torch.Tensor | None, dsum: torch.Tensor | None, x: torch.Tensor, h: torch.Tensor,
                gu: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, y: torch.Tensor | None,
                rstd: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
