@@ -14,6 +14,7 @@ from torch._dynamo.backends.common import aot_autograd
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from trm_fast.ops import attention as attn_op
+from trm_fast.ops import cross_entropy as ce_op
 from trm_fast.ops import norm as norm_op
 from trm_fast.ops import reference as R
 from trm_fast.ops import swiglu as swiglu_op
@@ -33,7 +34,7 @@ class _PassThrough(TorchDispatchMode):
 def dispatched(monkeypatch):
     """Counter of the calls that reach the registered custom ops, by op name."""
     calls = collections.Counter()
-    ops = {id(v): v for m in (attn_op, norm_op, swiglu_op) for v in vars(m).values() if isinstance(v, EagerFastOp)}
+    ops = {id(v): v for m in (attn_op, ce_op, norm_op, swiglu_op) for v in vars(m).values() if isinstance(v, EagerFastOp)}
     assert len(ops) >= 12
     for op in ops.values():
         def counting(*args, _registered=op.op, **kwargs):
@@ -52,6 +53,8 @@ def _cases():
     token = (randn(2 * I, L, seed=5, scale=L ** -0.5), randn(L, I, seed=6, scale=I ** -0.5))
     x, other = randn(B, L, D, seed=7), randn(B, L, D, seed=8)
     qkv = randn(B, L, 3 * H * HD, seed=9)
+    labels = torch.randint(0, 11, (B, L), generator=torch.Generator().manual_seed(14)).to(DEVICE)
+    labels[0, :3] = -100
     return {  # name: (function of the inputs, inputs, the custom ops it goes through with grad)
         "attention": (lambda x, a, b: attn_op.attention(x, a, b, cos, sin, H), (x, w_qkv, w_o),
                       {"attention_fwd", "attention_bwd"}),
@@ -61,13 +64,23 @@ def _cases():
                             {"flash_attention_fwd", "flash_attention_bwd"}),
         "add_rms_norm": (norm_op.add_rms_norm, (x, other), {"add_rms_norm_fwd", "rms_norm_bwd"}),
         "add_rms_norm_inject": (lambda x, r, t: torch.stack(norm_op.add_rms_norm(x, r, inject=t)),
-                                (x, other, randn(B, L, D, seed=10)), {"add_rms_norm_inject_fwd", "rms_norm_bwd_two_grads"}),
+                                (x, other, randn(B, L, D, seed=10)), {"add_rms_norm_fwd", "rms_norm_bwd"}),
         "add_rms_norm_seq": (norm_op.add_rms_norm_seq, (x, other), {"add_rms_norm_fwd", "rms_norm_bwd"}),
         "swiglu": (swiglu_op.swiglu, (x, *channel), {"swiglu_fwd", "swiglu_bwd"}),
         "swiglu_recompute": (lambda *a: swiglu_op.swiglu(*a, recompute=True), (x, *channel),
                              {"swiglu_fwd", "swiglu_bwd"}),
         "swiglu_cublas": (swiglu_op.swiglu_cublas, (x, *channel), {"swiglu_cublas_fwd", "swiglu_cublas_bwd"}),
         "swiglu_token_mix": (swiglu_op.swiglu_token_mix, (x, *token), {"swiglu_token_mix_fwd", "swiglu_token_mix_bwd"}),
+        # the sub-layers with their post-norm in one node (the forms the Triton block calls)
+        "attention_post_norm": (lambda x, a, b: attn_op.attention(x, a, b, cos, sin, H, post_norm=True),
+                                (x, w_qkv, w_o), {"attention_fwd", "attention_bwd"}),
+        "swiglu_post_norm_inject": (lambda x, a, b, t: torch.stack(swiglu_op.swiglu(x, a, b, recompute=True,
+                                                                                    post_norm=True, inject=t)),
+                                    (x, *channel, randn(B, L, D, seed=12)), {"swiglu_fwd", "swiglu_bwd"}),
+        "swiglu_token_mix_post_norm": (lambda *a: swiglu_op.swiglu_token_mix(*a, post_norm=True), (x, *token),
+                                       {"swiglu_token_mix_fwd", "swiglu_token_mix_bwd"}),
+        "token_cross_entropy": (lambda logits: ce_op.token_cross_entropy(logits, labels, "stablemax", -100)[0].float(),
+                                (randn(B, L, 11, seed=13),), {"token_cross_entropy_fwd", "token_cross_entropy_bwd"}),
     }
 
 

@@ -34,8 +34,10 @@ class EagerFastOp:
         self.op = op
         self._implementation = implementation
         self._apply = None  # the eager path's autograd.Function (its apply), made by register_autograd
-        self._tensor_args = tuple(i for i, a in enumerate(op._opoverload._schema.arguments)
-                                  if a.type.isSubtypeOf(torch._C.TensorType.get()))
+        arguments = op._opoverload._schema.arguments
+        self._tensor_args = tuple(i for i, a in enumerate(arguments) if a.type.isSubtypeOf(torch._C.TensorType.get()))
+        # the schema's defaults by position (the op's wrapper passes them to setup_context; so must the eager path)
+        self._defaults = tuple(a.default_value if a.has_default_value() else None for a in arguments)
 
     def __getattr__(self, name):  # only for names not set in __init__
         if name == "op":
@@ -50,13 +52,15 @@ class EagerFastOp:
             "backward": staticmethod(backward),
         })
         # autograd.Function.apply's Python layer binds default arguments through inspect.signature (~10 us a call)
-        # and unwraps functorch wrappers; the ops have no defaults and functorch takes the op, so call the C apply
+        # and unwraps functorch wrappers; __call__ fills the defaults and functorch takes the op, so call the C apply
         self._apply = super(torch.autograd.Function, function).apply
 
     def __call__(self, *args, **kwargs):
         if torch.compiler.is_compiling() or kwargs or torch._C._len_torch_dispatch_stack() \
                 or torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active():
             return self.op(*args, **kwargs)
+        if len(args) < len(self._defaults):
+            args = args + self._defaults[len(args):]
         records = False
         for i in self._tensor_args:
             t = args[i]
