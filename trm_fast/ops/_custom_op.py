@@ -167,18 +167,20 @@ def cast_weight(w: torch.Tensor, dtype: torch.dtype, row_align: int = 8, transpo
     Not cached while a CUDA graph captures: a replay changes the masters without Python seeing it, so the graph casts
     at every use (trm_fast.train.cuda_graph bumps the masters' versions after each replay, so that no eager entry
     outlives one either). Inference tensors have no version counter: cast every time."""
-    source = w.t() if transposed else w
-    if source.dtype == dtype and source.is_contiguous():
-        return source
+    if w.dtype == dtype:
+        source = w.t() if transposed else w
+        if source.is_contiguous():
+            return source
     if w.is_inference() or (w.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return _cast_copy(source, dtype, row_align)
+        return _cast_copy(w.t() if transposed else w, dtype, row_align)
+    # the hot path (a cache hit, ~224 per step) builds nothing it does not need: no view, no stride tuple
     entries = _casts_of(w)
     key = (dtype, row_align, transposed)
-    stamp = (w._version, w.data_ptr(), w.shape, w.stride())
+    stamp = (w._version, w.data_ptr(), w.shape)
     found = entries.get(key)
     if found is not None and found[0] == stamp:
         return found[1]
-    out = _cast_copy(source, dtype, row_align)
+    out = _cast_copy(w.t() if transposed else w, dtype, row_align)
     entries[key] = (stamp, out)
     return out
 

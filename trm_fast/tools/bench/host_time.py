@@ -36,8 +36,9 @@ HOST_BATCH = 2
 
 @contextlib.contextmanager
 def matmuls_allocate_only():
-    """Within: the CPU's mm, addmm, bmm and baddbmm allocate their (uninitialised) result and compute nothing (a
-    Python kernel in place of aten's CPU kernel, which comes back on exit), and mm_fp32 allocates its fp32 result."""
+    """Within: the CPU's mm, addmm, bmm and baddbmm allocate their (uninitialised) result, addmm_ and baddbmm_
+    return their input, and none computes anything (a Python kernel in place of aten's CPU kernel, which comes back
+    on exit); mm_fp32 allocates its fp32 result."""
     from trm_fast.ops.reference import mm_fp32_allocation_only
 
     def mm(a, b):
@@ -54,6 +55,9 @@ def matmuls_allocate_only():
             library.impl("addmm", lambda bias, a, b, **scalars: mm(a, b), "CPU")
             library.impl("bmm", bmm, "CPU")
             library.impl("baddbmm", lambda bias, a, b, **scalars: bmm(a, b), "CPU")
+            # the in-place forms (the sub-layers' backward accumulates d x into the norm's d s): nothing to allocate
+            library.impl("addmm_", lambda acc, a, b, **scalars: acc, "CPU")
+            library.impl("baddbmm_", lambda acc, a, b, **scalars: acc, "CPU")
         with mm_fp32_allocation_only():
             yield
     finally:
