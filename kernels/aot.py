@@ -45,6 +45,8 @@ import time
 
 import torch
 
+from trm_fast.kernels.layout import padded_rows
+
 ARCHS = (90, 80)
 SHARED_LIMIT = {90: 232448, 80: 166912}  # opt-in shared memory per block (bytes): 227 KB on H100, 163 KB on A100
 USER_BATCH = 101  # odd: B * L is not a multiple of 16 at any preset length (97, 916, 82, 901, 18, 40)
@@ -189,9 +191,8 @@ def _meta(*shape, dtype=DTYPE):
 
 
 def _cast_weight(rows: int, cols: int) -> torch.Tensor:
-    """The activation-dtype copy of an fp32 master weight as trm_fast.ops casts it: rows start 16 bytes apart."""
-    stride = -(-cols // 8) * 8
-    return _meta(rows, stride)[:, :cols]
+    """The activation-dtype copy of an fp32 master weight as trm_fast.ops casts it (padded_rows)."""
+    return padded_rows(rows, cols, DTYPE, "meta")
 
 
 def block_launches(shape: BlockShape, recorder: Recorder, grad: bool, recompute: bool) -> None:

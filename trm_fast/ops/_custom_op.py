@@ -12,6 +12,8 @@ import weakref
 
 import torch
 
+from trm_fast.kernels.layout import padded_rows
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT32_MAX = 2**31 - 1
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -130,16 +132,13 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _cast_copy(w: torch.Tensor, dtype: torch.dtype, row_align: int) -> torch.Tensor:
-    rows, cols = w.shape
-    stride = -(-cols // row_align) * row_align
-    buf = torch.empty(rows, stride, dtype=dtype, device=w.device)
-    out = buf[:, :cols]
+def _cast_copy(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    out = padded_rows(*w.shape, dtype, w.device)
     out.copy_(w)
     return out
 
 
-# The casts made so far: id(master weight) -> (weak reference to it, {(dtype, row_align, transposed): (stamp, cast)}).
+# The casts made so far: id(master weight) -> (weak reference to it, {(dtype, transposed): (stamp, cast)}).
 # A weight is used 2(n+1)T times per step in the forward and again in the backward; its value only changes when the
 # optimiser (or an EMA swap, a checkpoint load) writes it in place, which bumps its version counter. An entry holds
 # while the master's (version, data_ptr) stamp is unchanged; the weak reference's callback drops it with the master.
@@ -157,10 +156,10 @@ def _casts_of(w: torch.Tensor) -> dict:
     return entries
 
 
-def cast_weight(w: torch.Tensor, dtype: torch.dtype, row_align: int = 8, transposed: bool = False) -> torch.Tensor:
+def cast_weight(w: torch.Tensor, dtype: torch.dtype, transposed: bool = False) -> torch.Tensor:
     """The fp32 master weight (or, `transposed`, its transpose) in the activation dtype, as reference.linear casts it
     (the same values: a cast is deterministic), made once and reused until the master changes. When a copy is made,
-    its rows start on 16-byte boundaries (row stride rounded up to `row_align` elements): the token-mixing weights
+    its rows start on 16-byte boundaries (trm_fast.kernels.layout.padded_rows): the token-mixing weights
     have rows of L = 97 or 916 values, which would otherwise force narrow, unaligned loads. Pass the master itself:
     the cache is keyed on it (a view made inside a custom op does not know its base).
 
@@ -172,15 +171,15 @@ def cast_weight(w: torch.Tensor, dtype: torch.dtype, row_align: int = 8, transpo
         if source.is_contiguous():
             return source
     if w.is_inference() or (w.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return _cast_copy(w.t() if transposed else w, dtype, row_align)
+        return _cast_copy(w.t() if transposed else w, dtype)
     # the hot path (a cache hit, ~224 per step) builds nothing it does not need: no view, no stride tuple
     entries = _casts_of(w)
-    key = (dtype, row_align, transposed)
+    key = (dtype, transposed)
     stamp = (w._version, w.data_ptr(), w.shape)
     found = entries.get(key)
     if found is not None and found[0] == stamp:
         return found[1]
-    out = _cast_copy(w.t() if transposed else w, dtype, row_align)
+    out = _cast_copy(w.t() if transposed else w, dtype)
     entries[key] = (stamp, out)
     return out
 
