@@ -197,6 +197,25 @@ def test_budget_planner_picks_lightest_fitting_plan():
         parse_bytes("lots")
 
 
+def test_budget_planner_estimates_the_ops_the_self_check_leaves(monkeypatch):
+    """On a GPU an op that fails its self-check runs the reference, which keeps more for backward (attention's
+    probabilities): the plan is made for that mix, as the model resolves it, not for the config's implementations."""
+    from types import SimpleNamespace
+
+    from trm_fast.ops import fallback, resolve
+
+    config = TRMConfig.preset("sudoku-att")
+    mix = {**resolve.op_implementations(config.model, "cuda"), "attention": "torch"}  # as after a failed check
+    expected = estimate(config, 768, "cuda", backend=mix)["levels"][0]["peak"]
+    assert expected > estimate(config, 768, "cuda")["levels"][0]["peak"] + 1e9
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(major=9, minor=0))
+    monkeypatch.setattr(fallback, "checked_op_implementations", lambda *args, **kwargs: dict(mix))
+    lines = []
+    plan = plan_for_budget(config, "1000GB", log=lines.append, device="cuda")
+    assert plan.model.recompute == 0 and f"predicted peak {expected / 1e9:.2f} GB" in lines[-1], lines
+
+
 def test_budget_planner_moves_a_large_puzzle_table_to_the_host():
     config = TRMConfig.preset("arc1").override(["model.num_puzzle_identifiers=1000000"])
     lines = []

@@ -243,14 +243,29 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+def _implementations_training_runs(model_config: ModelConfig, device: str) -> dict[str, str] | None:
+    """The op implementations training on `device` will run: on a GPU the model's own resolution, the self-check's
+    fallbacks included (an op that fails it runs the reference, which keeps more for backward; trm_fast.ops.fallback,
+    its verdict cached); None (the resolver's choice) off the GPU or where none is present to check on."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return None
+    from trm_fast.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(copy.deepcopy(model_config))
+    return model.op_implementations(torch.device(device))
+
+
 def plan_for_budget(config: TRMConfig, budget: str, log=print, device: str | None = None) -> TRMConfig:
     """The plan whose predicted peak fits the budget: the fewest micro-batches per optimizer step (gradient
     accumulation at the same global batch; fewer, larger micro-batches keep the GPU busy); at that count the puzzle
     table stays where the config puts it if possible, else moves to pinned host memory (train.puzzle_emb_device=cpu,
     cheaper than more micro-batches: only the batch's rows travel); then the lightest recomputation level.
-    Prints the plan; raises ValueError if nothing fits."""
+    Estimated with the ops training will run (on a GPU, after the self-check's fallbacks). Prints the plan; raises
+    ValueError if nothing fits."""
     limit = parse_bytes(budget)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    implementations = _implementations_training_runs(config.model, device)
     global_batch = config.data.global_batch_size
     world = 1
     import torch.distributed as dist
@@ -264,7 +279,7 @@ def plan_for_budget(config: TRMConfig, budget: str, log=print, device: str | Non
     for accum in accum_options:
         micro = local // accum
         for placement, candidate in candidates.items():
-            est = estimate(candidate, micro, device)
+            est = estimate(candidate, micro, device, backend=implementations)
             for level in (0, 1, 2):
                 peak = est["levels"][level]["peak"]
                 if peak <= limit:
