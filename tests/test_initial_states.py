@@ -30,6 +30,14 @@ def test_initial_states_are_fp32_only_for_a_float32_run(forward_dtype, expected)
     assert torch.equal(y[0, 0], model.y_init.float()) and torch.equal(z[1, 3], model.z_init.float())
 
 
+@pytest.mark.parametrize("forward_dtype, expected", [("auto", torch.bfloat16), ("float32", torch.float32)])
+def test_the_multiscale_variants_z_starts_follow_the_run_dtype(forward_dtype, expected):
+    model = build_model(tiny_config("model.latent=multiscale", f"model.forward_dtype={forward_dtype}").model)
+    assert model.z_inits.dtype == expected == model.y_init.dtype
+    carry = model.initial_carry(2, "cpu")
+    assert torch.equal(carry[2][1, 0], model.z_inits[1].float())
+
+
 @pytest.mark.parametrize("dtype_name, dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
 def test_published_initial_states_keep_their_dtype_both_ways(tmp_path, dtype_name, dtype):
     """A published run's H_init / L_init come in unrounded when its forward_dtype is float32 (the model then starts

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from trm_fast.model.layers import ReasoningNet, trunc_normal_
-from trm_fast.model.trm import TRM, StepOutput
+from trm_fast.model.trm import TRM, StepOutput, initial_state_dtype
 
 
 class SeparateNetsTRM(TRM):
@@ -81,8 +81,9 @@ def _feature_sum(zs: list[torch.Tensor]) -> torch.Tensor:
 class MultiScaleTRM(TRM):
     def __init__(self, config):
         super().__init__(config)
-        # one fixed, untrained start vector per z feature (y keeps y_init)
-        self.register_buffer("z_inits", trunc_normal_(torch.empty(config.n, config.hidden_size), std=1.0).to(torch.bfloat16))
+        # one fixed, untrained start vector per z feature (y keeps y_init), in the dtype of the other initial states
+        self.register_buffer("z_inits", trunc_normal_(torch.empty(config.n, config.hidden_size), std=1.0)
+                             .to(initial_state_dtype(config)))
 
     def initial_carry(self, batch_size, device):
         y, z = super().initial_carry(batch_size, device)
