@@ -36,8 +36,8 @@ HOST_BATCH = 2
 
 @contextlib.contextmanager
 def matmuls_allocate_only():
-    """Within: the CPU's mm, addmm, bmm and baddbmm allocate their (uninitialised) result, addmm_ and baddbmm_
-    return their input, and none computes anything (a Python kernel in place of aten's CPU kernel, which comes back
+    """Within: the CPU's mm, addmm, bmm, baddbmm and sums over dims allocate their (uninitialised) result, addmm_
+    and baddbmm_ return their input, and none computes anything (a Python kernel in place of aten's CPU kernel, which comes back
     on exit); mm_fp32 allocates its fp32 result."""
     from trm_fast.ops.reference import mm_fp32_allocation_only
 
@@ -46,6 +46,12 @@ def matmuls_allocate_only():
 
     def bmm(a, b):
         return a.new_empty(a.shape[0], a.shape[1], b.shape[2])
+
+    def reduced(t, dim, keepdim=False, *, dtype=None):  # sum over dims: the result's shape and dtype, uncomputed
+        dims = {d % t.dim() for d in dim} if dim else set(range(t.dim()))
+        shape = [1 if i in dims else n for i, n in enumerate(t.shape)] if keepdim else \
+            [n for i, n in enumerate(t.shape) if i not in dims]
+        return t.new_empty(shape, dtype=dtype or (t.dtype if t.is_floating_point() else torch.int64))
 
     library = torch.library.Library("aten", "IMPL")
     try:
@@ -58,6 +64,9 @@ def matmuls_allocate_only():
             # the in-place forms (the sub-layers' backward accumulates d x into the norm's d s): nothing to allocate
             library.impl("addmm_", lambda acc, a, b, **scalars: acc, "CPU")
             library.impl("baddbmm_", lambda acc, a, b, **scalars: acc, "CPU")
+            # sums over dims too: the token-mixing weight gradients' batch partials are reduced by one (B*2I*L
+            # values at sudoku-mlp): CPU arithmetic a GPU's host only launches
+            library.impl("sum.dim_IntList", reduced, "CPU")
         with mm_fp32_allocation_only():
             yield
     finally:
