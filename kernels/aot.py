@@ -171,19 +171,24 @@ class BlockShape:
         return f"B={self.batch},L={self.seq},D={self.hidden},I={self.mlp_hidden},{mix}"
 
 
-def preset_block_shapes() -> dict[BlockShape, list[str]]:
-    """Every preset's block shape at its global batch, at USER_BATCH and at batch 1 -> the presets that have it."""
+def _preset_shapes(shape_of) -> dict:
+    """shape_of(model config, batch) for every preset at its global batch, at USER_BATCH and at batch 1 -> the
+    presets that have that shape."""
     from trm_fast.config import PRESETS, TRMConfig
 
-    shapes: dict[BlockShape, list[str]] = {}
+    shapes: dict = {}
     for name in PRESETS:
         config = TRMConfig.preset(name)
-        m = config.model
         for batch in dict.fromkeys((config.data.global_batch_size, USER_BATCH, 1)):
-            shape = BlockShape(batch, m.total_seq_len, m.hidden_size, m.mlp_hidden, m.mixer, m.num_heads, m.head_dim,
-                               m.pos_encoding == "rope", m.token_mix_hidden)
-            shapes.setdefault(shape, []).append(name)
+            shapes.setdefault(shape_of(config.model, batch), []).append(name)
     return shapes
+
+
+def preset_block_shapes() -> dict[BlockShape, list[str]]:
+    """Every preset's block shape at its global batch, at USER_BATCH and at batch 1 -> the presets that have it."""
+    return _preset_shapes(lambda m, batch: BlockShape(batch, m.total_seq_len, m.hidden_size, m.mlp_hidden, m.mixer,
+                                                      m.num_heads, m.head_dim, m.pos_encoding == "rope",
+                                                      m.token_mix_hidden))
 
 
 def _meta(*shape, dtype=DTYPE):
@@ -284,16 +289,7 @@ class LossShape:
 
 def preset_loss_shapes() -> dict[LossShape, list[str]]:
     """Every preset's loss shape at its global batch, at USER_BATCH and at batch 1 -> the presets that have it."""
-    from trm_fast.config import PRESETS, TRMConfig
-
-    shapes: dict[LossShape, list[str]] = {}
-    for name in PRESETS:
-        config = TRMConfig.preset(name)
-        m = config.model
-        for batch in dict.fromkeys((config.data.global_batch_size, USER_BATCH, 1)):
-            shape = LossShape(batch, m.seq_len, m.total_seq_len - m.seq_len, m.vocab_size)
-            shapes.setdefault(shape, []).append(name)
-    return shapes
+    return _preset_shapes(lambda m, batch: LossShape(batch, m.seq_len, m.total_seq_len - m.seq_len, m.vocab_size))
 
 
 LOSS_IGNORE_LABEL = -100  # trm_fast.data.format.IGNORE_LABEL (kernels import nothing above them; not specialised)

@@ -82,25 +82,36 @@ def _fake_channel(x, w_gate_up, w_down, save_gate_up, post_norm=False, inject=No
     return y, x.new_empty(M, I), x.new_empty(M, 2 * I) if save_gate_up else x.new_empty(0), rstd, out_sum
 
 
+def _channel_backward(dout, dsum, x, h, w_gate_up, w_down, y, rstd, gate_up_grad):
+    """The channel SwiGLU forms' shared backward: the post-norm's d s (when y is given), the down projection's
+    gradients, gate_up_grad(x2d, dh) -> d gate/up (the form's own SwiGLU step), then d x (the residual's gradient
+    added by the matmul over d s) and the gate_up weight gradient."""
+    x2d = contiguous(x.reshape(-1, x.shape[-1]))
+    ds = post_norm_backward(dout, dsum, y, rstd, False)
+    dout2d = contiguous(ds.reshape(-1, ds.shape[-1]).to(x.dtype))
+    dh = dout2d @ cast_weight(w_down, x.dtype)
+    d_w_down = mm_fp32(dout2d.t(), h)
+    dgu = gate_up_grad(x2d, dh)
+    del dh  # not needed past this point: freed before d x is allocated
+    dx = _input_grad(dout2d if y is not None else None, dgu, cast_weight(w_gate_up, x.dtype)).view(x.shape)
+    d_w_gate_up = mm_fp32(dgu.t(), x2d)
+    return dx, d_w_gate_up, d_w_down
+
+
 @custom_op("trm_fast::swiglu_bwd")
 def _swiglu_bwd(dout: torch.Tensor | None, dsum: torch.Tensor | None, x: torch.Tensor, h: torch.Tensor,
                 gu: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, y: torch.Tensor | None,
                 rstd: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x2d = contiguous(x.reshape(-1, x.shape[-1]))
-    ds = post_norm_backward(dout, dsum, y, rstd, False)
-    dout2d = contiguous(ds.reshape(-1, ds.shape[-1]).to(x.dtype))
-    wgu = cast_weight(w_gate_up, x.dtype)
-    dh = dout2d @ cast_weight(w_down, x.dtype)
-    d_w_down = mm_fp32(dout2d.t(), h)
-    dgu = torch.empty(x2d.shape[0], wgu.shape[0], dtype=x.dtype, device=x.device)
-    if gu.numel():
-        kernels.swiglu_bwd_from_saved(gu, dh, dgu)
-    else:
-        kernels.channel_gate_up(x2d, wgu, h=None, dh=dh, dgu=dgu)
-    del dh  # not needed past this point: freed before d x is allocated
-    dx = _input_grad(dout2d if y is not None else None, dgu, wgu).view(x.shape)
-    d_w_gate_up = mm_fp32(dgu.t(), x2d)
-    return dx, d_w_gate_up, d_w_down
+    def gate_up_grad(x2d, dh):  # from gate/up saved, or the gate_up matmul re-run with the derivative in its epilogue
+        wgu = cast_weight(w_gate_up, x.dtype)
+        dgu = torch.empty(x2d.shape[0], wgu.shape[0], dtype=x.dtype, device=x.device)
+        if gu.numel():
+            kernels.swiglu_bwd_from_saved(gu, dh, dgu)
+        else:
+            kernels.channel_gate_up(x2d, wgu, h=None, dh=dh, dgu=dgu)
+        return dgu
+
+    return _channel_backward(dout, dsum, x, h, w_gate_up, w_down, y, rstd, gate_up_grad)
 
 
 def _input_grad(ds2d: torch.Tensor | None, dgu: torch.Tensor, wgu: torch.Tensor) -> torch.Tensor:
@@ -192,19 +203,13 @@ def _(x, w_gate_up, w_down, save_gate_up, post_norm=False, inject=None):
 def _cublas_bwd(dout: torch.Tensor | None, dsum: torch.Tensor | None, x: torch.Tensor, h: torch.Tensor,
                 gu: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, y: torch.Tensor | None,
                 rstd: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x2d = contiguous(x.reshape(-1, x.shape[-1]))
-    ds = post_norm_backward(dout, dsum, y, rstd, False)
-    dout2d = contiguous(ds.reshape(-1, ds.shape[-1]).to(x.dtype))
-    dh = dout2d @ cast_weight(w_down, x.dtype)
-    d_w_down = mm_fp32(dout2d.t(), h)
-    if not gu.numel():
-        gu = _gate_up_matmul(x2d, w_gate_up)
-    dgu = torch.empty_like(gu)
-    kernels.swiglu_bwd_from_saved(gu, dh, dgu)
-    del dh, gu
-    dx = _input_grad(dout2d if y is not None else None, dgu, cast_weight(w_gate_up, x.dtype)).view(x.shape)
-    d_w_gate_up = mm_fp32(dgu.t(), x2d)
-    return dx, d_w_gate_up, d_w_down
+    def gate_up_grad(x2d, dh):  # the elementwise step from gate/up, saved or re-made by the cuBLAS matmul
+        saved = gu if gu.numel() else _gate_up_matmul(x2d, w_gate_up)
+        dgu = torch.empty_like(saved)
+        kernels.swiglu_bwd_from_saved(saved, dh, dgu)
+        return dgu
+
+    return _channel_backward(dout, dsum, x, h, w_gate_up, w_down, y, rstd, gate_up_grad)
 
 
 _register_autograd(_cublas_fwd, _cublas_bwd)
