@@ -279,31 +279,38 @@ def attention_config(L: int, arch: int = 90, head_dim: int = PRESET_HEAD_DIM, el
 # ---------------------------------------------------------------------------------------------- launchers
 
 
-def _check_buffers(qkv: torch.Tensor, num_heads: int, cos, sin, **buffers) -> tuple[int, int, int]:
+def _check_buffers(qkv: torch.Tensor, num_heads: int, cos, sin, o=None, lse=None, do=None, dqkv=None
+                   ) -> tuple[int, int, int]:
     """Shapes/dtypes/devices/contiguity of the launchers' arguments (the op validates user input earlier; this
-    guards direct kernel calls, where a wrong buffer would be silent memory corruption)."""
-    if qkv.dim() != 3 or qkv.shape[2] % (3 * num_heads) or not qkv.is_contiguous():
+    guards direct kernel calls, where a wrong buffer would be silent memory corruption). Run at every launch, so
+    kept lean: nothing is built unless a check fails."""
+    shape = qkv.shape
+    if len(shape) != 3 or shape[2] % (3 * num_heads) or not qkv.is_contiguous():
         raise ValueError(f"attention kernels: qkv must be a contiguous (B, L, 3*{num_heads}*hd) tensor, "
-                         f"got {tuple(qkv.shape)} (contiguous={qkv.is_contiguous()})")
-    B, L, three_d = qkv.shape
+                         f"got {tuple(shape)} (contiguous={qkv.is_contiguous()})")
+    B, L, three_d = shape
     hd = three_d // (3 * num_heads)
     if hd not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"attention kernels: head dim {hd} not supported ({SUPPORTED_HEAD_DIMS})")
-    device = qkv.device
-    want = {"o": ((B, L, num_heads * hd), qkv.dtype), "do": ((B, L, num_heads * hd), qkv.dtype),
-            "dqkv": ((B, L, three_d), qkv.dtype), "lse": ((B * num_heads, L), torch.float32)}
-    for name, t in buffers.items():
-        shape, dtype = want[name]
-        if t.shape != shape or t.dtype != dtype or t.device != device or not t.is_contiguous():
-            raise ValueError(f"attention kernels: {name} must be a contiguous {shape} {dtype} tensor on {qkv.device}, "
-                             f"got {tuple(t.shape)} {t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
+    dtype, device = qkv.dtype, qkv.device
+    for name, t in (("o", o), ("do", do), ("dqkv", dqkv), ("lse", lse)):
+        if t is None:
+            continue
+        t_shape = t.shape
+        want_dtype = torch.float32 if name == "lse" else dtype
+        fits = len(t_shape) == 2 and t_shape[0] == B * num_heads and t_shape[1] == L if name == "lse" else \
+            len(t_shape) == 3 and t_shape[0] == B and t_shape[1] == L and t_shape[2] == (three_d if name == "dqkv" else three_d // 3)
+        if not fits or t.dtype != want_dtype or t.device != device or not t.is_contiguous():
+            want = (B * num_heads, L) if name == "lse" else (B, L, three_d if name == "dqkv" else three_d // 3)
+            raise ValueError(f"attention kernels: {name} must be a contiguous {want} {want_dtype} tensor on {device}, "
+                             f"got {tuple(t_shape)} {t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
     if cos is not None:
         for name, t in (("cos", cos), ("sin", sin)):
-            if t is None or t.shape != (L, hd) or t.dtype != torch.float32 or t.device != device \
-                    or not t.is_contiguous():
+            if t is None or t.dim() != 2 or t.shape[0] != L or t.shape[1] != hd or t.dtype != torch.float32 \
+                    or t.device != device or not t.is_contiguous():
                 got = None if t is None else (tuple(t.shape), t.dtype, str(t.device))
                 raise ValueError(f"attention kernels: {name} must be a contiguous fp32 ({L}, {hd}) table on "
-                                 f"{qkv.device}, got {got}")
+                                 f"{device}, got {got}")
     return B, L, hd
 
 

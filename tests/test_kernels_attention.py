@@ -290,7 +290,9 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-without-interpreter error")
 def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from trm_fast.ops import _custom_op
+
+    monkeypatch.setattr(_custom_op, "INTERPRETED", False)  # as if the kernels had been imported for a GPU
     w_qkv, w_o = _mixer_weights(64, 2, 32, seed=20)
     with pytest.raises(ValueError, match="CUDA"):
         attn_op.attention(randn(1, 5, 64), w_qkv, w_o, None, None, 2)

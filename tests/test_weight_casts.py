@@ -115,3 +115,14 @@ def test_compiled_ops_see_written_masters():
     out = compiled(x, w_gate_up, w_down)
     fresh = ops.swiglu(x, torch.nn.Parameter(w_gate_up.detach().clone()), w_down)
     assert torch.equal(out, fresh)
+
+
+def test_an_entry_goes_with_its_master():
+    from trm_fast.ops import _custom_op
+
+    w = _master(seed=3)
+    cast_weight(w, BF16)
+    key = (id(w), BF16, False)
+    assert key in _custom_op._CASTS
+    del w  # the weak reference's callback drops the entry: a later weight with the same id starts afresh
+    assert key not in _custom_op._CASTS

@@ -71,16 +71,23 @@ class OpSet:
         self.implementations = implementations
         for op, implementation in implementations.items():
             setattr(self, op, getattr(reference, op) if implementation == "torch" else _triton_op(op, implementation))
+        # per sub-layer: (op, its norm, whether they fuse), looked up once here rather than at each of ~84 calls a step
+        self._post_norms = {op: (getattr(self, op), getattr(self, norm), fuses_post_norm(implementations[op],
+                                                                                           implementations[norm]))
+                            for op, norm in POST_NORMS.items() if op in implementations and norm in implementations}
 
     def post_norm(self, op: str, x, *args, inject=None, **kwargs):
         """norm(x + op(x, *args, **kwargs)) with the norm of POST_NORMS[op], on their implementations: one call of op
         with post_norm=True where both run on Triton (fuses_post_norm), else op, then the norm. With `inject` (the
         channel norms): (y, y + inject)."""
-        norm = POST_NORMS[op]
-        extra = {} if inject is None else {"inject": inject}
-        if fuses_post_norm(self.implementations[op], self.implementations[norm]):
-            return getattr(self, op)(x, *args, post_norm=True, **extra, **kwargs)
-        return getattr(self, norm)(getattr(self, op)(x, *args, **kwargs), x, **extra)
+        sub_layer, norm, fused = self._post_norms[op]
+        if fused:
+            if inject is None:
+                return sub_layer(x, *args, post_norm=True, **kwargs)
+            return sub_layer(x, *args, post_norm=True, inject=inject, **kwargs)
+        if inject is None:
+            return norm(sub_layer(x, *args, **kwargs), x)
+        return norm(sub_layer(x, *args, **kwargs), x, inject=inject)
 
 
 _OP_SETS: dict[tuple, OpSet] = {}  # a plain dict, not lru_cache: torch.compile traces through it

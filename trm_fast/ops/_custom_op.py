@@ -1,6 +1,6 @@
 """Helpers shared by the Triton-backed custom ops: their registration (`custom_op`, with an eager fast path), input
-validation with clear errors, weight casts (cached: one cast per weight per optimiser step), and the "does this call
-need a backward" test.
+validation with clear errors (run once per argument signature: CheckedSignatures), and weight casts (cached: one
+cast per weight per optimiser step).
 
 Every op is registered with torch.library.custom_op under the "trm_fast::" namespace, with register_fake (shapes
 for torch.compile's tracing) and register_autograd, so torch.compile(fullgraph=True) traces through it.
@@ -15,6 +15,9 @@ import torch
 from trm_fast.kernels.layout import padded_rows
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Whether the kernels run in Triton's interpreter, which takes CPU tensors: Triton decides it when a kernel is
+# decorated, from TRITON_INTERPRET at import (read once here, not at every call).
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 INT32_MAX = 2**31 - 1
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
@@ -95,7 +98,7 @@ def check_activation(op: str, name: str, t, ndim: int | None = None, min_ndim: i
         raise ValueError(f"{op}: {name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}")
     if t.numel() == 0:
         raise ValueError(f"{op}: {name} is empty (shape {tuple(t.shape)})")
-    if not t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    if not t.is_cuda and not INTERPRETED:
         raise ValueError(f"{op}: {name} is on {t.device}; the Triton kernels need CUDA tensors "
                          "(or TRITON_INTERPRET=1 to run them on the CPU)")
 
@@ -123,37 +126,58 @@ def check_weight(op: str, name: str, w, shape: tuple[int, int], device: torch.de
         raise ValueError(f"{op}: {name} is on {w.device}, x on {device}")
 
 
+class CheckedSignatures:
+    """The argument signatures an op's checks have passed. The model calls each op hundreds of times a step with the
+    same shapes, dtypes and devices; the checks (5 to 15 us of Python a call) then run once per signature, and a
+    repeat costs building its key and one set lookup. The key holds everything the checks read: each tensor's shape,
+    dtype and device (contiguity is not checked: the ops make their operands contiguous) and every other argument
+    that is checked, with its type (2.0 == 2 == True). Kept apart per INTERPRETED, which the checks also read.
+    Bounded: cleared when full (a run sees a handful of signatures)."""
+
+    LIMIT = 4096
+
+    def __init__(self):
+        self._passed: dict[bool, set] = {False: set(), True: set()}
+
+    def check(self, key, run_checks, *args) -> None:
+        """run_checks(*args) unless `key` has passed before (a key of None always runs them: an argument was of a
+        kind the key could not describe, so the checks should raise their clear error)."""
+        if torch.compiler.is_compiling():  # traced once per graph: no guards on this cache's contents
+            run_checks(*args)
+            return
+        passed = self._passed[INTERPRETED]
+        if key is not None and key in passed:
+            return
+        run_checks(*args)
+        if key is not None:
+            if len(passed) >= self.LIMIT:
+                passed.clear()
+            passed.add(key)
+
+
+def tensor_key(t):
+    """(shape, dtype, device) of a tensor, None for None: the part of a CheckedSignatures key one tensor gives.
+    Raises AttributeError for anything else (callers turn that into a key of None)."""
+    return None if t is None else (t.shape, t.dtype, t.device)
+
+
 def contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def needs_grad(*tensors: torch.Tensor) -> bool:
-    """Whether autograd will record this call (grad mode on and some input requires grad)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def _cast_copy(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     out = padded_rows(*w.shape, dtype, w.device)
-    out.copy_(w)
+    with torch.no_grad():  # a value, not a graph: a cached cast must not hold its master (and the graph) alive
+        out.copy_(w)
     return out
 
 
-# The casts made so far: id(master weight) -> (weak reference to it, {(dtype, transposed): (stamp, cast)}).
-# A weight is used 2(n+1)T times per step in the forward and again in the backward; its value only changes when the
-# optimiser (or an EMA swap, a checkpoint load) writes it in place, which bumps its version counter. An entry holds
-# while the master's (version, data_ptr) stamp is unchanged; the weak reference's callback drops it with the master.
-# (Keyed by id, not by a WeakIdKeyDictionary, which builds a weak reference at every lookup.)
-_CASTS: dict[int, tuple[weakref.ref, dict]] = {}
-
-
-def _casts_of(w: torch.Tensor) -> dict:
-    key = id(w)
-    found = _CASTS.get(key)
-    if found is not None and found[0]() is w:
-        return found[1]
-    entries: dict = {}
-    _CASTS[key] = (weakref.ref(w, lambda _, key=key: _CASTS.pop(key, None)), entries)
-    return entries
+# The casts made so far: (id(master weight), dtype, transposed) -> (weak reference to the master, its stamp, the
+# cast). A weight is used 2(n+1)T times per step in the forward and again in the backward; its value only changes when
+# the optimiser (or an EMA swap, a checkpoint load) writes it in place, which bumps its version counter. An entry holds
+# while the master's stamp (version, data_ptr, shape) is unchanged; its weak reference's callback drops it with the
+# master. (Keyed by id, not by a WeakIdKeyDictionary, which builds a weak reference at every lookup.)
+_CASTS: dict[tuple, tuple] = {}
 
 
 def cast_weight(w: torch.Tensor, dtype: torch.dtype, transposed: bool = False) -> torch.Tensor:
@@ -166,21 +190,24 @@ def cast_weight(w: torch.Tensor, dtype: torch.dtype, transposed: bool = False) -
     Not cached while a CUDA graph captures: a replay changes the masters without Python seeing it, so the graph casts
     at every use (trm_fast.train.cuda_graph bumps the masters' versions after each replay, so that no eager entry
     outlives one either). Inference tensors have no version counter: cast every time."""
+    # the hot path (a cache hit, ~224 per step): one lookup and the stamp's three reads, nothing built but the key
+    key = (id(w), dtype, transposed)
+    found = _CASTS.get(key)
+    if found is not None and found[0]() is w and found[1] == w._version and found[2] == w.data_ptr() \
+            and found[3] == w.shape and not (w.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return found[4]
     if w.dtype == dtype:
         source = w.t() if transposed else w
         if source.is_contiguous():
             return source
     if w.is_inference() or (w.is_cuda and torch.cuda.is_current_stream_capturing()):
         return _cast_copy(w.t() if transposed else w, dtype)
-    # the hot path (a cache hit, ~224 per step) builds nothing it does not need: no view, no stride tuple
-    entries = _casts_of(w)
-    key = (dtype, transposed)
-    stamp = (w._version, w.data_ptr(), w.shape)
-    found = entries.get(key)
-    if found is not None and found[0] == stamp:
-        return found[1]
     out = _cast_copy(w.t() if transposed else w, dtype)
-    entries[key] = (stamp, out)
+    if found is None or found[0]() is not w:  # a new entry (or one left by a master whose id was reused)
+        reference = weakref.ref(w, lambda _, key=key: _CASTS.pop(key, None))
+    else:
+        reference = found[0]
+    _CASTS[key] = (reference, w._version, w.data_ptr(), w.shape, out)
     return out
 
 

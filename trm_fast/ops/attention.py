@@ -23,7 +23,8 @@ import torch
 from trm_fast.kernels import attention as kernels
 from trm_fast.ops.norm import post_norm_backward, post_norm_fake, post_norm_forward
 from trm_fast.ops.reference import mm_fp32
-from trm_fast.ops._custom_op import cast_weight, check_activation, contiguous, custom_op, outputs_without_grad
+from trm_fast.ops._custom_op import (CheckedSignatures, cast_weight, check_activation, contiguous, custom_op,
+                                     outputs_without_grad, tensor_key)
 
 SUPPORTED_HEAD_DIMS = kernels.SUPPORTED_HEAD_DIMS
 
@@ -164,13 +165,12 @@ _flash_fwd.register_autograd(_flash_backward_autograd, setup_context=_setup_flas
 # ---------------------------------------------------------------------------------------------- checks and entry points
 
 
-def _rope_tables(op: str, cos, sin, L: int, head_dim: int, like: torch.Tensor):
-    """fp32 contiguous (L, hd) tables, or empty placeholders when cos is None (no RoPE)."""
+def _check_rope_tables(op: str, cos, sin, L: int, head_dim: int, like: torch.Tensor) -> None:
+    """cos and sin both None (no RoPE), or both fp32-castable (L, hd) tables on x's device."""
     if cos is None:
         if sin is not None:
             raise ValueError(f"{op}: cos is None (no RoPE) but sin is given; pass both or neither")
-        empty = like.new_empty(0, dtype=torch.float32)
-        return empty, empty, False
+        return
     for name, t in (("cos", cos), ("sin", sin)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a tensor (fp32 ({L}, {head_dim}) RoPE table), got {type(t).__name__}")
@@ -180,7 +180,17 @@ def _rope_tables(op: str, cos, sin, L: int, head_dim: int, like: torch.Tensor):
             raise ValueError(f"{op}: RoPE table {name} has dtype {t.dtype}; expected float32")
         if t.device != like.device:
             raise ValueError(f"{op}: RoPE table {name} is on {t.device}, x on {like.device}")
-    return contiguous(cos.float()), contiguous(sin.float()), True
+
+
+def _rope_tables(cos, sin, like: torch.Tensor):
+    """(cos, sin, rope) as the kernels take them, checked: fp32 contiguous (L, hd) tables, or empty placeholders
+    when cos is None (no RoPE)."""
+    if cos is None:
+        empty = like.new_empty(0, dtype=torch.float32)
+        return empty, empty, False
+    if cos.dtype is not torch.float32 or sin.dtype is not torch.float32:
+        cos, sin = cos.float(), sin.float()
+    return contiguous(cos), contiguous(sin), True
 
 
 def _check_heads(op: str, num_heads, width: int) -> int:
@@ -195,12 +205,7 @@ def _check_heads(op: str, num_heads, width: int) -> int:
     return head_dim
 
 
-def attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-              num_heads: int, *, post_norm: bool = False) -> torch.Tensor:
-    """Self-attention mixer, same semantics and output dtype as trm_fast.ops.reference.attention:
-    qkv = x @ w_qkv^T (layout [q heads | k heads | v heads]), RoPE on q and k (skipped when cos is None),
-    non-causal attention, @ w_o^T. x (B, L, D); w_qkv (3*H*hd, D); w_o (D, H*hd); cos/sin fp32 (L, hd).
-    `post_norm`: rms_norm(x + attention(x)) over channels instead."""
+def _check_attention(x, w_qkv, w_o, cos, sin, num_heads) -> None:
     op = "attention"
     check_activation(op, "x", x, ndim=3)
     B, L, D = x.shape
@@ -218,7 +223,25 @@ def attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torc
     if tuple(w_o.shape) != (D, width):
         raise ValueError(f"{op}: w_o must be ({D}, {width}) (channels, H*hd), got {tuple(w_o.shape)}")
     head_dim = _check_heads(op, num_heads, width)
-    cos, sin, rope = _rope_tables(op, cos, sin, L, head_dim, x)
+    _check_rope_tables(op, cos, sin, L, head_dim, x)
+
+
+_ATTENTION_CHECKED = CheckedSignatures()
+
+
+def attention(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+              num_heads: int, *, post_norm: bool = False) -> torch.Tensor:
+    """Self-attention mixer, same semantics and output dtype as trm_fast.ops.reference.attention:
+    qkv = x @ w_qkv^T (layout [q heads | k heads | v heads]), RoPE on q and k (skipped when cos is None),
+    non-causal attention, @ w_o^T. x (B, L, D); w_qkv (3*H*hd, D); w_o (D, H*hd); cos/sin fp32 (L, hd).
+    `post_norm`: rms_norm(x + attention(x)) over channels instead."""
+    try:
+        key = (tensor_key(x), tensor_key(w_qkv), tensor_key(w_o), tensor_key(cos), tensor_key(sin), type(num_heads),
+               num_heads)
+    except AttributeError:
+        key = None
+    _ATTENTION_CHECKED.check(key, _check_attention, x, w_qkv, w_o, cos, sin, num_heads)
+    cos, sin, rope = _rope_tables(cos, sin, x)
     return _attention_fwd(x, w_qkv, w_o, cos, sin, num_heads, rope, post_norm)[0]
 
 
@@ -230,5 +253,6 @@ def flash_attention(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor | None,
     if three_w % 3:
         raise ValueError(f"{op}: qkv's last dim {three_w} is not 3 * H * hd")
     head_dim = _check_heads(op, num_heads, three_w // 3)
-    cos, sin, rope = _rope_tables(op, cos, sin, L, head_dim, qkv)
+    _check_rope_tables(op, cos, sin, L, head_dim, qkv)
+    cos, sin, rope = _rope_tables(cos, sin, qkv)
     return _flash_fwd(qkv, cos, sin, num_heads, rope)[0]

@@ -30,16 +30,18 @@ from trm_fast.kernels import matmul as matmul_kernels
 from trm_fast.kernels import swiglu as kernels
 from trm_fast.ops.norm import check_post_norm, post_norm_backward, post_norm_fake, post_norm_forward
 from trm_fast.ops.reference import mm_fp32
-from trm_fast.ops._custom_op import (INT32_MAX, cast_weight, check_activation, check_weight, contiguous, custom_op,
-                                     needs_grad, outputs_without_grad)
+from trm_fast.ops._custom_op import (INT32_MAX, CheckedSignatures, cast_weight, check_activation, check_weight,
+                                     contiguous, custom_op, outputs_without_grad, tensor_key)
 from trm_fast.ops.levels import OP_SAVES
 
 __all__ = ["swiglu", "swiglu_cublas", "swiglu_token_mix"]
 
 
-def _saves_gate_up(op: str, x, w_gate_up, w_down, recompute: bool, implementation: str = "triton") -> bool:
-    saves = OP_SAVES[(op, implementation)]["recompute" if recompute else "plain"]
-    return needs_grad(x, w_gate_up, w_down) and saves.keeps("gate_up")
+# (op, implementation, recompute) -> whether the forward saves gate/up for its backward (when autograd records it); a
+# plain dict, not functools.cache: torch.compile traces through it
+_KEEPS_GATE_UP = {(op, implementation, recompute): saves[mode].keeps("gate_up")
+                  for (op, implementation), saves in OP_SAVES.items()
+                  for recompute, mode in ((False, "plain"), (True, "recompute")) if mode in saves}
 
 
 def _check(op: str, x, w_gate_up, w_down, width_axis: int) -> None:
@@ -153,11 +155,23 @@ def _register_autograd(forward_op, backward_op) -> None:
 _register_autograd(_swiglu_fwd, _swiglu_bwd)
 
 
-def _call(forward_op, op: str, x, w_gate_up, w_down, recompute: bool, post_norm: bool, inject, implementation: str,
-          width_axis: int):
+def _checks(op: str, x, w_gate_up, w_down, post_norm: bool, inject, width_axis: int) -> None:
     _check(op, x, w_gate_up, w_down, width_axis)
     check_post_norm(op, x, post_norm, inject, seq_axis=width_axis == 1)
-    saves = _saves_gate_up(op, x, w_gate_up, w_down, recompute, implementation)
+
+
+_CHECKED = CheckedSignatures()
+
+
+def _call(forward_op, op: str, x, w_gate_up, w_down, recompute: bool, post_norm: bool, inject, implementation: str,
+          width_axis: int):
+    try:
+        key = (op, tensor_key(x), tensor_key(w_gate_up), tensor_key(w_down), tensor_key(inject), bool(post_norm))
+    except AttributeError:
+        key = None
+    _CHECKED.check(key, _checks, op, x, w_gate_up, w_down, post_norm, inject, width_axis)
+    saves = torch.is_grad_enabled() and (x.requires_grad or w_gate_up.requires_grad or w_down.requires_grad) \
+        and _KEEPS_GATE_UP[(op, implementation, bool(recompute))]
     out, _, _, _, out_sum = forward_op(x, w_gate_up, w_down, saves, post_norm, inject)
     return out if inject is None else (out, out_sum)
 

@@ -36,8 +36,8 @@ HOST_BATCH = 2
 
 @contextlib.contextmanager
 def matmuls_allocate_only():
-    """Within: the CPU's mm, addmm, bmm, baddbmm and sums over dims allocate their (uninitialised) result, addmm_
-    and baddbmm_ return their input, and none computes anything (a Python kernel in place of aten's CPU kernel, which comes back
+    """Within: the CPU's mm, addmm, bmm, baddbmm and sums over dims allocate their (uninitialised) result, addmm_,
+    baddbmm_ and add_ return their input, and none computes anything (a Python kernel in place of aten's CPU kernel, which comes back
     on exit); mm_fp32 allocates its fp32 result."""
     from trm_fast.ops.reference import mm_fp32_allocation_only
 
@@ -67,6 +67,9 @@ def matmuls_allocate_only():
             # sums over dims too: the token-mixing weight gradients' batch partials are reduced by one (B*2I*L
             # values at sudoku-mlp): CPU arithmetic a GPU's host only launches
             library.impl("sum.dim_IntList", reduced, "CPU")
+            # and autograd's in-place sums of a weight's gradients over its tied uses (the token-mixing weights keep
+            # their (2I, L) size at any width: about 120 us of CPU arithmetic an add at sudoku-mlp)
+            library.impl("add_.Tensor", lambda acc, other, **scalars: acc, "CPU")
         with mm_fp32_allocation_only():
             yield
     finally:

@@ -178,9 +178,12 @@ class LaunchCounter(TorchDispatchMode):
 def intercept_triton(counter: LaunchCounter | None):
     """Every Triton kernel launch inside (JIT-compiled or interpreted) is recorded by `counter`, not compiled or run
     (counter None: dropped, at no cost of its own, for host-time measurements). The ops refuse non-CUDA tensors
-    unless TRITON_INTERPRET=1; it is set for the duration (nothing is interpreted: every launch stops here)."""
+    unless the kernels run interpreted (TRITON_INTERPRET=1 when they were imported: _custom_op.INTERPRETED); both are
+    set for the duration (nothing is interpreted: every launch stops here)."""
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
+
+    from trm_fast.ops import _custom_op
 
     def run(self, *args, grid, warmup, **kwargs):
         if counter is None:
@@ -195,13 +198,15 @@ def intercept_triton(counter: LaunchCounter | None):
         grid = tuple(grid) + (1,) * (3 - len(grid))
         counter.record_triton(fn.__name__, values | {"options": options}, grid)
 
-    saved = JITFunction.run, InterpretedFunction.run, os.environ.get("TRITON_INTERPRET")
+    saved = JITFunction.run, InterpretedFunction.run, os.environ.get("TRITON_INTERPRET"), _custom_op.INTERPRETED
     JITFunction.run = InterpretedFunction.run = run
     os.environ["TRITON_INTERPRET"] = "1"
+    _custom_op.INTERPRETED = True
     try:
         yield
     finally:
         JITFunction.run, InterpretedFunction.run = saved[:2]
+        _custom_op.INTERPRETED = saved[3]
         if saved[2] is None:
             del os.environ["TRITON_INTERPRET"]
         else:
