@@ -126,6 +126,9 @@ def test_bad_inputs_are_named():
         model(carry, torch.zeros(2, 16), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="puzzle identifier"):
         model(carry, torch.zeros(2, 16, dtype=torch.long), torch.full((2,), 7))
+    model.check_input_ranges = False  # left to the data (the trainer's datasets are checked at load): values unread
+    with pytest.raises(IndexError):
+        model(carry, torch.full((2, 16), 99), torch.zeros(2, dtype=torch.long))
 
 
 def fake_gpu(monkeypatch, capability):

@@ -208,3 +208,19 @@ def test_init_from_a_larger_puzzle_table_is_refused_or_reinitialised(tmp_path, c
     assert "--reinit-puzzle-emb" in capsys.readouterr().err
     assert main(argv + ["--reinit-puzzle-emb"]) == 0
     assert "the puzzle-embedding table starts from zeros" in capsys.readouterr().out
+
+
+def test_the_trainer_leaves_range_checks_to_the_data(tmp_path):
+    """Its datasets' ids were checked at load against dataset.json, which the model was fitted to: the model's
+    per-step check (device syncs on a GPU) is off, unless a split's ranges exceed the model's."""
+    from dataclasses import replace
+
+    from trm_fast.train.trainer import ids_in_model_ranges
+
+    trainer = Trainer(tiny(tmp_path), progress=False, log=quiet)
+    assert trainer.model.check_input_ranges is False
+    model_config, meta = trainer.config.model, trainer.data.test_meta
+    assert ids_in_model_ranges((trainer.data.train_meta, meta), model_config)
+    assert not ids_in_model_ranges((replace(meta, vocab_size=model_config.vocab_size + 1),), model_config)
+    assert not ids_in_model_ranges((replace(meta, num_puzzle_identifiers=model_config.num_puzzle_identifiers + 1),),
+                                   model_config)

@@ -89,8 +89,9 @@ class PuzzleEmbedding(nn.Module):
         finally:
             self._buffers["weight"] = table
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if not _skip_host_checks(ids) and ids.numel() and (ids.min() < 0 or ids.max() >= self.weight.shape[0]):
+    def forward(self, ids: torch.Tensor, check_range: bool = True) -> torch.Tensor:
+        if check_range and not _skip_host_checks(ids) and ids.numel() and \
+                (ids.min() < 0 or ids.max() >= self.weight.shape[0]):
             raise ValueError(
                 f"puzzle identifier out of range [0, {self.weight.shape[0]}): got min {int(ids.min())}, max {int(ids.max())}"
             )
@@ -132,6 +133,11 @@ class TRM(nn.Module):
         self.register_buffer("z_init", trunc_normal_(torch.empty(D), std=1.0).to(initial_state_dtype(config)))
         self.op_overrides: dict[str, str] = {}
         self._resolved: dict = {}
+        # Whether a forward checks that its token and puzzle ids lie in range (a clear error instead of an indexing
+        # fault). The check reads values back: on a GPU four device-to-host syncs a step, each stalling the host's
+        # run-ahead. The trainer turns it off: its batches come from datasets validated at load against the model's
+        # config (trm_fast.data.format, fit_model_to_data), so the check could never fail there.
+        self.check_input_ranges = True
         if config.mixer == "attention" and config.pos_encoding == "rope":
             cos, sin = reference.rope_cos_sin(config.total_seq_len, config.head_dim, config.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -197,7 +203,8 @@ class TRM(nn.Module):
             raise ValueError(f"inputs must have shape (batch, {self.config.seq_len}), got {tuple(inputs.shape)}")
         if inputs.dtype.is_floating_point:
             raise ValueError(f"inputs must be integer token ids, got dtype {inputs.dtype}")
-        if not _skip_host_checks(inputs) and inputs.numel() and (inputs.min() < 0 or inputs.max() >= self.config.vocab_size):
+        if self.check_input_ranges and not _skip_host_checks(inputs) and inputs.numel() and \
+                (inputs.min() < 0 or inputs.max() >= self.config.vocab_size):
             raise ValueError(
                 f"input token out of range [0, {self.config.vocab_size}): min {int(inputs.min())}, max {int(inputs.max())}"
             )
@@ -205,7 +212,7 @@ class TRM(nn.Module):
         if self.puzzle_emb is not None:
             if puzzle_ids is None:
                 raise ValueError("this model has a puzzle embedding: puzzle_ids (batch,) are required")
-            rows = self.puzzle_emb(puzzle_ids.long()).to(dtype)
+            rows = self.puzzle_emb(puzzle_ids.long(), self.check_input_ranges).to(dtype)
             pad = x.new_zeros(x.shape[0], self.puzzle_len - 1, x.shape[2])
             x = torch.cat((rows.unsqueeze(1), pad, x), dim=1)
         return self.embed_scale * x

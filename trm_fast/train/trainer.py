@@ -42,6 +42,13 @@ def fit_model_to_data(config: TRMConfig, meta, log=print) -> None:
     model.validate()
 
 
+def ids_in_model_ranges(metas, model_config) -> bool:
+    """Whether every token and puzzle id of datasets validated at load against `metas` (trm_fast.data.format: each
+    id below its dataset.json's vocab_size / num_puzzle_identifiers) lies in the model's ranges."""
+    return all(meta.vocab_size <= model_config.vocab_size and
+               meta.num_puzzle_identifiers <= model_config.num_puzzle_identifiers for meta in metas)
+
+
 def total_train_steps(config: TRMConfig, meta) -> int:
     if config.train.max_steps:
         return config.train.max_steps
@@ -103,6 +110,9 @@ class Trainer:
                 emb.keep_on_host()  # .to(device) below leaves the (pinned) table in host memory
         self.model = self.model.to(self.device)
         self.model.train()
+        # the batches' ids were range-checked at load: the model's per-step check (device syncs on a GPU) is moot
+        self.model.check_input_ranges = not ids_in_model_ranges((self.data.train_meta, self.data.test_meta),
+                                                                config.model)
         self.forward_model = self.model
         if self.distributed:
             from trm_fast.train.distributed import wrap_model
