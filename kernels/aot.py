@@ -203,7 +203,7 @@ def _cast_weight(rows: int, cols: int) -> torch.Tensor:
 def block_launches(shape: BlockShape, recorder: Recorder, grad: bool, recompute: bool) -> None:
     """The kernel launches of one TRM block's forward (and backward when `grad`), with the buffers trm_fast.ops
     hands the launchers (tests/test_aot_launches.py checks that the real ops launch exactly these)."""
-    from trm_fast.kernels import attention, matmul, norm, swiglu
+    from trm_fast.kernels import attention, matmul, norm, swiglu, token_mixer
 
     B, L, D, I = shape.batch, shape.seq, shape.hidden, shape.mlp_hidden
     mode = "bwd+recompute" if recompute else "bwd"
@@ -232,8 +232,14 @@ def block_launches(shape: BlockShape, recorder: Recorder, grad: bool, recompute:
         w = _cast_weight(L, 2 * T).t()  # stored transposed (trm_fast.ops.swiglu._token_weight)
         save = grad and not recompute
         h, gu = _meta(B, T, D), (_meta(B, 2 * T, D) if save else None)
-        site("swiglu_token_mix", "fwd+save" if save else "fwd")
-        swiglu.token_gate_up(x, w, h, gu)
+        rstd_s = _meta(B, D, dtype=torch.float32)
+        fused = token_mixer.fits(L)  # the sub-layer and its post-norm in one kernel (trm_fast.ops.swiglu)
+        if fused:
+            site("swiglu_token_mix", ("fwd+post_norm+save" if save else "fwd+post_norm") if grad else "fwd+post_norm nograd")
+            token_mixer.token_mixer_fused(x, w, _cast_weight(L, T), eps, y, *((rstd_s, h, gu) if grad else ()))
+        else:
+            site("swiglu_token_mix", "fwd+save" if save else "fwd")
+            swiglu.token_gate_up(x, w, h, gu)
         if grad:
             site("swiglu_token_mix", mode)
             dh, dgu = _meta(B, T, D), _meta(B, 2 * T, D)
@@ -243,9 +249,9 @@ def block_launches(shape: BlockShape, recorder: Recorder, grad: bool, recompute:
             else:
                 swiglu.token_gate_up(x, w, h=None, dh=dh, dgu=dgu)
             matmul.sum_over_batch_abt(dgu, x)
-        rstd_s = _meta(B, D, dtype=torch.float32)
-        site("add_rms_norm_seq", "fwd")
-        norm.add_rms_norm_seq_fwd(x, x, eps, y, rstd_s)
+        if not fused:
+            site("add_rms_norm_seq", "fwd")
+            norm.add_rms_norm_seq_fwd(x, x, eps, y, rstd_s)
         if grad:
             site("add_rms_norm_seq", "bwd")
             norm.rms_norm_seq_bwd(_meta(B, L, D), y, rstd_s, _meta(B, L, D))

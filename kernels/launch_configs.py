@@ -181,6 +181,30 @@ def elementwise_block(n: int) -> int:
     return exact if exact >= 128 else min(1024, next_pow2(n))
 
 
+# ---------------------------------------------------------------------------------------------- fused token mixer
+
+# The token-mixing sub-layer with its post-norm in one kernel (kernels/token_mixer.py), for calls without grad: a
+# program holds a (BLOCK_L, BLOCK_D) fp32 accumulator for the whole sequence, so L is at most TOKEN_MIXER_MAX_L
+# (Sudoku's 97 fits; Maze/ARC's 916 keeps the unfused op). Per hidden tile two (BLOCK_I, BLOCK_L) @ (BLOCK_L,
+# BLOCK_D) matmuls (gate, up) and one (BLOCK_L, BLOCK_I) @ (BLOCK_I, BLOCK_D) (down). ptxas on the Sudoku preset's
+# builds, the three modes (no grad, saving h, saving h and gate/up; kernels/aot.py, docs/kernels.md), 8 warps: sm_90
+# 64 x 32 (BLOCK_D x BLOCK_I) at most 132 registers, 56 KB shared; sm_80 32 x 32 at most 164 registers, 34 KB. On
+# sm_80, 64 x 64 and 64 x 32 spill or reach 255 registers, 32 x 64 spills saving h; 128 x 32 builds clean on sm_90
+# (172 registers, one CTA per SM): a GPU run decides between it and 64 x 32 (the weights, re-read from L2 by every
+# program, give BLOCK_D FLOP per byte).
+TOKEN_MIXER_MAX_L = 128
+
+
+@functools.cache
+def token_mixer_config(L: int, D: int, I: int, elem_bytes: int = 2, arch: int = 90) -> dict:
+    """Tiles for the fused token mixer on (B, L, D) with hidden size I (L <= TOKEN_MIXER_MAX_L). The weights are
+    re-read from L2 by every program, BLOCK_D FLOP per byte: the widest channel tile that builds without spills."""
+    block_l = max(16, next_pow2(L))
+    block_d, block_i = (64, 32) if arch >= 90 else (32, 32)
+    return {"BLOCK_L": block_l, "BLOCK_D": max(16, min(block_d, next_pow2(D))),
+            "BLOCK_I": max(16, min(block_i, next_pow2(I))), "num_warps": 8, "num_stages": 2}
+
+
 # ---------------------------------------------------------------------------------------------- token cross-entropy
 
 # One program per sample over its (L, V) logits in (BLOCK_L, BLOCK_V) tiles of at most CROSS_ENTROPY_TILE elements:

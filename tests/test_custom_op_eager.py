@@ -78,7 +78,8 @@ def _cases():
                                                                                     post_norm=True, inject=t)),
                                     (x, *channel, randn(B, L, D, seed=12)), {"swiglu_fwd", "swiglu_bwd"}),
         "swiglu_token_mix_post_norm": (lambda *a: swiglu_op.swiglu_token_mix(*a, post_norm=True), (x, *token),
-                                       {"swiglu_token_mix_fwd", "swiglu_token_mix_bwd"}),
+                                       {"swiglu_token_mix_fwd", "swiglu_token_mix_bwd",
+                                        "swiglu_token_mix_post_norm_nograd"}),  # the call without grad: one kernel
         "token_cross_entropy": (lambda logits: ce_op.token_cross_entropy(logits, labels, "stablemax", -100)[0].float(),
                                 (randn(B, L, 11, seed=13),), {"token_cross_entropy_fwd", "token_cross_entropy_bwd"}),
     }

@@ -1,4 +1,4 @@
-"""The roofline model (trm_fast/tools/bench/step.py: `kernel_cost`, `roofline`): FLOPs and HBM bytes of three
+"""The roofline model (trm_fast/tools/bench/step.py: `kernel_cost`, `roofline`): FLOPs and HBM bytes of four
 kernels pinned to values derived by hand, the L2 re-read of the gate_up grid's tile order, and the command."""
 import json
 import os
@@ -73,6 +73,29 @@ def test_norm_bytes():
     launch = _launch(add_rms_norm_fwd, x, x, 1e-5, torch.empty_like(x), torch.empty(768, 97, device=META))
     # x and the residual read, y written: 3 * 74496 * 512 * 2 = 228 851 712; rstd written: 74496 * 4 = 297 984
     assert kernel_cost(launch, H100_L2) == (0, 228_851_712 + 297_984, 1.0)
+
+
+def test_fused_token_mixer_flops_and_bytes():
+    from trm_fast.kernels.token_mixer import token_mixer_fused
+
+    # sudoku-mlp at batch 768: x (768, 97, 512) bf16, token hidden I = 512: W_gate_up (1024, 97) as its transpose's
+    # view, W_down (97, 512), both bf16
+    B, L, D, I = 768, 97, 512, 512
+    x = torch.empty(B, L, D, dtype=BF16, device=META)
+    w_gate_up_t = torch.empty(L, 2 * I, dtype=BF16, device=META).t()
+    w_down = torch.empty(L, I, dtype=BF16, device=META)
+    launch = _launch(token_mixer_fused, x, w_gate_up_t, w_down, 1e-5, torch.empty_like(x))
+    # per (b, channel): gate and up, 2 * 97 * 1024 FLOPs, and down, 2 * 97 * 512:
+    # 768 * 512 * (198 656 + 99 328) = 117 172 076 544
+    # bytes: x read and y written, 2 * 768 * 97 * 512 * 2 = 152 567 808; the weights once, (1024 + 512) * 97 * 2
+    # = 297 984 (nothing I wide: h stays in registers)
+    assert kernel_cost(launch, H100_L2) == (117_172_076_544, 152_567_808 + 297_984, 1.0)
+    # for a backward: h (768 * 512 * 512 * 2 = 402 653 184) and rstd (768 * 512 * 4 = 1 572 864) written too, and
+    # at recomputation level 0 gate/up (805 306 368)
+    h, gu = torch.empty(B, I, D, dtype=BF16, device=META), torch.empty(B, 2 * I, D, dtype=BF16, device=META)
+    launch = _launch(token_mixer_fused, x, w_gate_up_t, w_down, 1e-5, torch.empty_like(x),
+                     torch.empty(B, D, device=META), h, gu)
+    assert kernel_cost(launch, H100_L2)[1] == 152_567_808 + 297_984 + 402_653_184 + 1_572_864 + 805_306_368
 
 
 def test_roofline_sums_the_launches():

@@ -108,6 +108,29 @@ def test_a_fault_in_the_post_norm_form_alone_fails_its_op(monkeypatch):
     assert verdicts["swiglu"].error.startswith("swiglu[post_norm, B=1] d x: error")
 
 
+def test_a_fault_in_the_fused_no_grad_token_mixer_alone_fails_its_op(monkeypatch):
+    """The token-mixing sub-layer and its post-norm are one kernel (kernels/token_mixer.py); without grad it is a build
+    of its own (nothing saved for a backward), which no grad-enabled case runs: its own case (post_norm+nograd)
+    catches a wrong value there."""
+    from trm_fast.kernels import token_mixer
+    from trm_fast.ops.self_check import CheckShape, check_ops
+
+    real = token_mixer.token_mixer_fused
+
+    def wrong(x, w_gate_up_t, w_down, eps, y, rstd=None, h=None, gu=None):
+        real(x, w_gate_up_t, w_down, eps, y, rstd, h, gu)
+        if h is None:  # the no-grad build only
+            y.mul_(1.01)
+
+    monkeypatch.setattr(token_mixer, "token_mixer_fused", wrong)
+    shape = CheckShape.of(TINY.override(["model.mixer=mlp"]).model)
+    verdicts = check_ops(shape, CPU, torch.float32, ops=("swiglu_token_mix",), batches=(1,))
+    cases = {case.label: case.ok for case in verdicts["swiglu_token_mix"].cases}
+    assert cases == {"swiglu_token_mix[B=1]": True, "swiglu_token_mix[recompute, B=1]": True,
+                     "swiglu_token_mix[post_norm, B=1]": True, "swiglu_token_mix[post_norm+nograd, B=1]": False}
+    assert verdicts["swiglu_token_mix"].error.startswith("swiglu_token_mix[post_norm+nograd, B=1] y: error")
+
+
 def test_triton_never_falls_back(monkeypatch):
     monkeypatch.setattr(swiglu_kernels, "channel_gate_up", _wrong_gate_up(swiglu_kernels.channel_gate_up))
     config = TINY.override(["model.backend=triton"]).model

@@ -27,11 +27,13 @@ from trm_fast.ops.accuracy import ErrorCheck, error_rule
 # `recompute` backward (the gate_up matmul re-run with the derivative in its epilogue) and the sub-layers'
 # `post_norm` (the norm run inside the op, the residual's gradient added by the last backward matmul) run other
 # kernels or other code; the token loss is either kind (train.loss). A variant's name lists its flags, joined by "+".
+# "nograd": called without grad (outputs only), where the token-mixing sub-layer and its post-norm are one kernel
+# (kernels/token_mixer.py) at sequences it fits.
 VARIANTS = {
     "add_rms_norm": ("plain", "inject"),
     "add_rms_norm_seq": ("plain",),
     "swiglu": ("plain", "recompute", "post_norm", "post_norm+recompute+inject"),
-    "swiglu_token_mix": ("plain", "recompute", "post_norm"),
+    "swiglu_token_mix": ("plain", "recompute", "post_norm", "post_norm+nograd"),
     "attention": ("plain", "post_norm"),
     "token_cross_entropy": ("stablemax", "softmax"),
 }
@@ -160,10 +162,14 @@ def run_case(op: str, variant: str, implementation: str, dtype: torch.dtype, inp
     model holds them). Returns {name: tensor}: "y" (and "y + inject"; the token loss's "loss", "valid",
     "correct"), "d x", "d w_gate_up", "d logits", ..."""
     acts32, weights32, tables, upstream = inputs
-    acts = {name: t.to(dtype).requires_grad_(True) for name, t in acts32.items()}
-    weights = {name: t.clone().requires_grad_(True) for name, t in weights32.items()}
-    out = _apply(op, variant, implementation, acts, weights, tables, shape)
+    grad = "nograd" not in variant.split("+")
+    acts = {name: t.to(dtype).requires_grad_(grad) for name, t in acts32.items()}
+    weights = {name: t.clone().requires_grad_(grad) for name, t in weights32.items()}
+    with torch.set_grad_enabled(grad):
+        out = _apply(op, variant, implementation, acts, weights, tables, shape)
     outs = tuple(out) if isinstance(out, tuple) else (out,)
+    if not grad:
+        return {name: o for name, o in zip(OUTPUT_NAMES.get(op, ("y", "y + inject")), outs)}
     leaves = {**acts, **weights}
     differentiable = outs[:len(upstream)]
     grads = torch.autograd.grad(differentiable, list(leaves.values()),

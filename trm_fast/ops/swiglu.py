@@ -28,8 +28,9 @@ import torch
 
 from trm_fast.kernels import matmul as matmul_kernels
 from trm_fast.kernels import swiglu as kernels
+from trm_fast.kernels import token_mixer as token_mixer_kernels
 from trm_fast.ops.norm import check_post_norm, post_norm_backward, post_norm_fake, post_norm_forward
-from trm_fast.ops.reference import mm_fp32
+from trm_fast.ops.reference import RMS_EPS, mm_fp32
 from trm_fast.ops._custom_op import (INT32_MAX, CheckedSignatures, cast_weight, check_activation, check_weight,
                                      contiguous, custom_op, outputs_without_grad, tensor_key)
 from trm_fast.ops.levels import OP_SAVES
@@ -170,8 +171,10 @@ def _call(forward_op, op: str, x, w_gate_up, w_down, recompute: bool, post_norm:
     except AttributeError:
         key = None
     _CHECKED.check(key, _checks, op, x, w_gate_up, w_down, post_norm, inject, width_axis)
-    saves = torch.is_grad_enabled() and (x.requires_grad or w_gate_up.requires_grad or w_down.requires_grad) \
-        and _KEEPS_GATE_UP[(op, implementation, bool(recompute))]
+    records = torch.is_grad_enabled() and (x.requires_grad or w_gate_up.requires_grad or w_down.requires_grad)
+    if not records and post_norm and forward_op is _token_fwd and token_mixer_kernels.fits(x.shape[1]):
+        return _token_mixer_fwd(x, w_gate_up, w_down)  # no backward: h need not exist (kernels/token_mixer.py)
+    saves = records and _KEEPS_GATE_UP[(op, implementation, bool(recompute))]
     out, _, _, _, out_sum = forward_op(x, w_gate_up, w_down, saves, post_norm, inject)
     return out if inject is None else (out, out_sum)
 
@@ -262,6 +265,11 @@ def _token_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, s
     I = wgu.shape[0] // 2
     h = torch.empty(B, I, D, dtype=x.dtype, device=x.device)
     gu = torch.empty(B, 2 * I, D, dtype=x.dtype, device=x.device) if save_gate_up else h.new_empty(0)
+    if post_norm and inject is None and token_mixer_kernels.fits(L):  # one kernel, h written once, never read back
+        y, rstd = torch.empty_like(x), torch.empty(B, D, dtype=torch.float32, device=x.device)
+        token_mixer_kernels.token_mixer_fused(x, wgu, cast_weight(w_down, x.dtype), RMS_EPS, y, rstd, h,
+                                              gu if save_gate_up else None)
+        return y, h, gu, rstd, x.new_empty(0)
     kernels.token_gate_up(x, wgu, h, gu if save_gate_up else None)
     out = _weight_times(cast_weight(w_down, x.dtype), h)  # (L, I) @ (B, I, D) -> (B, L, D): no transpose
     out, rstd, out_sum = post_norm_forward(out, x, post_norm, inject, True)
@@ -300,6 +308,22 @@ def _token_bwd(dout: torch.Tensor | None, dsum: torch.Tensor | None, x: torch.Te
 
 
 _register_autograd(_token_fwd, _token_bwd)
+
+
+@custom_op("trm_fast::swiglu_token_mix_post_norm_nograd")
+def _token_mixer_fwd(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """rms_norm over L of x + swiglu_token_mix(x), for calls autograd does not record (no autograd rule: _call
+    routes only those here): one kernel, h never written (kernels/token_mixer.py)."""
+    x = contiguous(x)
+    y = torch.empty_like(x)
+    token_mixer_kernels.token_mixer_fused(x, _token_weight(w_gate_up, x.dtype), cast_weight(w_down, x.dtype),
+                                          RMS_EPS, y)
+    return y
+
+
+@_token_mixer_fwd.register_fake
+def _(x, w_gate_up, w_down):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def swiglu_token_mix(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, recompute: bool = False, *,

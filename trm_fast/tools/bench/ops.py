@@ -116,7 +116,8 @@ def _liger_attention(liger, cos, sin, heads):
 # ---------------------------------------------------------------------------------------------- the ops
 
 
-OP_NAMES = ("add_rms_norm", "swiglu", "add_rms_norm_seq", "swiglu_token_mix", "attention_rope", "loss_head")
+OP_NAMES = ("add_rms_norm", "swiglu", "add_rms_norm_seq", "swiglu_token_mix", "swiglu_token_mix_norm", "attention_rope",
+            "loss_head")
 
 
 @dataclass
@@ -180,6 +181,11 @@ def op_cases(shape: OpShape, device: str, dtype: torch.dtype, notes: list[str]) 
                    norm_elements=B * L * D),
             OpCase("swiglu_token_mix", R.swiglu_token_mix, lambda: [act(B, L, D, scale=0.5), weight(2 * Im, L), weight(L, Im)],
                    fast and fast.swiglu_token_mix),
+            OpCase("swiglu_token_mix_norm", lambda x, a, b: R.add_rms_norm_seq(R.swiglu_token_mix(x, a, b), x),
+                   lambda: [act(B, L, D, scale=0.5), weight(2 * Im, L), weight(L, Im)],
+                   fast and (lambda x, a, b: fast.swiglu_token_mix(x, a, b, post_norm=True)),
+                   note="the sub-layer and its post-norm as the model calls them; trm_fast runs one kernel "
+                        "(kernels/token_mixer.py) where L <= 128"),
         ]
     cases += [
         OpCase("attention_rope", lambda x, a, b: R.attention(x, a, b, cos, sin, H),

@@ -260,6 +260,15 @@ def kernel_cost(launch, l2_bytes: int | None, group_m: int | None = None) -> tup
     if name == "_sum_over_batch_abt":
         M, N, K, B, e = t("M"), t("N"), t("K"), t("n_batch"), t("p_ptr").itemsize
         return 2 * B * M * N * K, B * (M + N) * K * e + grid[2] * M * N * 4, 1.0
+    if name == "_token_mixer_fused":
+        # gate and up (2I x L by L x D), down (L x I by I x D) per batch element; x read and y written once, the
+        # weights from HBM once (every program re-reads them from L2: BLOCK_D FLOP per byte, not charged here); for
+        # a backward h and rstd written too (SAVE_H), and gate/up (SAVE_GU)
+        L, D, I, e = t("L"), t("D"), t("I"), t("x_ptr").itemsize
+        B = grid[0] // -(-D // t("BLOCK_D"))
+        weights = 3 * I * L * t("wgu_ptr").itemsize
+        saved = (B * I * D * e + B * D * 4 if t("SAVE_H") else 0) + (2 * B * I * D * e if t("SAVE_GU") else 0)
+        return 2 * B * D * (2 * I * L + L * I), 2 * B * L * D * e + weights + saved, 1.0
     if name in ("_token_cross_entropy_fwd", "_token_cross_entropy_bwd"):
         # logits and labels read once (the backward's second pass over a row's columns hits L1); the forward writes
         # three (B,) values, the backward reads the upstream gradient and count and writes d logits
