@@ -116,3 +116,14 @@ def test_bf16_at_the_sudoku_preset_shape_gpu():
     fp32 = R.add_rms_norm_seq(R.swiglu_token_mix(x32, w_gate_up, w_down), x32)
     torch_low = R.add_rms_norm_seq(R.swiglu_token_mix(x, w_gate_up, w_down), x)
     assert_bf16_rule(_fused(x, w_gate_up, w_down), torch_low, fp32, name="y bf16")
+
+
+def test_torch_compile_traces_the_fused_op_without_grad():
+    """torch.compile(fullgraph=True) traces the no-grad route (a custom op with a fake) and gives the eager values."""
+    B, L, D, I = 2, 9, 16, 24
+    x, w_gate_up, w_down = _inputs(B, L, D, I, seed=31)
+    fn = lambda x, a, b: ops.swiglu_token_mix(x, a, b, post_norm=True)
+    with torch.no_grad():
+        eager = fn(x, w_gate_up, w_down)
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, w_gate_up, w_down)
+    assert torch.equal(compiled, eager)
