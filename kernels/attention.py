@@ -296,14 +296,11 @@ def _check_buffers(qkv: torch.Tensor, num_heads: int, cos, sin, o=None, lse=None
     for name, t in (("o", o), ("do", do), ("dqkv", dqkv), ("lse", lse)):
         if t is None:
             continue
-        t_shape = t.shape
-        want_dtype = torch.float32 if name == "lse" else dtype
-        fits = len(t_shape) == 2 and t_shape[0] == B * num_heads and t_shape[1] == L if name == "lse" else \
-            len(t_shape) == 3 and t_shape[0] == B and t_shape[1] == L and t_shape[2] == (three_d if name == "dqkv" else three_d // 3)
-        if not fits or t.dtype != want_dtype or t.device != device or not t.is_contiguous():
-            want = (B * num_heads, L) if name == "lse" else (B, L, three_d if name == "dqkv" else three_d // 3)
+        want, want_dtype = ((B * num_heads, L), torch.float32) if name == "lse" else \
+            ((B, L, three_d if name == "dqkv" else three_d // 3), dtype)
+        if t.shape != want or t.dtype != want_dtype or t.device != device or not t.is_contiguous():
             raise ValueError(f"attention kernels: {name} must be a contiguous {want} {want_dtype} tensor on {device}, "
-                             f"got {tuple(t_shape)} {t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device} (contiguous={t.is_contiguous()})")
     if cos is not None:
         for name, t in (("cos", cos), ("sin", sin)):
             if t is None or t.dim() != 2 or t.shape[0] != L or t.shape[1] != hd or t.dtype != torch.float32 \

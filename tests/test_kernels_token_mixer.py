@@ -22,6 +22,19 @@ def _inputs(B, L, D, I, dtype=torch.float32, seed=0):
             randn(L, I, seed=seed + 2, scale=I ** -0.5))
 
 
+def _composed(x, w_gate_up, w_down):
+    """The reference's sub-layer and post-norm, as the model composes them on the torch path."""
+    return R.add_rms_norm_seq(R.swiglu_token_mix(x, w_gate_up, w_down), x)
+
+
+def _check_low_precision(B, L, D, I, dtype, seed):
+    """The kernel in `dtype` within the low-precision rule: its error against fp32 at most twice PyTorch's."""
+    x32, w_gate_up, w_down = _inputs(B, L, D, I, seed=seed)
+    x = x32.to(dtype)
+    assert_bf16_rule(_fused(x, w_gate_up, w_down), _composed(x, w_gate_up, w_down), _composed(x32, w_gate_up, w_down),
+                     name=f"y {dtype}")
+
+
 def _fused(x, w_gate_up, w_down, save=None):
     """y, or with `save` ("h" or "gu") (y, rstd, h[, gate/up]) from the kernel, every output poisoned first."""
     B, L, D = x.shape
@@ -48,7 +61,7 @@ def test_kernel_matches_its_reference_fp32(B, L, D, I):
 def test_kernel_matches_the_unfused_op_and_its_composed_reference():
     B, L, D, I = 2, 19, 24, 40
     x, w_gate_up, w_down = _inputs(B, L, D, I, seed=7)
-    composed = R.add_rms_norm_seq(R.swiglu_token_mix(x, w_gate_up, w_down), x)
+    composed = _composed(x, w_gate_up, w_down)
     with torch.no_grad():
         unfused = ops._token_fwd.op(x, w_gate_up, w_down, False, False)[0]  # no post-norm: the unfused kernels
         unfused = norm_ops.add_rms_norm_seq(unfused, x)
@@ -58,12 +71,7 @@ def test_kernel_matches_the_unfused_op_and_its_composed_reference():
 
 
 def test_fp16_within_the_low_precision_rule():
-    B, L, D, I = 2, 21, 32, 48
-    x32, w_gate_up, w_down = _inputs(B, L, D, I, seed=11)
-    x = x32.half()
-    fp32 = R.add_rms_norm_seq(R.swiglu_token_mix(x32, w_gate_up, w_down), x32)
-    torch_low = R.add_rms_norm_seq(R.swiglu_token_mix(x, w_gate_up, w_down), x)
-    assert_bf16_rule(_fused(x, w_gate_up, w_down), torch_low, fp32, name="y fp16")
+    _check_low_precision(2, 21, 32, 48, torch.float16, seed=11)
 
 
 def test_the_op_takes_the_fused_kernel_only_without_grad(monkeypatch):
@@ -72,7 +80,7 @@ def test_the_op_takes_the_fused_kernel_only_without_grad(monkeypatch):
     monkeypatch.setattr(K, "token_mixer_fused", lambda *a: calls.append(1) or real(*a))
     B, L, D, I = 2, 11, 16, 24
     x, w_gate_up, w_down = _inputs(B, L, D, I, seed=13)
-    expected = R.add_rms_norm_seq(R.swiglu_token_mix(x, w_gate_up, w_down), x)
+    expected = _composed(x, w_gate_up, w_down)
     with torch.no_grad():
         y = ops.swiglu_token_mix(x, w_gate_up, w_down, post_norm=True)
     assert len(calls) == 1
@@ -89,7 +97,7 @@ def test_with_grad_the_kernel_saves_for_the_backward(recompute):
     x0, w_gate_up0, w_down0 = _inputs(B, L, D, I, seed=23)
     grads = {}
     for name, fn in (("ours", lambda *a: ops.swiglu_token_mix(*a, recompute=recompute, post_norm=True)),
-                     ("reference", lambda x, w1, w2: R.add_rms_norm_seq(R.swiglu_token_mix(x, w1, w2), x))):
+                     ("reference", _composed)):
         x, w_gate_up, w_down = (t.clone().requires_grad_(True) for t in (x0, w_gate_up0, w_down0))
         y = fn(x, w_gate_up, w_down)
         y.backward(randn(B, L, D, seed=29))
@@ -104,18 +112,13 @@ def test_long_sequences_keep_the_unfused_op(monkeypatch):
     x, w_gate_up, w_down = _inputs(1, L, 16, 16, seed=17)
     with torch.no_grad():
         y = ops.swiglu_token_mix(x, w_gate_up, w_down, post_norm=True)
-    assert_close(y, R.add_rms_norm_seq(R.swiglu_token_mix(x, w_gate_up, w_down), x), atol=2e-5, rtol=2e-5)
+    assert_close(y, _composed(x, w_gate_up, w_down), atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="bf16 on a GPU")
 def test_bf16_at_the_sudoku_preset_shape_gpu():
-    B, L, D, I = 64, 97, 512, 512
-    x32, w_gate_up, w_down = _inputs(B, L, D, I, seed=19)
-    x = x32.bfloat16()
-    fp32 = R.add_rms_norm_seq(R.swiglu_token_mix(x32, w_gate_up, w_down), x32)
-    torch_low = R.add_rms_norm_seq(R.swiglu_token_mix(x, w_gate_up, w_down), x)
-    assert_bf16_rule(_fused(x, w_gate_up, w_down), torch_low, fp32, name="y bf16")
+    _check_low_precision(64, 97, 512, 512, torch.bfloat16, seed=19)
 
 
 def test_torch_compile_traces_the_fused_op_without_grad():

@@ -191,16 +191,17 @@ def cast_weight(w: torch.Tensor, dtype: torch.dtype, transposed: bool = False) -
     at every use (trm_fast.train.cuda_graph bumps the masters' versions after each replay, so that no eager entry
     outlives one either). Inference tensors have no version counter: cast every time."""
     # the hot path (a cache hit, ~224 per step): one lookup and the stamp's three reads, nothing built but the key
+    capturing = w.is_cuda and torch.cuda.is_current_stream_capturing()
     key = (id(w), dtype, transposed)
     found = _CASTS.get(key)
-    if found is not None and found[0]() is w and found[1] == w._version and found[2] == w.data_ptr() \
-            and found[3] == w.shape and not (w.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if found is not None and not capturing and found[0]() is w and found[1] == w._version \
+            and found[2] == w.data_ptr() and found[3] == w.shape:
         return found[4]
     if w.dtype == dtype:
         source = w.t() if transposed else w
         if source.is_contiguous():
             return source
-    if w.is_inference() or (w.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if capturing or w.is_inference():
         return _cast_copy(w.t() if transposed else w, dtype)
     out = _cast_copy(w.t() if transposed else w, dtype)
     if found is None or found[0]() is not w:  # a new entry (or one left by a master whose id was reused)

@@ -183,8 +183,8 @@ def _check_rope_tables(op: str, cos, sin, L: int, head_dim: int, like: torch.Ten
 
 
 def _rope_tables(cos, sin, like: torch.Tensor):
-    """(cos, sin, rope) as the kernels take them, checked: fp32 contiguous (L, hd) tables, or empty placeholders
-    when cos is None (no RoPE)."""
+    """(cos, sin, rope) as the kernels take them (the tables already checked by _check_rope_tables): fp32
+    contiguous (L, hd) tables, or empty placeholders when cos is None (no RoPE)."""
     if cos is None:
         empty = like.new_empty(0, dtype=torch.float32)
         return empty, empty, False
